@@ -1,0 +1,102 @@
+"""Apply chosen edits to the weight store: real weight changes, recorded as patches.
+
+Why: a merge is not a mask.  Merging unit b into unit a folds ``scale * v_b``
+into ``v_a`` in every reader's kernel (every flattened position), folds the
+constant part into the readers' bias, zeroes b's rows there and b's column in
+its producers, and marks b dead.  After that the edited full-size model computes
+exactly what the physically smaller model will.  Every write goes through the
+store, so the returned :class:`Patch` undoes it bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import ModelGraph, UnitGroup
+from .units import Candidates, UnitView, impact_key
+from .weights import Patch, WeightStore
+
+
+def validate(group: UnitGroup, store: WeightStore, cand: Candidates) -> None:
+    """Refuse edits that would touch dead units, repeat a unit or empty the group."""
+    alive = store.alive[group.id]
+    drop = cand.drop
+    if len(np.unique(drop)) != len(drop):
+        raise ValueError(f"{group.name}: a unit is removed twice in one edit")
+    if np.any((drop < 0) | (drop >= group.size)):
+        raise ValueError(f"{group.name}: unit index out of range 0..{group.size - 1}")
+    if not np.all(alive[drop]):
+        raise ValueError(f"{group.name}: units {drop[~alive[drop]].tolist()} are already pruned")
+    kept = cand.keep[cand.keep >= 0]
+    if np.any(np.isin(kept, drop)) or not np.all(alive[kept]):
+        raise ValueError(f"{group.name}: a merge folds into a unit that is pruned in the same edit")
+    if alive.sum() - len(drop) < 1:
+        raise ValueError(f"{group.name}: at least one unit must stay")
+
+
+def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Candidates,
+               view: UnitView | None = None) -> Patch:
+    """Fold and remove the candidate units; returns the patch that undoes it."""
+    validate(group, store, cand)
+    patch = Patch()
+    if len(cand) == 0:
+        return patch
+    if view is not None and view.x_bounds is not None:
+        _accumulate_impact(store, group, view, cand, patch)
+    merges = cand.keep >= 0
+    for slot in group.consumers:
+        key = (slot.layer, slot.var)
+        v = np.moveaxis(store[key], slot.axis, 0)
+        drop_rows = slot.index[cand.drop]  # (P, rep)
+        if merges.any():
+            src = slot.index[cand.drop[merges]].reshape(-1)
+            dst = slot.index[cand.keep[merges]].reshape(-1)
+            coef = np.repeat(cand.scale[merges], slot.index.shape[1])
+            touched = np.unique(dst)
+            new = v[touched].astype(np.float64)
+            pos = np.searchsorted(touched, dst)
+            np.add.at(new, pos, coef.reshape(-1, *([1] * (v.ndim - 1))) * v[src].astype(np.float64))
+            store.write(key, slot.axis, touched, new.astype(v.dtype), patch)
+        if np.any(cand.shift != 0):
+            bias = store.get(slot.layer, "bias")
+            if bias is None:
+                raise ValueError(f"{slot.layer} has no bias to absorb a merge's constant part")
+            rows = v[drop_rows.reshape(-1)].astype(np.float64)
+            contrib = (np.repeat(cand.shift, slot.index.shape[1]).reshape(-1, *([1] * (v.ndim - 1))) * rows)
+            add = contrib.reshape(-1, contrib.shape[-1]).sum(0)
+            store.write((slot.layer, "bias"), 0, np.arange(bias.shape[0]), (bias + add).astype(bias.dtype), patch)
+        store.write(key, slot.axis, drop_rows.reshape(-1), 0, patch)
+    for slot in group.producers:
+        store.write((slot.layer, slot.var), slot.axis, slot.index[cand.drop].reshape(-1), 0, patch)
+    store.set_alive(group.id, cand.drop, False, patch)
+    return patch
+
+
+def _accumulate_impact(store: WeightStore, group: UnitGroup, view: UnitView, cand: Candidates,
+                       patch: Patch) -> None:
+    """Add the edits' change intervals at each reader to the group's running total."""
+    err = view.merge_error(cand, tight=True)
+    if err is None:
+        return
+    inj = view.injections(Candidates(cand.keep, cand.drop, cand.scale, cand.shift), (err[0], err[1]))
+    for layer, (lo, hi) in inj.items():
+        key = impact_key(group, layer)
+        acc = store.get(*key)
+        if acc is None:
+            continue
+        lo2 = lo.reshape(len(cand), -1)
+        hi2 = hi.reshape(len(cand), -1)
+        # injections already include the running total once per candidate: remove the repeats
+        c = ((lo2 + hi2) / 2).sum(0) - (len(cand) - 1) * (acc[0] + acc[1]) / 2
+        r = ((hi2 - lo2) / 2).sum(0) - (len(cand) - 1) * (acc[1] - acc[0]) / 2
+        store.write(key, 0, np.arange(2), np.stack([c - r, c + r]).astype(acc.dtype), patch)
+
+
+def init_impact(graph: ModelGraph, store: WeightStore) -> None:
+    """Create zeroed running-impact arrays for every mergeable group's readers."""
+    for g in graph.prunable_groups:
+        if g.merge_chain is None:
+            continue
+        for slot in g.consumers:
+            out = graph.shapes[graph.node(slot.layer).outputs[0]][-1]
+            store.arrays.setdefault(impact_key(g, slot.layer), np.zeros((2, int(out)), np.float32))

@@ -1,0 +1,161 @@
+"""Evaluation: accuracy, standard FGSM robustness, data-free fidelity, size.
+
+Why: PAODING promises fidelity -- accuracy *and* robustness kept.  All data is
+optional: without a test set we still report data-free fidelity (top-1
+agreement with the original on inputs sampled from the input box, and the
+width of the certified output bounds) and the physical size.
+
+The FGSM here is the standard attack (the reference's is not, see
+docs/method.md): the loss is taken on the model's real output -- logits or
+probabilities, detected from the final activation -- the step is the sign of
+its gradient, the result is clipped to the input range, and it runs batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_EPSILONS = (0.01, 0.05, 0.1)
+
+
+@dataclass
+class SizeReport:
+    params: int
+    bytes: int
+    flops: int
+
+
+@dataclass
+class Metrics:
+    """One evaluation of a model; fields are None where no data was given."""
+
+    size: SizeReport
+    accuracy: float | None = None
+    robust: dict[float, int] = field(default_factory=dict)  # eps -> robust instances
+    robust_preserved: dict[float, float] = field(default_factory=dict)  # eps -> share of original's
+    agreement: float | None = None  # top-1 agreement with the original on box samples
+    output_bound_width: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["robust"] = {str(k): v for k, v in self.robust.items()}
+        d["robust_preserved"] = {str(k): v for k, v in self.robust_preserved.items()}
+        return d
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Model outputs in batches, without Keras' progress machinery."""
+    outs = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(model, x).argmax(-1) == _labels(y)).mean())
+
+
+def outputs_are_probabilities(model: Any) -> bool:
+    """True when the last layer ends in softmax (or sigmoid): then the loss takes probabilities."""
+    from .graph import _activation_name, _config
+
+    layer = model.layers[-1]
+    cfg = _config(layer)
+    if type(layer).__name__ == "Softmax":
+        return True
+    return _activation_name(cfg.get("activation")) in ("softmax", "sigmoid")
+
+
+def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
+         batch_size: int = 512) -> np.ndarray:
+    """Adversarial examples by one signed-gradient step of size ``eps``."""
+    import tensorflow as tf
+
+    labels = _labels(y)
+    from_probs = outputs_are_probabilities(model)
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not from_probs)
+    lo, hi = (np.asarray(v, np.float32) for v in input_range)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = tf.convert_to_tensor(x[i:i + batch_size], tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            loss = loss_fn(labels[i:i + batch_size], model(xb, training=False))
+        grad = tape.gradient(loss, xb)
+        out.append(np.clip(xb.numpy() + eps * np.sign(grad.numpy()), lo, hi))
+    return np.concatenate(out)
+
+
+def robust_instances(model: Any, x: np.ndarray, y: np.ndarray, epsilons: Sequence[float],
+                     input_range: tuple[Any, Any] = (0.0, 1.0)) -> dict[float, int]:
+    """Per epsilon, how many instances stay correctly classified under FGSM."""
+    labels = _labels(y)
+    return {float(e): int((predict(model, fgsm(model, x, y, e, input_range)).argmax(-1) == labels).sum())
+            for e in epsilons}
+
+
+def sample_box(shape: tuple, input_range: tuple[Any, Any], n: int, seed: int = 0) -> np.ndarray:
+    """``n`` inputs drawn uniformly from the input box (data-free probes)."""
+    lo, hi = (np.asarray(v, np.float32) for v in input_range)
+    rng = np.random.default_rng(seed)
+    u = rng.random((n, *shape), dtype=np.float32)
+    return lo + u * (hi - lo)
+
+
+def agreement(original: Any, pruned: Any, probes: np.ndarray) -> float:
+    return float((predict(original, probes).argmax(-1) == predict(pruned, probes).argmax(-1)).mean())
+
+
+def size_report(model: Any) -> SizeReport:
+    """Parameters, bytes of weights, and FLOPs (2 x multiply-adds) of one inference."""
+    params = int(sum(np.prod(w.shape) for w in model.weights))
+    nbytes = int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights))
+    return SizeReport(params, nbytes, flops(model))
+
+
+def flops(model: Any) -> int:
+    """Multiply-add count x 2 of Dense and convolution layers for one input."""
+    total = 0
+    for layer in model.layers:
+        t = type(layer).__name__
+        try:
+            out_shape = tuple(layer.output.shape)
+        except (AttributeError, ValueError):
+            continue
+        positions = int(np.prod([d for d in out_shape[1:-1] if d is not None])) if len(out_shape) > 2 else 1
+        if t == "Dense":
+            total += positions * int(np.prod(layer.kernel.shape))
+        elif t in ("Conv1D", "Conv2D", "Conv3D"):
+            total += positions * int(np.prod(layer.kernel.shape))
+        elif t.startswith("DepthwiseConv"):
+            total += positions * int(np.prod(layer.kernel.shape))
+        elif t.startswith("SeparableConv"):
+            total += positions * (int(np.prod(layer.depthwise_kernel.shape)) + int(np.prod(layer.pointwise_kernel.shape)))
+    return 2 * total
+
+
+def evaluate(model: Any, original: Any | None = None, data: tuple[np.ndarray, np.ndarray] | None = None,
+             epsilons: Sequence[float] = DEFAULT_EPSILONS, input_range: tuple[Any, Any] = (0.0, 1.0),
+             original_robust: dict[float, int] | None = None, probes: np.ndarray | None = None,
+             output_bound_width: float | None = None) -> Metrics:
+    """Evaluate ``model``; robustness is compared with ``original`` when given."""
+    m = Metrics(size=size_report(model), output_bound_width=output_bound_width)
+    if data is not None:
+        x, y = data
+        m.accuracy = accuracy(model, x, y)
+        if epsilons:
+            m.robust = robust_instances(model, x, y, epsilons, input_range)
+            if original_robust is None and original is not None:
+                original_robust = robust_instances(original, x, y, epsilons, input_range)
+            if original_robust:
+                m.robust_preserved = {e: (m.robust[e] / original_robust[e] if original_robust[e] else 1.0)
+                                      for e in m.robust}
+    if original is not None and probes is not None:
+        m.agreement = agreement(original, model, probes)
+    return m

@@ -1,0 +1,179 @@
+"""The pruning loop: proposals per group, exact target accounting, application.
+
+Why: this is PAODING's progressive process made explicit.  One iteration
+proposes, for every group it is asked about, the next ``step`` share of its
+units (never past the target); callers -- the session, the CLI, a script --
+decide which proposals to apply.  It knows nothing of widgets or history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .bounds import Bounds, Propagator, parse_input_range
+from .edits import apply_edit, init_impact
+from .graph import ModelGraph, UnitGroup
+from .strategies import Strategy, make_strategy
+from .units import Candidates, UnitView
+from .weights import Patch, WeightStore
+
+
+@dataclass
+class Proposal:
+    """The next edit proposed for one group."""
+
+    group: int
+    name: str
+    action: str  # "merge" or "remove"
+    candidates: Candidates
+    strategy: str
+    params_saved: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> np.ndarray:
+        return self.candidates.drop
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.candidates.keep
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description: which units go and where they are folded."""
+        c = self.candidates
+        return {"group": self.group, "name": self.name, "action": self.action, "strategy": self.strategy,
+                "drop": c.drop.tolist(), "keep": c.keep.tolist(), "scale": c.scale.round(6).tolist(),
+                "score": np.asarray(c.cost, float).round(6).tolist(), "params_saved": self.params_saved}
+
+
+class Pruner:
+    """Data-free PAODING pruning of a Keras model, on private weight copies.
+
+    Parameters
+    ----------
+    model: a built Keras 3 ``Sequential`` or functional model; never modified.
+    input_range: the legal input box ``(low, high)``, scalars or per-feature arrays.
+    strategy: a name from :data:`~paoding_widgets.engine.strategies.STRATEGIES` or an instance.
+    step: share of each group's original units pruned per iteration.
+    target: share of each group's original units pruned in the end.
+    seed: seeds the stochastic and random strategies.
+    """
+
+    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str | Strategy = "impact",
+                 step: float = 0.05, target: float = 0.5, seed: int = 0, **strategy_options: float) -> None:
+        self.model = model
+        self.graph = ModelGraph(model)
+        if not self.graph.prunable_groups:
+            raise ValueError(f"model {model.name!r} has no prunable layer:\n{self.graph.report()}")
+        self.input_range = parse_input_range(input_range)
+        check_fraction("step", step)
+        check_fraction("target", target)
+        self.step, self.target = float(step), float(target)
+        self.strategy = make_strategy(strategy, **strategy_options)
+        self.rng = np.random.default_rng(seed)
+        self.store = WeightStore.from_model(model, {g.id: g.size for g in self.graph.groups})
+        init_impact(self.graph, self.store)
+        self.propagator = Propagator(self.graph, self.store)
+        self._bounds: tuple[int, Bounds] | None = None
+
+    # ---------------------------------------------------------------- counts
+    def pruned_units(self, group: UnitGroup) -> int:
+        return int((~self.store.alive[group.id]).sum())
+
+    def target_units(self, group: UnitGroup, target: float | None = None) -> int:
+        """Units of the group pruned at the target (at least one unit stays)."""
+        t = self.target if target is None else target
+        return min(group.size - 1, int(math.floor(t * group.size + 0.5)))
+
+    def share_pruned(self) -> float:
+        groups = self.graph.prunable_groups
+        return sum(self.pruned_units(g) for g in groups) / sum(g.size for g in groups)
+
+    def next_k(self, group: UnitGroup, target: float | None = None) -> int:
+        """Units to prune in the next iteration: one step, never past the target."""
+        step = max(1, int(math.floor(self.step * group.size + 0.5)))
+        return max(0, min(step, self.target_units(group, target) - self.pruned_units(group)))
+
+    # -------------------------------------------------------------- proposals
+    def bounds(self) -> Bounds:
+        """Value bounds of the current weights (cached until the weights change)."""
+        if self._bounds is None or self._bounds[0] != self.store.version:
+            self._bounds = (self.store.version, self.propagator.values(self.input_range))
+        return self._bounds[1]
+
+    def view(self, group: UnitGroup) -> UnitView:
+        return UnitView(self.graph, self.store, group, self.propagator, self.bounds)
+
+    def propose(self, groups: Iterable[UnitGroup] | None = None, target: float | None = None) -> dict[int, Proposal]:
+        """One iteration's proposals for the given (default: all prunable) groups."""
+        out: dict[int, Proposal] = {}
+        for g in self.graph.prunable_groups if groups is None else groups:
+            k = self.next_k(g, target)
+            if k <= 0:
+                continue
+            view = self.view(g)
+            cand = self.strategy.propose(view, k, self.rng)
+            if len(cand) == 0:
+                continue
+            action = "merge" if np.any(cand.keep >= 0) else "remove"
+            out[g.id] = Proposal(g.id, g.name, action, cand, self.strategy.name,
+                                 params_saved=self.params_per_unit(g) * len(cand))
+        return out
+
+    def apply(self, proposal: Proposal) -> Patch:
+        """Apply one proposal to the weights; returns the patch that undoes it."""
+        g = self.graph.groups[proposal.group]
+        return apply_edit(self.graph, self.store, g, proposal.candidates, self.view(g))
+
+    def iterate(self, target: float | None = None) -> list[Patch]:
+        """Propose for every group and apply everything (one automated iteration)."""
+        proposals = self.propose(target=target)
+        return [self.apply(p) for p in proposals.values()]
+
+    def run(self, target: float | None = None, callback: Callable[[int, float], None] | None = None,
+            max_iterations: int = 10_000) -> int:
+        """Iterate until every group reaches the target; returns the iteration count."""
+        for i in range(max_iterations):
+            patches = self.iterate(target)
+            if not patches:
+                return i
+            if callback is not None:
+                callback(i + 1, self.share_pruned())
+        return max_iterations
+
+    # ---------------------------------------------------------------- helpers
+    def params_per_unit(self, group: UnitGroup) -> int:
+        """Parameters that go with one unit of the group (all its slots)."""
+        total = 0
+        for s in group.slots():
+            arr = self.store[(s.layer, s.var)]
+            total += (arr.size // arr.shape[s.axis]) * s.index.shape[1]
+        return total
+
+    def pruned_model(self) -> Any:
+        """A physically smaller Keras model computing what the edited weights compute."""
+        from .surgery import physical_model
+
+        return physical_model(self.graph, self.store)
+
+    def edited_model(self) -> Any:
+        """A full-size clone of the model carrying the edited weights."""
+        import keras
+
+        clone = keras.models.clone_model(self.model)
+        self.store.load_into(clone)
+        return clone
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Raise a clear error unless ``0 < value < 1``."""
+    try:
+        ok = 0.0 < float(value) < 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")

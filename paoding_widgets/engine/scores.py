@@ -1,0 +1,146 @@
+"""Vectorised importance scores: pairwise saliency, merge errors, interval impact.
+
+Why: the reference loops in Python over units and pairs.  Here every score is a
+matrix or batch operation: saliency of all ordered pairs comes from one Gram
+matrix, and the output impact of a whole pool of candidate merges is one batched
+interval propagation.  Scores are "lower is better" throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import ActivationRule
+
+
+def pairwise_distances(u: np.ndarray) -> np.ndarray:
+    """``D[i, j] = ||u[:, i] - u[:, j]||_2`` for column vectors, via one Gram matrix."""
+    u = np.asarray(u, np.float32)
+    sq = np.einsum("ij,ij->j", u, u)
+    g = u.T @ u
+    d2 = sq[:, None] + sq[None, :] - 2.0 * g
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def bias_term(b: np.ndarray) -> np.ndarray:
+    """``|b_i - b_j| / |b_i + b_j|`` (0 where both are equal, inf where the sum vanishes)."""
+    b = np.asarray(b, np.float64)
+    num = np.abs(b[:, None] - b[None, :])
+    den = np.abs(b[:, None] + b[None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(num == 0, 0.0, num / den)
+    return t.astype(np.float32)
+
+
+def saliency_matrix(u: np.ndarray, b: np.ndarray | None, v_norm: np.ndarray, bias_aware: bool = True) -> np.ndarray:
+    """``S[i, j]``: saliency of merging unit j (removed) into unit i (kept).
+
+    ``(||u_i - u_j|| [+ |b_i - b_j| / |b_i + b_j|]) * ||v_j||`` -- the outgoing
+    norm is the removed unit's, which is the term the merge actually drops.
+    """
+    s = pairwise_distances(u)
+    if bias_aware and b is not None:
+        s = s + bias_term(b)
+    return s * np.asarray(v_norm, np.float32)[None, :]
+
+
+def scaled_match(u: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best positive scale ``s[a, b]`` with ``u_b ~ s * u_a`` and the residual norm.
+
+    ``u`` holds one column per unit (bias as last row); ``weight`` scales each row
+    (the RMS size of that input over the box), so the residual approximates the
+    RMS pre-activation error of replacing unit b by ``s`` times unit a.
+    """
+    w = np.asarray(u, np.float32) if weight is None else np.asarray(u, np.float32) * weight[:, None]
+    g = w.T @ w
+    sq = np.diag(g).copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = g / sq[:, None]  # s[a, b] = <w_a, w_b> / ||w_a||^2
+        res2 = sq[None, :] - g * s
+    s = np.where(np.isfinite(s) & (s > 0), s, np.nan)
+    res = np.sqrt(np.maximum(np.nan_to_num(res2, nan=np.inf), 0.0))
+    return s.astype(np.float32), np.where(np.isnan(s), np.inf, res).astype(np.float32)
+
+
+def disjoint_pairs(cost: np.ndarray, m: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``m`` disjoint (keep, drop) pairs of least cost, greedily.
+
+    ``cost[i, j]`` is the cost of keeping i and dropping j; non-finite entries
+    and units in ``exclude`` are never used.  Each unit appears at most once.
+    """
+    n = cost.shape[0]
+    cost = np.array(cost, np.float64, copy=True)
+    np.fill_diagonal(cost, np.inf)
+    if exclude is not None and len(exclude):
+        cost[exclude, :] = np.inf
+        cost[:, exclude] = np.inf
+    flat = cost.ravel()
+    finite = int(np.isfinite(flat).sum())
+    take = min(finite, max(16 * m, 256))
+    keep_l: list[int] = []
+    drop_l: list[int] = []
+    while m > 0 and take > 0:
+        idx = np.argpartition(flat, take - 1)[:take] if take < flat.size else np.arange(flat.size)
+        idx = idx[np.argsort(flat[idx], kind="stable")]
+        idx = idx[np.isfinite(flat[idx])]
+        used = np.zeros(n, bool)
+        keep_l, drop_l = [], []
+        for i, j in zip(*np.divmod(idx, n)):
+            if used[i] or used[j]:
+                continue
+            used[i] = used[j] = True
+            keep_l.append(int(i))
+            drop_l.append(int(j))
+            if len(keep_l) == m:
+                break
+        if len(keep_l) == m or take >= finite:
+            break
+        take = min(finite, take * 4)
+    return np.asarray(keep_l, np.int64), np.asarray(drop_l, np.int64)
+
+
+def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> np.ndarray:
+    """Interval entropy of each row of output intervals (after Dai et al. 2016).
+
+    For each interval, ``p`` is the share of intervals in the row similar to it
+    (similarity ``1 - 0.5(|dlo| + |dhi|) / width(union)`` at least ``threshold``);
+    the entropy is ``-sum p log p``.  Low when all outputs move alike.
+    """
+    dl = np.abs(lo[:, :, None] - lo[:, None, :])
+    dh = np.abs(hi[:, :, None] - hi[:, None, :])
+    union = np.maximum(hi[:, :, None], hi[:, None, :]) - np.minimum(lo[:, :, None], lo[:, None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.where(union > 0, 1.0 - 0.5 * (dl + dh) / union, 1.0)
+    p = (sim >= threshold).mean(-1)
+    return -(p * np.log(p)).sum(-1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def impact_score(lo: np.ndarray, hi: np.ndarray, alpha: float = 0.75, beta: float = 0.25) -> np.ndarray:
+    """PAODING's score of output-change intervals: ``alpha sig(L1) + beta sig(ENT)``."""
+    width = (hi - lo).sum(-1)
+    return alpha * _sigmoid(width) + beta * _sigmoid(interval_entropy(lo, hi))
+
+
+def difference_interval(xa: tuple[np.ndarray, np.ndarray], xb: tuple[np.ndarray, np.ndarray],
+                        r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``x_b - r x_a - c`` from the two units' own intervals."""
+    ra_lo = np.where(r >= 0, r * xa[0], r * xa[1])
+    ra_hi = np.where(r >= 0, r * xa[1], r * xa[0])
+    return xb[0] - ra_hi - c, xb[1] - ra_lo - c
+
+
+def tight_difference(rule: ActivationRule, za: tuple[np.ndarray, np.ndarray], s: np.ndarray,
+                     dz: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``f(z_b) - f(s z_a)`` knowing ``z_b - s z_a`` lies in ``dz``.
+
+    Both pre-activations are linear in the same input, so their difference has a
+    tight interval of its own; the activation's slope range then bounds the
+    change.  This is what makes near-duplicate units score near zero, which the
+    difference of two independent intervals never does.
+    """
+    lo, hi = s * za[0], s * za[1]
+    return rule.delta(np.minimum(lo, hi), np.maximum(lo, hi), dz[0], dz[1])

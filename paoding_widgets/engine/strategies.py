@@ -1,0 +1,216 @@
+"""Pruning strategies: one small class per criterion, behind one interface.
+
+Why: users compare criteria (PAODING's baseline / impact / stochastic modes,
+plain magnitude and random baselines, our compensated merge).  Each strategy
+only *chooses* which units go and how they are folded; the shared work lives in
+:class:`~paoding_widgets.engine.units.UnitView` and the edits in
+:mod:`~paoding_widgets.engine.edits`.  A new criterion is one new subclass
+registered in :data:`STRATEGIES`.
+
+Groups that cannot be merged (convolution filters, units joined across
+layers) are pruned by removal; the PAODING modes use the method's scale-based
+L1 criterion there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from .scores import disjoint_pairs, saliency_matrix, scaled_match
+from .units import Candidates, UnitView
+
+
+class Strategy:
+    """Choose ``k`` units of a group to remove (and where to fold them)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        if not view.mergeable:
+            return self.remove(view, k, rng)
+        return self.merge(view, k, rng)
+
+    def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        return self.remove(view, k, rng)
+
+    def remove(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        """Scale-based L1 removal: the method's criterion for filters."""
+        return removal(view, view.scaled_l1(), k)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def removal(view: UnitView, cost: np.ndarray, k: int) -> Candidates:
+    """The ``k`` living units of least cost, removed without folding."""
+    cost = np.where(view.alive, cost, np.inf)
+    order = np.argsort(cost, kind="stable")[: min(k, int(view.alive.sum()) - 1)]
+    z = np.zeros(len(order), np.float32)
+    return Candidates(np.full(len(order), -1, np.int64), order.astype(np.int64), z, z.copy(), cost[order])
+
+
+def _pairs(view: UnitView, cost: np.ndarray, m: int, scale: np.ndarray | None = None) -> Candidates:
+    keep, drop = disjoint_pairs(cost, m, exclude=view.dead)
+    s = np.ones(len(drop), np.float32) if scale is None else scale[keep, drop]
+    shift = np.zeros(len(drop), np.float32)
+    return Candidates(keep, drop, s, shift, cost[keep, drop])
+
+
+def _saliency(view: UnitView, bias_aware: bool) -> np.ndarray:
+    return saliency_matrix(view.u, view.b, view.v_norm, bias_aware)
+
+
+class Baseline(Strategy):
+    """PAODING baseline: the ``k`` disjoint pairs of least saliency, merged."""
+
+    name = "baseline"
+    description = "merge the least-saliency pairs (PAODING baseline mode)"
+
+    def __init__(self, bias_aware: bool = True) -> None:
+        self.bias_aware = bias_aware
+
+    def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        return _pairs(view, _saliency(view, self.bias_aware), k)
+
+
+class Impact(Strategy):
+    """PAODING impact mode: a ``2k`` least-saliency pool, the ``k`` of least output impact."""
+
+    name = "impact"
+    description = "score a saliency pool by interval impact on the outputs (PAODING impact mode)"
+
+    def __init__(self, alpha: float = 0.75, beta: float = 0.25, bias_aware: bool = True,
+                 pool: float = 2.0) -> None:
+        self.alpha, self.beta, self.bias_aware, self.pool = alpha, beta, bias_aware, pool
+
+    def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        cand = _pairs(view, _saliency(view, self.bias_aware), max(k, int(math.ceil(self.pool * k))))
+        score, _, _ = view.impact(cand, tight=False, alpha=self.alpha, beta=self.beta)
+        best = np.argsort(score, kind="stable")[:k]
+        out = cand.take(best)
+        out.cost = np.asarray(score[best], np.float32)
+        return out
+
+
+class Stochastic(Strategy):
+    """PAODING stochastic mode: simulated annealing over saliency-ordered pairs.
+
+    Walk the pool in saliency order; accept a pair whose impact score is at
+    most the running target (which then becomes the target), else accept it
+    with probability ``exp(-(score - target) / T)``, ``T = 1.0001 - progress``.
+    Seeded through the ``rng`` the session passes, so runs are reproducible.
+    """
+
+    name = "stochastic"
+    description = "simulated annealing on impact scores (PAODING stochastic mode)"
+
+    def __init__(self, alpha: float = 0.75, beta: float = 0.25, bias_aware: bool = True,
+                 pool: float = 4.0) -> None:
+        self.alpha, self.beta, self.bias_aware, self.pool = alpha, beta, bias_aware, pool
+
+    def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        cand = _pairs(view, _saliency(view, self.bias_aware), max(k, int(math.ceil(self.pool * k))))
+        score, _, _ = view.impact(cand, tight=False, alpha=self.alpha, beta=self.beta)
+        progress = 1.0 - float(view.alive.mean())
+        temp = 1.0001 - progress
+        accepted: list[int] = []
+        target = float(score[0]) if len(score) else 0.0
+        remaining = list(range(len(cand)))
+        for _walk in range(64):
+            if len(accepted) >= k or not remaining:
+                break
+            left = []
+            for i in remaining:
+                if len(accepted) >= k:
+                    left.append(i)
+                    continue
+                if score[i] <= target:
+                    accepted.append(i)
+                    target = float(score[i])
+                elif rng.random() < math.exp(-(score[i] - target) / temp):
+                    accepted.append(i)
+                else:
+                    left.append(i)
+            remaining = left
+        idx = np.asarray(accepted[:k] + remaining[: max(0, k - len(accepted))], np.int64)
+        out = cand.take(idx)
+        out.cost = np.asarray(score[idx], np.float32)
+        return out
+
+
+class Magnitude(Strategy):
+    """Global-magnitude baseline: remove the units with the smallest L1 weights."""
+
+    name = "magnitude"
+    description = "remove the units of smallest L1 incoming weights (plain baseline)"
+
+    def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        return removal(view, view.magnitude(), k)
+
+
+class Random(Strategy):
+    """Seeded random removal: the floor every criterion must beat."""
+
+    name = "random"
+    description = "remove random units (seeded; plain baseline)"
+
+    def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        return removal(view, rng.random(view.group.size), k)
+
+
+class Compensated(Strategy):
+    """Ours: scaled merges chosen by their true error, folded with the fitted scale.
+
+    For ReLU-like units, ``f(s z) = s f(z)``: if unit b's incoming weights are
+    close to ``s`` times unit a's, then ``x_b ~ s x_a`` and folding ``s v_b``
+    into ``v_a`` compensates the removed unit (data-free reconstruction from
+    the incoming weights, after Neuron Merging, Kim et al. 2020).  Pairs are
+    ranked by the RMS pre-activation residual over the input box times the
+    removed unit's outgoing norm; a pool of twice that many is then scored by
+    the tight interval of the change it causes on the outputs.
+    """
+
+    name = "compensated"
+    description = "scaled merges with fitted compensation, ranked by their own error (ours)"
+
+    def __init__(self, pool: float = 2.0) -> None:
+        self.pool = pool
+
+    def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        t = view.transfer
+        ue, be = view.effective_u
+        w = np.concatenate([view.rms_input_weight(), np.ones(1, np.float32)])
+        scale, resid = scaled_match(np.vstack([ue, be[None, :]]), w)
+        if not t.rescalable:  # only s = 1 keeps the merge exact
+            scale = np.where(np.isfinite(scale), 1.0, np.nan).astype(np.float32)
+            resid = saliency_matrix(view.u, view.b, np.ones_like(view.v_norm), False)
+        cost = resid * (np.abs(t.q) * view.v_norm)[None, :]
+        r = scale * t.q[None, :] / t.q[:, None]  # reader-side scale r = q_b s / q_a
+        cand = _pairs(view, cost, max(k, int(math.ceil(self.pool * k))), np.nan_to_num(r))
+        has_bias = all(view.store.get(s.layer, "bias") is not None for s in view.group.consumers)
+        if has_bias:
+            cand.shift = (t.q0[cand.drop] - cand.scale * t.q0[cand.keep]).astype(np.float32)
+        _, width, _ = view.impact(cand, tight=True)
+        best = np.argsort(width, kind="stable")[:k]
+        out = cand.take(best)
+        out.cost = np.asarray(width[best], np.float32)
+        return out
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Baseline, Impact, Stochastic, Magnitude, Random, Compensated)
+}
+
+
+def make_strategy(spec: str | Strategy, **options: float) -> Strategy:
+    """A strategy from its name (with options) or an instance."""
+    if isinstance(spec, Strategy):
+        return spec
+    try:
+        return STRATEGIES[spec](**options)
+    except KeyError:
+        raise ValueError(f"unknown strategy {spec!r}; choose one of: {', '.join(STRATEGIES)}") from None
