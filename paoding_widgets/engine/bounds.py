@@ -79,6 +79,10 @@ class Propagator:
 
     # ---------------------------------------------------------------- values
     def values(self, input_range: Any) -> Bounds:
+        with np.errstate(over="ignore", invalid="ignore"):  # deep nets may overflow to inf: kept sound
+            return self._values(input_range)
+
+    def _values(self, input_range: Any) -> Bounds:
         lo_r, hi_r = parse_input_range(input_range)
         b = Bounds()
         for tid in self.graph.input_ids:
@@ -96,7 +100,7 @@ class Propagator:
             except _Unsupported as exc:
                 b.missing[node.name] = str(exc)
                 continue
-            b.out[node.outputs[0]] = res
+            b.out[node.outputs[0]] = _sound(res)
         return b
 
     def _value_node(self, node: LayerNode, ins: list[Interval], b: Bounds) -> Interval:
@@ -146,6 +150,11 @@ class Propagator:
         ``at_logits`` the change is measured before a final softmax/sigmoid,
         where the decision is made.
         """
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._deltas(base, injections, batch, at_logits)
+
+    def _deltas(self, base: Bounds, injections: dict[str, Interval], batch: int,
+                at_logits: bool) -> Interval | None:
         d: dict[int, Interval] = {}
         logits: dict[str, Interval] = {}  # pre-activation change of squashing layers
         for node in self.graph.nodes:
@@ -158,7 +167,7 @@ class Propagator:
             except _Unsupported:
                 return None
             if res is not None:
-                d[node.outputs[0]] = res
+                d[node.outputs[0]] = _sound(res)
         outs_lo, outs_hi = [], []
         for tid in self.graph.output_ids:
             node = self.graph.producer_of(tid)
@@ -274,6 +283,14 @@ class Propagator:
 
 class _Unsupported(Exception):
     pass
+
+
+def _sound(iv: Interval) -> Interval:
+    """Replace NaN (from inf - inf in exploding bounds) by the widest interval."""
+    lo, hi = iv
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        lo, hi = np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
+    return lo.astype(np.float32, copy=False), hi.astype(np.float32, copy=False)
 
 
 def _takes_training(t: str) -> bool:

@@ -41,7 +41,7 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
     patch = Patch()
     if len(cand) == 0:
         return patch
-    if view is not None and view.x_bounds is not None:
+    if view is not None and view.mergeable and view.x_bounds is not None:
         _accumulate_impact(store, group, view, cand, patch)
     merges = cand.keep >= 0
     for slot in group.consumers:

@@ -61,6 +61,14 @@ _MERGE_CHAIN_OK = {
     "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
     "Identity", "Activation", "ReLU", "LeakyReLU", "BatchNormalization",
 }
+# Per-channel layers that keep equal channels equal: transparent for merges.
+MERGE_TRANSPARENT = {
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+    "Cropping3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Flatten",
+    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+}
 
 
 @dataclass(frozen=True)
@@ -493,9 +501,9 @@ class ModelGraph:
         unit's signal reaches the readers through per-unit operations; joins
         and branches that read the units at different points rule merges out.
         """
-        if grp.kind != "dense":
-            return None, "filters are pruned by removal, not merged"
         producers = list(dict.fromkeys(s.layer for s in grp.producers))
+        if self.node(producers[0]).type not in ("Dense", *_CONVS):
+            return None, "units of this layer type are pruned by removal"
         if len(producers) != 1:
             return None, "units are shared by several layers (joined); removal only"
         read_at = {tid for s in grp.consumers for tid in self.node(s.layer).inputs if tid in grp.tensors}
@@ -505,7 +513,7 @@ class ModelGraph:
         tid = self.node(producers[0]).outputs[0]
         chain: list[str] = []
         while tid != target:
-            nxt = [n for n in self.consumers_of(tid) if n.type in _MERGE_CHAIN_OK]
+            nxt = [n for n in self.consumers_of(tid) if n.type in _MERGE_CHAIN_OK | MERGE_TRANSPARENT]
             if len(nxt) != 1:
                 return None, "units pass through a branch before their readers; removal only"
             chain.append(nxt[0].name)

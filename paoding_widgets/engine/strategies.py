@@ -1,7 +1,7 @@
 """Pruning strategies: one small class per criterion, behind one interface.
 
 Why: users compare criteria (PAODING's baseline / impact / stochastic modes,
-plain magnitude and random baselines, our compensated merge).  Each strategy
+plain magnitude and random baselines, our certified merge).  Each strategy
 only *chooses* which units go and how they are folded; the shared work lives in
 :class:`~paoding_widgets.engine.units.UnitView` and the edits in
 :mod:`~paoding_widgets.engine.edits`.  A new criterion is one new subclass
@@ -29,8 +29,10 @@ class Strategy:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
+    merges_filters: ClassVar[bool] = False  # PAODING removes filters by scale-based L1
+
     def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
-        if not view.mergeable:
+        if not view.mergeable or (view.group.kind == "conv" and not self.merges_filters):
             return self.remove(view, k, rng)
         return self.merge(view, k, rng)
 
@@ -162,38 +164,41 @@ class Random(Strategy):
         return removal(view, rng.random(view.group.size), k)
 
 
-class Compensated(Strategy):
-    """Ours: scaled merges chosen by their true error, folded with the fitted scale.
+class Certified(Strategy):
+    """Ours: merges chosen by the certified change they cause on the outputs.
 
-    For ReLU-like units, ``f(s z) = s f(z)``: if unit b's incoming weights are
-    close to ``s`` times unit a's, then ``x_b ~ s x_a`` and folding ``s v_b``
-    into ``v_a`` compensates the removed unit (data-free reconstruction from
-    the incoming weights, after Neuron Merging, Kim et al. 2020).  Pairs are
-    ranked by the RMS pre-activation residual over the input box times the
-    removed unit's outgoing norm; a pool of twice that many is then scored by
-    the tight interval of the change it causes on the outputs.
+    A pool of least-saliency pairs is scored by the *tight* interval of each
+    merge's error -- ``x_b - x_a`` bounded through the difference of the two
+    pre-activations, which are linear in the same input, so near-duplicates
+    score near zero -- propagated to the outputs; the pairs whose output change
+    is narrowest are merged.  With ``rescale=True`` the removed unit is folded
+    with the positive scale that best fits its incoming weights (``x_b ~ s x_a``
+    for ReLU-like units, after Neuron Merging, Kim et al. 2020); measured on an
+    MNIST MLP this compensates worse than plain merges, so it is off by default.
     """
 
-    name = "compensated"
-    description = "scaled merges with fitted compensation, ranked by their own error (ours)"
+    name = "certified"
+    description = "merges ranked by their certified output change (ours)"
+    merges_filters = True
 
-    def __init__(self, pool: float = 2.0) -> None:
-        self.pool = pool
+    def __init__(self, pool: float = 2.0, rescale: bool = False, bias_aware: bool = True) -> None:
+        self.pool, self.rescale, self.bias_aware = pool, bool(rescale), bias_aware
 
     def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        m = max(k, int(math.ceil(self.pool * k)))
         t = view.transfer
-        ue, be = view.effective_u
-        w = np.concatenate([view.rms_input_weight(), np.ones(1, np.float32)])
-        scale, resid = scaled_match(np.vstack([ue, be[None, :]]), w)
-        if not t.rescalable:  # only s = 1 keeps the merge exact
-            scale = np.where(np.isfinite(scale), 1.0, np.nan).astype(np.float32)
-            resid = saliency_matrix(view.u, view.b, np.ones_like(view.v_norm), False)
-        cost = resid * (np.abs(t.q) * view.v_norm)[None, :]
-        r = scale * t.q[None, :] / t.q[:, None]  # reader-side scale r = q_b s / q_a
-        cand = _pairs(view, cost, max(k, int(math.ceil(self.pool * k))), np.nan_to_num(r))
-        has_bias = all(view.store.get(s.layer, "bias") is not None for s in view.group.consumers)
-        if has_bias:
-            cand.shift = (t.q0[cand.drop] - cand.scale * t.q0[cand.keep]).astype(np.float32)
+        if self.rescale and t.rescalable:
+            ue, be = view.effective_u
+            w = np.concatenate([view.rms_input_weight(), np.ones(1, np.float32)])
+            scale, resid = scaled_match(np.vstack([ue, be[None, :]]), w)
+            with np.errstate(invalid="ignore"):
+                cost = resid * (np.abs(t.q) * view.v_norm)[None, :]
+            r = scale * t.q[None, :] / t.q[:, None]  # reader-side scale r = q_b s / q_a
+            cand = _pairs(view, cost, m, np.nan_to_num(r))
+            if all(view.store.get(s.layer, "bias") is not None for s in view.group.consumers):
+                cand.shift = (t.q0[cand.drop] - cand.scale * t.q0[cand.keep]).astype(np.float32)
+        else:
+            cand = _pairs(view, _saliency(view, self.bias_aware), m)
         _, width, _ = view.impact(cand, tight=True)
         best = np.argsort(width, kind="stable")[:k]
         out = cand.take(best)
@@ -202,7 +207,7 @@ class Compensated(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Baseline, Impact, Stochastic, Magnitude, Random, Compensated)
+    cls.name: cls for cls in (Baseline, Impact, Stochastic, Magnitude, Random, Certified)
 }
 
 

@@ -18,11 +18,14 @@ import numpy as np
 
 from .activations import ActivationRule, rule_for
 from .bounds import Bounds, Propagator, activation_of, bn_affine
-from .graph import ModelGraph, UnitGroup
+from .graph import MERGE_TRANSPARENT, ModelGraph, UnitGroup
 from .scores import difference_interval, impact_score, tight_difference
 from .weights import WeightStore
 
 IMPACT_LAYER = "__impact__"
+# Per-channel layers a unit's signal passes unchanged in kind (pooling keeps equal channels equal).
+_TRANSPARENT = MERGE_TRANSPARENT | {"Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                                   "ActivityRegularization", "Identity"}
 
 
 def impact_key(group: UnitGroup, consumer: str) -> tuple[str, str]:
@@ -110,7 +113,8 @@ class UnitView:
         out = []
         for slot in self.group.consumers:
             k = np.moveaxis(self.store[(slot.layer, slot.var)], slot.axis, 0)
-            out.append((slot.layer, k[slot.index].reshape(self.group.size, slot.index.shape[1], -1)))
+            # (n, rep * taps, fan_out): a Dense row per flattened position, a conv slice per tap
+            out.append((slot.layer, k[slot.index].reshape(self.group.size, -1, k.shape[-1])))
         return out
 
     @cached_property
@@ -153,10 +157,9 @@ class UnitView:
                 else:
                     q, q0 = q * s, q0 * s + t
                 continue
-            name, r = activation_of(node)
-            if i > 0 and node.type in ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-                                        "ActivityRegularization", "Identity"):
+            if i > 0 and node.type in _TRANSPARENT:
                 continue
+            name, r = activation_of(node)
             if r is None:
                 return None
             if r.name == "linear":
@@ -179,7 +182,9 @@ class UnitView:
         if iv is None:
             return None
         f = iv[0].shape[-1]
-        return iv[0].reshape(-1, f).min(0), iv[1].reshape(-1, f).max(0)
+        lo, hi = iv[0].reshape(-1, f).min(0), iv[1].reshape(-1, f).max(0)
+        taps = self.u.shape[0] // f  # a convolution kernel sees the box once per tap
+        return np.tile(lo, taps), np.tile(hi, taps)
 
     @cached_property
     def x_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -268,4 +273,7 @@ class UnitView:
             w = sum((hi - lo).reshape(len(cand), -1).sum(1) for lo, hi in inj.values())
             return w, w, inj
         lo, hi = res
-        return impact_score(lo, hi, alpha, beta), (hi - lo).sum(1), inj
+        with np.errstate(invalid="ignore", over="ignore"):
+            width = np.nan_to_num((hi - lo).sum(1), nan=np.inf)
+            score = np.nan_to_num(impact_score(lo, hi, alpha, beta), nan=np.inf)
+        return score, width, inj
