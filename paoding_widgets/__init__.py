@@ -1,0 +1,29 @@
+"""paoding_widgets: interactive, data-free pruning of pre-trained Keras models.
+
+The engine (:mod:`paoding_widgets.engine`) re-implements PAODING -- progressive,
+data-free merging of near-duplicate Dense units and removal of low-L1 filters,
+scored by interval arithmetic -- vectorised, on Keras 3.  This facade exposes
+the public names; TensorFlow is only imported when a model is touched.
+"""
+
+from __future__ import annotations
+
+from .engine import (
+    STRATEGIES,
+    Metrics,
+    ModelGraph,
+    Proposal,
+    Pruner,
+    Strategy,
+    evaluate,
+    make_strategy,
+    save_keras,
+    save_tflite,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STRATEGIES", "Metrics", "ModelGraph", "Proposal", "Pruner", "Strategy", "evaluate",
+    "make_strategy", "save_keras", "save_tflite", "__version__",
+]

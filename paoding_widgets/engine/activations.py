@@ -8,8 +8,8 @@ Keeping the rules in one table makes a new activation one entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

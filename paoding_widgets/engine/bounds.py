@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .activations import ActivationRule, relu_rule, rule_for, softmax_image
-from .graph import ModelGraph, LayerNode, _activation_name, _config
+from .graph import LayerNode, ModelGraph, _activation_name, _config
 from .weights import WeightStore
 
 Interval = tuple[np.ndarray, np.ndarray]

@@ -13,8 +13,9 @@ its gradient, the result is clipped to the input range, and it runs batched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,8 @@ def flops(model: Any) -> int:
         elif t.startswith("DepthwiseConv"):
             total += positions * int(np.prod(layer.kernel.shape))
         elif t.startswith("SeparableConv"):
-            total += positions * (int(np.prod(layer.depthwise_kernel.shape)) + int(np.prod(layer.pointwise_kernel.shape)))
+            total += positions * (int(np.prod(layer.depthwise_kernel.shape))
+                                  + int(np.prod(layer.pointwise_kernel.shape)))
     return 2 * total
 
 

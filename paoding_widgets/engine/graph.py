@@ -461,7 +461,7 @@ class ModelGraph:
         out_blocks = []
         for bi, (segs, rep) in enumerate(first):
             new_segs = []
-            for si, (g, n) in enumerate(segs):
+            for si, (_g, n) in enumerate(segs):
                 ids = [lay[bi][0][si][0] for lay in layouts]
                 real = [x for x in ids if x is not None]
                 if real and len(real) < len(ids):

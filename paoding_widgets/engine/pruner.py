@@ -9,8 +9,9 @@ decide which proposals to apply.  It knows nothing of widgets or history.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -10,9 +10,9 @@ to the model outputs in one pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.drop)
 
-    def take(self, idx: np.ndarray) -> "Candidates":
+    def take(self, idx: np.ndarray) -> Candidates:
         return Candidates(self.keep[idx], self.drop[idx], self.scale[idx], self.shift[idx],
                           self.cost[idx] if len(self.cost) else self.cost)
 
@@ -238,7 +238,8 @@ class UnitView:
             hi = np.maximum(hi, lo)
         return lo.astype(np.float32), hi.astype(np.float32)
 
-    def injections(self, cand: Candidates, err: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def injections(self, cand: Candidates,
+                   err: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per consumer: accumulated + candidate change of its pre-activation, batched."""
         ec, er = (err[0] + err[1]) / 2, (err[1] - err[0]) / 2
         out = {}

@@ -9,8 +9,9 @@ so undo/redo restores weights bit for bit without storing model copies.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Patch:
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.arrays) + sum(u.nbytes for _, u, _ in self.alive)
 
-    def extend(self, other: "Patch") -> None:
+    def extend(self, other: Patch) -> None:
         self.arrays.extend(other.arrays)
         self.alive.extend(other.alive)
 
@@ -79,7 +80,7 @@ class WeightStore:
         self.version = 0  # bumped on each change, for caches
 
     @classmethod
-    def from_model(cls, model: Any, group_sizes: dict[int, int]) -> "WeightStore":
+    def from_model(cls, model: Any, group_sizes: dict[int, int]) -> WeightStore:
         arrays: dict[Key, np.ndarray] = {}
         for layer in _all_layers(model):
             for name, w in zip(layer_variable_names(layer), layer.weights):
@@ -87,7 +88,7 @@ class WeightStore:
         alive = {g: np.ones(n, dtype=bool) for g, n in group_sizes.items()}
         return cls(arrays, alive)
 
-    def copy(self) -> "WeightStore":
+    def copy(self) -> WeightStore:
         return WeightStore({k: v.copy() for k, v in self.arrays.items()},
                            {k: v.copy() for k, v in self.alive.items()})
 
@@ -140,7 +141,7 @@ class WeightStore:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
-    def equal(self, other: "WeightStore") -> bool:
+    def equal(self, other: WeightStore) -> bool:
         """Bit-for-bit equality of arrays and masks."""
         return (self.arrays.keys() == other.arrays.keys()
                 and all(np.array_equal(self.arrays[k], other.arrays[k]) for k in self.arrays)
@@ -149,5 +150,4 @@ class WeightStore:
 
 def _all_layers(model: Any) -> Iterable[Any]:
     """Layers of the model that own weights (nested models are kept whole)."""
-    for layer in model.layers:
-        yield layer
+    yield from model.layers
