@@ -112,7 +112,8 @@ def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> 
     with np.errstate(divide="ignore", invalid="ignore"):
         sim = np.where(union > 0, 1.0 - 0.5 * (dl + dh) / union, 1.0)
     p = (sim >= threshold).mean(-1)
-    return -(p * np.log(p)).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
