@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import format_table, run_demo
+        from .engine.pruner import check_fraction
 
         try:
+            check_fraction("--target", args.target)  # before minutes of training, not after
+            check_fraction("--step", args.step)
             rows = run_demo(args.model, args.strategy, args.target, args.step, args.seed)
         except ValueError as exc:
             print(f"paoding-widgets: {exc}", file=sys.stderr)
