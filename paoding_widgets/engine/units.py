@@ -241,7 +241,8 @@ class UnitView:
     def injections(self, cand: Candidates,
                    err: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per consumer: accumulated + candidate change of its pre-activation, batched."""
-        ec, er = (err[0] + err[1]) / 2, (err[1] - err[0]) / 2
+        # The readers lose v_b * x_b and gain v_b * (r x_a + c): their change is -v_b * err.
+        ec, er = -(err[0] + err[1]) / 2, (err[1] - err[0]) / 2
         out = {}
         for layer, v in self.v_rows:
             vb = v[cand.drop].sum(1)  # (P, fan_out): rows of every flattened position

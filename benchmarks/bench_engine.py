@@ -1,0 +1,381 @@
+"""Benchmark of the pruning engine: time per proposal iteration, full runs, scaling, memory.
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_engine.py                      # full run (a few minutes on 2 cores)
+    python benchmarks/bench_engine.py --quick              # smoke run: W in 128, 512; one repeat
+    python benchmarks/bench_engine.py --json bench.json    # also write the figures + machine info
+    python benchmarks/bench_engine.py --profile impact     # + cProfile of one proposal per model
+    python benchmarks/bench_engine.py --blas-threads 1     # pin NumPy's BLAS to one thread
+
+What is measured, per model and per strategy in ``STRATEGIES``:
+
+* **propose** -- one proposal iteration, ``Pruner(...).propose()``, on a fresh
+  ``Pruner`` each repeat (nothing cached: the value bounds are computed inside);
+  median of ``--repeats`` (3; 1 with ``--quick``).  Constructing the ``Pruner``
+  is timed apart ("init").  One untimed proposal per model warms TensorFlow up
+  first (eager conv kernels, lazy imports), so the figures are steady-state.
+* **peak MiB** -- peak of Python/NumPy allocations during one more proposal
+  (``tracemalloc``; an untimed extra call).
+* **run** -- ``Pruner(..., step=0.05, target=0.5).run()`` once, on a fresh
+  ``Pruner``.  For the widest MLP only "baseline", "impact" and "certified" are
+  always run; the others are run when their estimate (iterations x propose time
+  x 1.5) fits ``--run-budget`` seconds, else printed as "skipped" with the reason.
+* **scaling** -- the exponent ``p`` of ``time ~ W^p`` of one proposal over the MLP
+  widths (least-squares on log-log; hidden-hidden weights grow as ``W^2``).
+* **memory** -- ``pruner.store.nbytes()`` vs the model's own weight bytes, and the
+  process's peak RSS (``resource.getrusage``; includes TensorFlow itself).
+
+Models: MLPs 784-W-W-10 (ReLU, softmax output) for W in 128, 512, 2048 and a small
+CNN 28x28x1 -> Conv2D 32 3x3 relu -> MaxPool -> Conv2D 64 3x3 relu -> MaxPool ->
+Flatten -> Dense 128 relu -> Dense 10 (softmax); random-init weights
+(``keras.utils.set_random_seed(0)``), input range [0, 1].
+
+BLAS threads: by default NumPy's BLAS uses its own default thread count (shown in
+the header).  On small 2-vCPU VMs a multi-threaded OpenBLAS can add a fixed
+wake-up latency to every matrix product; ``--blas-threads N`` (set through
+``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` before NumPy loads) measures that.
+
+Targets: one impact-mode iteration on 784-512-512-10 under 0.5 s, on
+784-2048-2048-10 under 5 s (PASS / MISS printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _early_blas_threads(argv: list[str]) -> str | None:
+    """``--blas-threads N`` must act before NumPy loads its BLAS: read it from argv here."""
+    for i, a in enumerate(argv):
+        if a == "--blas-threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--blas-threads="):
+            return a.split("=", 1)[1]
+    return None
+
+
+_BLAS_THREADS = _early_blas_threads(sys.argv[1:])
+if _BLAS_THREADS is not None and _BLAS_THREADS.isdigit() and int(_BLAS_THREADS) > 0:
+    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _BLAS_THREADS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+import numpy as np  # noqa: E402
+
+STEP, TARGET = 0.05, 0.5
+FULL_WIDTHS = (128, 512, 2048)
+QUICK_WIDTHS = (128, 512)
+ALWAYS_RUN_WIDE = ("baseline", "impact", "certified")
+TARGETS = (  # (model label, strategy, limit in seconds)
+    ("784-512-512-10", "impact", 0.5),
+    ("784-2048-2048-10", "impact", 5.0),
+)
+MIB = 1024.0 * 1024.0
+
+
+# ------------------------------------------------------------------ models
+def mlp(width: int) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name=f"mlp_{width}")
+
+
+def cnn() -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="cnn")
+
+
+def model_weight_bytes(model: Any) -> int:
+    return int(sum(np.asarray(w.numpy()).nbytes for w in model.weights))
+
+
+# ------------------------------------------------------------------ measuring
+def peak_rss_bytes() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(ru if sys.platform == "darwin" else ru * 1024)  # bytes on macOS, KiB on Linux
+
+
+def make_pruner(model: Any, strategy: str) -> Any:
+    from paoding_widgets.engine import Pruner
+
+    return Pruner(model, input_range=(0.0, 1.0), strategy=strategy, step=STEP, target=TARGET, seed=0)
+
+
+def time_propose(model: Any, strategy: str, repeats: int) -> dict[str, Any]:
+    """Median time of ``propose()`` on fresh pruners, the init time, the transient peak."""
+    inits, times = [], []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        pruner = make_pruner(model, strategy)
+        t1 = time.perf_counter()
+        proposals = pruner.propose()
+        t2 = time.perf_counter()
+        inits.append(t1 - t0)
+        times.append(t2 - t1)
+    units = int(sum(len(p.candidates) for p in proposals.values()))
+    # transient allocations of one more proposal (untimed: tracemalloc slows Python code down)
+    pruner = make_pruner(model, strategy)
+    gc.collect()
+    tracemalloc.start()
+    pruner.propose()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"times_s": times, "median_s": statistics.median(times), "init_median_s": statistics.median(inits),
+            "units_proposed": units, "groups_proposed": len(proposals), "peak_alloc_bytes": int(peak),
+            "store_bytes": int(pruner.store.nbytes())}
+
+
+def time_run(model: Any, strategy: str) -> dict[str, Any]:
+    """One full ``run()`` to the target on a fresh pruner, with per-iteration times."""
+    gc.collect()
+    pruner = make_pruner(model, strategy)
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    iterations = pruner.run(callback=lambda i, share: marks.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    per_iter = np.diff([t0, *marks]).tolist()
+    return {"time_s": total, "iterations": int(iterations), "share_pruned": float(pruner.share_pruned()),
+            "iteration_s": per_iter}
+
+
+def fit_exponent(widths: list[int], times: list[float]) -> float | None:
+    """Least-squares slope of log(time) on log(width)."""
+    pts = [(w, t) for w, t in zip(widths, times) if t is not None and t > 0]
+    if len(pts) < 2:
+        return None
+    x = np.log([w for w, _ in pts])
+    y = np.log([t for _, t in pts])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def profile_propose(model: Any, strategy: str, top: int = 14) -> str:
+    pruner = make_pruner(model, strategy)
+    prof = cProfile.Profile()
+    prof.enable()
+    pruner.propose()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).strip_dirs().sort_stats("tottime").print_stats(top)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+    return "\n".join(lines[max(0, start - 2):])
+
+
+# ------------------------------------------------------------------ formatting
+def fmt_s(t: float | None) -> str:
+    if t is None:
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.0f}us"
+    if t < 1.0:
+        return f"{t * 1e3:.1f}ms"
+    return f"{t:.2f}s"
+
+
+def blas_info() -> list[dict[str, Any]]:
+    """NumPy's BLAS libraries and their thread counts (via threadpoolctl when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
+            for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
+def machine_info() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "cpus_usable": usable,
+        "python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
+        "keras": keras.__version__, "keras_backend": keras.backend.backend(), "blas": blas_info(),
+        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+                        if k in os.environ},
+    }
+
+
+# ------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="W in 128, 512 only; one repeat")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures and machine info as JSON")
+    ap.add_argument("--repeats", type=int, default=None, help="proposal repeats (default 3; 1 with --quick)")
+    ap.add_argument("--strategies", default=None, help="comma-separated subset of the strategies")
+    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN")
+    ap.add_argument("--run-budget", type=float, default=120.0,
+                    help="seconds an optional full run may take at the widest MLP (default 120)")
+    ap.add_argument("--profile", metavar="STRATEGY", help="cProfile one proposal of this strategy per model")
+    ap.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                    help="threads for NumPy's BLAS (default: the library's own default)")
+    args = ap.parse_args(argv)
+
+    import keras  # noqa: F401  (after TF_CPP_MIN_LOG_LEVEL)
+
+    from paoding_widgets.engine import STRATEGIES
+
+    names = list(STRATEGIES) if args.strategies is None else [s.strip() for s in args.strategies.split(",")]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        ap.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+    widths = list(QUICK_WIDTHS if args.quick else FULL_WIDTHS)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rss_start = peak_rss_bytes()
+    info = machine_info()
+
+    models: list[tuple[str, Any, int | None]] = [(f"784-{w}-{w}-10", (lambda w=w: mlp(w)), w) for w in widths]
+    if not args.no_cnn:
+        models.append(("cnn 28x28x1-c32-c64-d128-10", cnn, None))
+
+    w = 100
+    print("=" * w)
+    print(f"paoding_widgets engine benchmark  |  step {STEP}, target {TARGET}, input range [0, 1], "
+          f"propose: median of {repeats}")
+    print(f"{info['platform']}  |  {info['cpu_count']} cpus ({info['cpus_usable']} usable)  |  python "
+          f"{info['python']}  numpy {info['numpy']}  tensorflow {info['tensorflow']}  keras {info['keras']}")
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in info["blas"])
+    print(f"BLAS: {blas or 'unknown (threadpoolctl not installed)'}"
+          + ("" if args.blas_threads is None else f"  [--blas-threads {args.blas_threads}]"))
+    print("=" * w)
+
+    results: dict[str, Any] = {}
+    profiles: dict[str, str] = {}
+    widest = max(widths)
+    for label, build, width in models:
+        model = build()
+        params = int(model.count_params())
+        wbytes = model_weight_bytes(model)
+        warm = make_pruner(model, "impact")  # warm-up (untimed): TF eager kernels, lazy imports
+        warm.propose()
+        groups = [f"{g.name}({g.size}, {g.kind})" for g in warm.graph.prunable_groups]
+        del warm
+        entry: dict[str, Any] = {"width": width, "params": params, "weight_bytes": wbytes, "groups": groups,
+                                 "strategies": {}}
+        print(f"\n{label}   params {params:,}   weights {wbytes / MIB:.2f} MiB   groups: {', '.join(groups)}")
+        print(f"  {'strategy':<11}{'propose':>10}{'min':>10}{'max':>10}{'init':>10}{'units':>7}"
+              f"{'peak MiB':>10}{'run':>10}{'iters':>7}{'s/iter':>10}{'pruned':>8}")
+        for name in names:
+            prop = time_propose(model, name, repeats)
+            entry["store_bytes"] = prop["store_bytes"]
+            rec: dict[str, Any] = {"propose": prop}
+            est = math.ceil(TARGET / STEP) * prop["median_s"] * 1.5
+            if width == widest and width is not None and len(widths) > 1 and name not in ALWAYS_RUN_WIDE \
+                    and est > args.run_budget:
+                rec["run"] = {"skipped": f"estimated {est:.0f} s > --run-budget {args.run_budget:.0f} s"}
+            else:
+                rec["run"] = time_run(model, name)
+            entry["strategies"][name] = rec
+            run = rec["run"]
+            if "skipped" in run:
+                tail = f"{'skipped':>10}  ({run['skipped']})"
+            else:
+                per = run["time_s"] / max(run["iterations"], 1)
+                tail = (f"{fmt_s(run['time_s']):>10}{run['iterations']:>7}{fmt_s(per):>10}"
+                        f"{run['share_pruned']:>8.3f}")
+            print(f"  {name:<11}{fmt_s(prop['median_s']):>10}{fmt_s(min(prop['times_s'])):>10}"
+                  f"{fmt_s(max(prop['times_s'])):>10}{fmt_s(prop['init_median_s']):>10}"
+                  f"{prop['units_proposed']:>7}{prop['peak_alloc_bytes'] / MIB:>10.1f}{tail}", flush=True)
+        sb = entry.get("store_bytes", 0)
+        print(f"  memory: store {sb / MIB:.2f} MiB vs model weights {wbytes / MIB:.2f} MiB "
+              f"(x{sb / max(wbytes, 1):.3f}); peak RSS so far {peak_rss_bytes() / MIB:.0f} MiB")
+        entry["peak_rss_after_bytes"] = peak_rss_bytes()
+        if args.profile:
+            profiles[label] = profile_propose(model, args.profile)
+        results[label] = entry
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+
+    # ---------------------------------------------------------------- scaling
+    mlp_labels = [lbl for lbl, _, wd in models if wd is not None]
+    lo_w, hi_w = widths[0], widths[-1]
+    scaling: dict[str, Any] = {}
+    print(f"\nscaling of one proposal with width: time ~ W^p, least-squares over W = "
+          f"{', '.join(map(str, widths))} (weights grow as W^2)")
+    print(f"  {'strategy':<11}" + "".join(f"{'W=' + str(wd):>10}" for wd in widths)
+          + f"{'p fit':>8}{f'p {lo_w}->{hi_w}':>12}  note")
+    for name in names:
+        ts = [results[lbl]["strategies"][name]["propose"]["median_s"] for lbl in mlp_labels]
+        p = fit_exponent(widths, ts)
+        p_end = math.log(ts[-1] / ts[0]) / math.log(hi_w / lo_w) if ts[0] > 0 and ts[-1] > 0 else None
+        note = "times < 1 ms: overhead-dominated, p not meaningful" if max(ts) < 1e-3 else ""
+        scaling[name] = {"widths": widths, "median_s": ts, "p_fit": p, "p_endpoints": p_end, "note": note}
+        print(f"  {name:<11}" + "".join(f"{fmt_s(t):>10}" for t in ts)
+              + f"{(f'{p:.2f}' if p is not None else '-'):>8}{(f'{p_end:.2f}' if p_end is not None else '-'):>12}"
+              + f"  {note}")
+
+    # ---------------------------------------------------------------- targets
+    print("\ntargets (one impact-mode proposal iteration, fresh pruner, median):")
+    target_rows = []
+    for lbl, strat, limit in TARGETS:
+        rec = results.get(lbl, {}).get("strategies", {}).get(strat)
+        if rec is None:
+            verdict, t = "not measured", None
+        else:
+            t = rec["propose"]["median_s"]
+            verdict = "PASS" if t < limit else "MISS"
+        target_rows.append({"model": lbl, "strategy": strat, "limit_s": limit, "time_s": t, "verdict": verdict})
+        print(f"  {strat} on {lbl:<18} under {limit:>4.1f} s : {fmt_s(t):>9}   {verdict}")
+
+    rss_end = peak_rss_bytes()
+    print(f"\npeak RSS: {rss_end / MIB:.0f} MiB (after imports: {rss_start / MIB:.0f} MiB; "
+          f"includes TensorFlow)")
+    for lbl, text in profiles.items():
+        print(f"\ncProfile of one '{args.profile}' proposal on {lbl} (by own time):\n{text}")
+    print("=" * w)
+
+    if args.json:
+        doc = {"machine": info,
+               "config": {"step": STEP, "target": TARGET, "input_range": [0.0, 1.0], "repeats": repeats,
+                          "quick": bool(args.quick), "widths": widths, "strategies": names,
+                          "run_budget_s": args.run_budget, "seed": 0, "blas_threads": args.blas_threads},
+               "models": results, "scaling": scaling, "targets": target_rows,
+               "peak_rss_bytes": rss_end, "peak_rss_after_imports_bytes": rss_start}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Shared small model builders and helpers for the engine tests.
+
+Models are tiny (tens of units) so the whole suite runs in a few minutes on
+two CPU cores.  ``randomize`` gives every variable non-trivial values (non-zero
+biases, non-trivial BatchNorm statistics) so that exactness tests cannot pass
+by accident on freshly initialised zeros.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+L = keras.layers
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: tests that take more than a minute (real application models)")
+
+
+# ---------------------------------------------------------------------- helpers
+def randomize(model, seed: int = 0, scale: float = 0.5):
+    """Give every variable random, non-degenerate values (BN variances > 0)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        new = []
+        for w in layer.weights:
+            name = str(w.path).rsplit("/", 1)[-1]
+            shape = tuple(w.shape)
+            if name == "moving_variance":
+                new.append(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+            elif name == "gamma":
+                new.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+            elif name in ("moving_mean", "beta", "bias"):
+                new.append((0.3 * rng.standard_normal(shape)).astype(np.float32))
+            else:
+                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+                new.append((rng.standard_normal(shape) * scale * np.sqrt(2.0 / max(fan_in, 1)) * 2)
+                           .astype(np.float32))
+        if new:
+            layer.set_weights(new)
+    return model
+
+
+def weights_copy(model) -> list[list[np.ndarray]]:
+    return [[np.array(w, copy=True) for w in layer.get_weights()] for layer in model.layers]
+
+
+def weights_equal(model, copy) -> bool:
+    now = weights_copy(model)
+    return len(now) == len(copy) and all(
+        len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b)) for a, b in zip(now, copy))
+
+
+def box_inputs(model, n: int, lo: float = 0.0, hi: float = 1.0, seed: int = 0) -> np.ndarray:
+    """``n`` uniform random inputs in the box for a single-input model."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(model.inputs[0].shape[1:])
+    return rng.uniform(lo, hi, (n, *shape)).astype(np.float32)
+
+
+def run(model, x) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+# ---------------------------------------------------------------------- builders
+def build_mlp(n_in: int = 8, hidden=(20, 16), n_out: int = 3, dropout: bool = True, bn: bool = False,
+              activation: str = "relu", out_activation: str | None = None, seed: int = 0,
+              names=None, randomize_weights: bool = True):
+    """Input -> Dense (-> BN) (-> Dropout) -> Dense ... -> Dense(n_out)."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((n_in,))]
+    for i, h in enumerate(hidden):
+        name = names[i] if names else None
+        layers.append(L.Dense(h, activation=activation, name=name))
+        if bn:
+            layers.append(L.BatchNormalization())
+        if dropout and i == 0:
+            layers.append(L.Dropout(0.2))
+    layers.append(L.Dense(n_out, activation=out_activation, name=names[-1] if names else None))
+    model = keras.Sequential(layers)
+    return randomize(model, seed) if randomize_weights else model
+
+
+def build_cnn_bn_flatten(seed: int = 0, input_shape=(10, 10, 3)):
+    """Conv-BN-ReLU-MaxPool-Conv-Flatten-Dense-Dense."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="relu1")(x)
+    x = L.MaxPooling2D(name="pool1")(x)
+    x = L.Conv2D(6, 3, activation="relu", name="c2")(x)
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(12, activation="relu", name="fc")(x)
+    out = L.Dense(4, name="logits")(x)
+    return randomize(keras.Model(inp, out), seed)
+
+
+def build_residual(seed: int = 0, input_shape=(8, 8, 3)):
+    """Conv stem, a residual block whose two convs feed Add, GAP, Dense head."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inp)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(name="stem_relu")(x)
+    x = L.MaxPooling2D(name="pool")(x)
+    a = L.Conv2D(8, 3, padding="same", name="res_a")(x)
+    b = L.Conv2D(8, 1, name="res_b")(x)
+    x = L.Add(name="add")([a, b])
+    x = L.ReLU(name="add_relu")(x)
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="post")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(10, activation="relu", name="fc")(x)
+    out = L.Dense(3, name="logits")(x)
+    return randomize(keras.Model(inp, out), seed)
+
+
+def build_concat(seed: int = 0, n_in: int = 8):
+    """Two Dense branches concatenated, then Dense head."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((n_in,))
+    a = L.Dense(10, activation="relu", name="branch_a")(inp)
+    b = L.Dense(6, activation="tanh", name="branch_b")(inp)
+    x = L.Concatenate(name="cat")([a, b])
+    x = L.Dense(12, activation="relu", name="fc")(x)
+    out = L.Dense(3, name="logits")(x)
+    return randomize(keras.Model(inp, out), seed)
+
+
+def build_gap(seed: int = 0, input_shape=(8, 8, 3)):
+    """Conv-Conv-GlobalAveragePooling-Dense-Dense."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, activation="relu", name="c1")(inp)
+    x = L.Conv2D(10, 3, activation="relu", name="c2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(8, activation="relu", name="fc")(x)
+    out = L.Dense(3, name="logits")(x)
+    return randomize(keras.Model(inp, out), seed)
+
+
+def build_squeeze_excite(seed: int = 0, input_shape=(8, 8, 3)):
+    """Conv -> (GAP -> Dense -> Dense(C, sigmoid) -> Reshape((1, 1, C))) * conv -> GAP -> head."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    s = L.GlobalAveragePooling2D(name="se_gap")(x)
+    s = L.Dense(6, activation="relu", name="se_fc")(s)
+    s = L.Dense(8, activation="sigmoid", name="se_gate")(s)
+    s = L.Reshape((1, 1, 8), name="se_reshape")(s)
+    x = L.Multiply(name="se_mul")([x, s])
+    x = L.Conv2D(6, 3, activation="relu", name="c2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(8, activation="relu", name="fc")(x)
+    out = L.Dense(3, name="logits")(x)
+    return randomize(keras.Model(inp, out), seed)
+
+
+@pytest.fixture
+def mlp():
+    return build_mlp()

@@ -1,0 +1,109 @@
+"""Physical surgery: the pruned model is smaller and computes what the edited weights compute."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import (
+    box_inputs,
+    build_cnn_bn_flatten,
+    build_concat,
+    build_gap,
+    build_mlp,
+    build_residual,
+    build_squeeze_excite,
+    run,
+    weights_copy,
+    weights_equal,
+)
+
+from paoding_widgets.engine.pruner import Pruner
+
+BUILDERS = {
+    "mlp": lambda: build_mlp(n_in=8, hidden=(20, 16), n_out=3, bn=True),
+    "cnn_bn_flatten": build_cnn_bn_flatten,
+    "residual_add": build_residual,
+    "concatenate": build_concat,
+    "global_average_pooling": build_gap,
+    "squeeze_excite_reshape": build_squeeze_excite,
+}
+
+
+def _size_attr(layer):
+    cfg = layer.get_config()
+    return cfg.get("units", cfg.get("filters"))
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS), ids=sorted(BUILDERS))
+def pruned(request):
+    model = BUILDERS[request.param]()
+    before = weights_copy(model)
+    pruner = Pruner(model, input_range=(0, 1), strategy="impact", step=0.25, target=0.5, seed=0)
+    iterations = pruner.run()
+    return request.param, model, before, pruner, iterations, pruner.pruned_model(), pruner.edited_model()
+
+
+def test_every_prunable_group_reaches_the_target(pruned):
+    _, _, _, pruner, iterations, _, _ = pruned
+    assert iterations == 2  # 0.25 then 0.25 more
+    for g in pruner.graph.prunable_groups:
+        alive = int(pruner.store.alive[g.id].sum())
+        assert g.size - alive == pruner.target_units(g) == int(np.floor(0.5 * g.size + 0.5))
+    for g in pruner.graph.groups:
+        if not g.prunable:
+            assert pruner.store.alive[g.id].all()
+
+
+def test_pruned_model_is_smaller_with_alive_sizes(pruned):
+    name, model, _, pruner, _, small, _ = pruned
+    assert small.count_params() < model.count_params()
+    checked = 0
+    for g in pruner.graph.groups:
+        alive = int(pruner.store.alive[g.id].sum())
+        for layer_name in {s.layer for s in g.producers}:
+            assert _size_attr(small.get_layer(layer_name)) == alive, (name, layer_name)
+            assert _size_attr(model.get_layer(layer_name)) == g.size
+            checked += 1
+    assert checked >= 2
+    # the expected parameter count, computed from the alive sizes
+    assert small.count_params() == sum(int(np.prod(w.shape)) for w in small.weights)
+    assert len(small.layers) == len(model.layers)
+
+
+def test_pruned_model_matches_edited_model(pruned):
+    name, model, _, _, _, small, edited = pruned
+    x = box_inputs(model, 64, seed=3)
+    a, b = run(edited, x), run(small, x)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4, err_msg=name)
+    # and the edit did change something (the test would otherwise be vacuous)
+    assert not np.allclose(run(model, x), a, atol=1e-6)
+
+
+def test_original_model_untouched(pruned):
+    _, model, before, _, _, _, _ = pruned
+    assert weights_equal(model, before)
+
+
+def test_squeeze_excite_reshape_target_follows_gate():
+    model = build_squeeze_excite()
+    pruner = Pruner(model, input_range=(0, 1), strategy="magnitude", step=0.25, target=0.5)
+    pruner.run()
+    small = pruner.pruned_model()
+    c1 = pruner.graph.group("c1")
+    # the gate is multiplied channel-wise with c1: they share one group
+    assert "se_gate" in c1.name and "se_reshape" in c1.reshapes
+    alive = int(pruner.store.alive[c1.id].sum())
+    assert alive == 4
+    assert tuple(small.get_layer("se_reshape").get_config()["target_shape"]) == (1, 1, alive)
+    x = box_inputs(model, 16, seed=4)
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-4)
+
+
+def test_surgery_without_edits_reproduces_the_model():
+    model = build_residual(seed=5)
+    pruner = Pruner(model, input_range=(0, 1))
+    small = pruner.pruned_model()
+    assert small.count_params() == model.count_params()
+    x = box_inputs(model, 16, seed=5)
+    np.testing.assert_allclose(run(small, x), run(model, x), rtol=1e-5, atol=1e-5)
