@@ -24,11 +24,12 @@ def pytest_configure(config):
 
 
 # ---------------------------------------------------------------------- helpers
-def randomize(model, seed: int = 0, scale: float = 0.5):
-    """Give every variable random, non-degenerate values (BN variances > 0)."""
+def randomize(model, seed: int = 0, scale: float = 1.0, bias_scale: float = 0.3):
+    """Give every variable random, non-degenerate values (He-scaled kernels, BN variances > 0)."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         new = []
+        depthwise = type(layer).__name__.startswith("Depthwise")
         for w in layer.weights:
             name = str(w.path).rsplit("/", 1)[-1]
             shape = tuple(w.shape)
@@ -37,10 +38,11 @@ def randomize(model, seed: int = 0, scale: float = 0.5):
             elif name == "gamma":
                 new.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
             elif name in ("moving_mean", "beta", "bias"):
-                new.append((0.3 * rng.standard_normal(shape)).astype(np.float32))
+                new.append((bias_scale * rng.standard_normal(shape)).astype(np.float32))
             else:
-                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-                new.append((rng.standard_normal(shape) * scale * np.sqrt(2.0 / max(fan_in, 1)) * 2)
+                # a depthwise kernel (kh, kw, C, 1) sees kh * kw inputs per output
+                fan_in = int(np.prod(shape[:-2] if depthwise else shape[:-1])) if len(shape) > 1 else 1
+                new.append((rng.standard_normal(shape) * scale * np.sqrt(2.0 / max(fan_in, 1)))
                            .astype(np.float32))
         if new:
             layer.set_weights(new)

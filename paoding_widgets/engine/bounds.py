@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .activations import ActivationRule, relu_rule, rule_for, softmax_image
-from .graph import LayerNode, ModelGraph, _activation_name, _config
+from .graph import LayerNode, ModelGraph, _activation_name
 from .weights import WeightStore
 
 Interval = tuple[np.ndarray, np.ndarray]
@@ -129,7 +129,7 @@ class Propagator:
                 lo, hi = cands.min(0), cands.max(0)
             return lo, hi
         if t == "Rescaling":
-            cfg = _config(node.layer)
+            cfg = node.config
             a = np.asarray(cfg.get("scale", 1.0), np.float32)
             o = np.asarray(cfg.get("offset", 0.0), np.float32)
             lo, hi = ins[0]
@@ -247,7 +247,7 @@ class Propagator:
         import keras
 
         w = lambda v: self.store.get(node.name, v)  # noqa: E731
-        t, cfg = node.type, _config(node.layer)
+        t, cfg = node.type, node.config
         if t == "Dense":
             k = w("kernel")
             oc, orad = c @ k, r @ np.abs(k)
@@ -304,7 +304,7 @@ def _squashes(node: LayerNode) -> bool:
 
 def activation_of(node: LayerNode) -> tuple[str, ActivationRule | None]:
     """The element-wise activation a node applies after its linear part."""
-    cfg = _config(node.layer)
+    cfg = node.config
     t = node.type
     if t == "ReLU":
         ms = cfg.get("max_value")
@@ -325,7 +325,7 @@ def activation_of(node: LayerNode) -> tuple[str, ActivationRule | None]:
 
 def bn_affine(store: WeightStore, node: LayerNode) -> tuple[np.ndarray, np.ndarray]:
     """BatchNormalization (inference) as ``x * scale + shift`` per channel."""
-    cfg = _config(node.layer)
+    cfg = node.config
     mean, var = store.get(node.name, "moving_mean"), store.get(node.name, "moving_variance")
     gamma = store.get(node.name, "gamma")
     beta = store.get(node.name, "beta")

@@ -14,7 +14,9 @@ import numpy as np
 
 from .graph import ModelGraph, UnitGroup
 from .units import Candidates, UnitView, impact_key
-from .weights import Patch, WeightStore
+from .weights import Key, Patch, WeightStore
+
+Increment = dict[Key, np.ndarray]  # (2, width) interval to add per running-impact array
 
 
 def validate(group: UnitGroup, store: WeightStore, cand: Candidates) -> None:
@@ -35,14 +37,23 @@ def validate(group: UnitGroup, store: WeightStore, cand: Candidates) -> None:
 
 
 def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Candidates,
-               view: UnitView | None = None) -> Patch:
-    """Fold and remove the candidate units; returns the patch that undoes it."""
+               view: UnitView | None = None, increment: Increment | None = None) -> Patch:
+    """Fold and remove the candidate units; returns the patch that undoes it.
+
+    ``increment`` (from :func:`impact_increment`, computed when the edit was
+    proposed) is added to the group's running impact; without it, it is
+    computed from ``view`` when given.
+    """
     validate(group, store, cand)
     patch = Patch()
     if len(cand) == 0:
         return patch
-    if view is not None and view.mergeable and view.x_bounds is not None:
-        _accumulate_impact(store, group, view, cand, patch)
+    if increment is None and view is not None:
+        increment = impact_increment(group, view, cand)
+    for key, add in (increment or {}).items():
+        acc = store.get(*key)
+        if acc is not None:
+            store.write(key, 0, np.arange(2), (acc + add).astype(acc.dtype), patch)
     merges = cand.keep >= 0
     for slot in group.consumers:
         key = (slot.layer, slot.var)
@@ -72,24 +83,25 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
     return patch
 
 
-def _accumulate_impact(store: WeightStore, group: UnitGroup, view: UnitView, cand: Candidates,
-                       patch: Patch) -> None:
-    """Add the edits' change intervals at each reader to the group's running total."""
+def impact_increment(group: UnitGroup, view: UnitView, cand: Candidates) -> Increment:
+    """The edits' change intervals at each reader, to add to the group's running impact."""
+    if not view.mergeable or view.x_bounds is None or len(cand) == 0:
+        return {}
     err = view.merge_error(cand, tight=True)
     if err is None:
-        return
-    inj = view.injections(Candidates(cand.keep, cand.drop, cand.scale, cand.shift), (err[0], err[1]))
-    for layer, (lo, hi) in inj.items():
+        return {}
+    out: Increment = {}
+    for layer, (lo, hi) in view.injections(cand, err).items():
         key = impact_key(group, layer)
-        acc = store.get(*key)
+        acc = view.store.get(*key)
         if acc is None:
             continue
-        lo2 = lo.reshape(len(cand), -1)
-        hi2 = hi.reshape(len(cand), -1)
-        # injections already include the running total once per candidate: remove the repeats
-        c = ((lo2 + hi2) / 2).sum(0) - (len(cand) - 1) * (acc[0] + acc[1]) / 2
-        r = ((hi2 - lo2) / 2).sum(0) - (len(cand) - 1) * (acc[1] - acc[0]) / 2
-        store.write(key, 0, np.arange(2), np.stack([c - r, c + r]).astype(acc.dtype), patch)
+        lo2, hi2 = lo.reshape(len(cand), -1), hi.reshape(len(cand), -1)
+        # injections include the running total once per candidate: take it out again
+        c = ((lo2 + hi2) / 2).sum(0) - len(cand) * (acc[0] + acc[1]) / 2
+        r = ((hi2 - lo2) / 2).sum(0) - len(cand) * (acc[1] - acc[0]) / 2
+        out[key] = np.stack([c - r, c + r]).astype(np.float32)
+    return out
 
 
 def init_impact(graph: ModelGraph, store: WeightStore) -> None:

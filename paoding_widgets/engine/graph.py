@@ -142,6 +142,7 @@ class LayerNode:
     output_shape: tuple
     supported: bool = True
     reason: str = ""
+    config: dict = field(default_factory=dict)  # the layer's get_config(), read once
 
 
 class ModelGraph:
@@ -162,6 +163,7 @@ class ModelGraph:
         self.output_ids: list[int] = []
         self._parent: list[int] = []
         self._pending: list[UnitGroup] = []
+        self._by_name: dict[str, LayerNode] = {}
         self._build()
 
     # ------------------------------------------------------------------ public
@@ -181,10 +183,10 @@ class ModelGraph:
         raise KeyError(f"no unit group {key!r}; groups are: {names}")
 
     def node(self, name: str) -> LayerNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(f"no layer named {name!r} in the model")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no layer named {name!r} in the model") from None
 
     def unsupported(self) -> list[LayerNode]:
         """Layers left intact because their type cannot be resized."""
@@ -231,8 +233,10 @@ class ModelGraph:
             outs = [id(t) for t in _flat(node.output_tensors)]
             for t in [*_flat(node.input_tensors), *_flat(node.output_tensors)]:
                 self.shapes[id(t)] = tuple(t.shape)
-            ln = LayerNode(op.name, type(op).__name__, op, ins, outs, tuple(_flat(node.output_tensors)[0].shape))
+            ln = LayerNode(op.name, type(op).__name__, op, ins, outs, tuple(_flat(node.output_tensors)[0].shape),
+                           config=_config(op))
             self.nodes.append(ln)
+            self._by_name[ln.name] = ln
             if uses[id(op)] > 1:
                 ln.supported, ln.reason = False, f"layer is shared (called {uses[id(op)]} times)"
             self._visit(ln)
@@ -323,7 +327,7 @@ class ModelGraph:
         if not ln.supported:  # shared layer
             self._opaque(ln, ln.reason)
             return
-        cfg = _config(layer)
+        cfg = ln.config
         if cfg.get("data_format", "channels_last") != "channels_last":
             self._opaque(ln, "only channels_last layouts are supported")
             return
@@ -405,7 +409,7 @@ class ModelGraph:
         idx = np.arange(n, dtype=np.int64)[:, None]
         grp = self._grp(g)
         grp.producers.append(Slot(ln.name, kernel, kernel_ndim - 1, idx))
-        if _config(ln.layer).get("use_bias", True):
+        if ln.config.get("use_bias", True):
             grp.producers.append(Slot(ln.name, "bias", 0, idx))
 
     def _flatten(self, src: int) -> Layout:
@@ -422,7 +426,7 @@ class ModelGraph:
         layout = self.layouts[src]
         if len(sout) == 2 and len(sin) > 2:
             self._set(out, self._flatten(src))
-            target = tuple(_config(ln.layer)["target_shape"])
+            target = tuple(ln.config["target_shape"])
             if -1 not in target:
                 for g in self._groups_in(layout):
                     self._grp(g).reshapes.append(ln.name)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .bounds import Bounds, Propagator, parse_input_range
-from .edits import apply_edit, init_impact
+from .edits import apply_edit, impact_increment, init_impact
 from .graph import ModelGraph, UnitGroup
 from .strategies import Strategy, make_strategy
 from .units import Candidates, UnitView
@@ -122,13 +122,17 @@ class Pruner:
                 continue
             action = "merge" if np.any(cand.keep >= 0) else "remove"
             out[g.id] = Proposal(g.id, g.name, action, cand, self.strategy.name,
-                                 params_saved=self.params_per_unit(g) * len(cand))
+                                 params_saved=self.params_per_unit(g) * len(cand),
+                                 extra={"impact": impact_increment(g, view, cand)})
         return out
 
     def apply(self, proposal: Proposal) -> Patch:
         """Apply one proposal to the weights; returns the patch that undoes it."""
         g = self.graph.groups[proposal.group]
-        return apply_edit(self.graph, self.store, g, proposal.candidates, self.view(g))
+        inc = proposal.extra.get("impact")  # computed with the bounds the proposal was scored on
+        if inc is None:
+            return apply_edit(self.graph, self.store, g, proposal.candidates, self.view(g))
+        return apply_edit(self.graph, self.store, g, proposal.candidates, increment=inc)
 
     def iterate(self, target: float | None = None) -> list[Patch]:
         """Propose for every group and apply everything (one automated iteration)."""

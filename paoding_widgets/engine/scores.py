@@ -67,6 +67,8 @@ def disjoint_pairs(cost: np.ndarray, m: int, exclude: np.ndarray | None = None) 
 
     ``cost[i, j]`` is the cost of keeping i and dropping j; non-finite entries
     and units in ``exclude`` are never used.  Each unit appears at most once.
+    Only each drop unit's ``t`` cheapest partners are sorted (``t`` grows when
+    they run out), so the cost is ``O(n t log)``, not a sort of all ``n^2``.
     """
     n = cost.shape[0]
     cost = np.array(cost, np.float64, copy=True)
@@ -74,29 +76,28 @@ def disjoint_pairs(cost: np.ndarray, m: int, exclude: np.ndarray | None = None) 
     if exclude is not None and len(exclude):
         cost[exclude, :] = np.inf
         cost[:, exclude] = np.inf
-    flat = cost.ravel()
-    finite = int(np.isfinite(flat).sum())
-    take = min(finite, max(16 * m, 256))
-    keep_l: list[int] = []
-    drop_l: list[int] = []
-    while m > 0 and take > 0:
-        idx = np.argpartition(flat, take - 1)[:take] if take < flat.size else np.arange(flat.size)
-        idx = idx[np.argsort(flat[idx], kind="stable")]
-        idx = idx[np.isfinite(flat[idx])]
+    t = min(n, 8)
+    while True:
+        rows = np.argpartition(cost, t - 1, axis=0)[:t] if t < n else np.broadcast_to(np.arange(n)[:, None], (n, n))
+        vals = np.take_along_axis(cost, rows, 0).ravel()
+        order = np.argsort(vals, kind="stable")
+        order = order[np.isfinite(vals[order])]
+        keep_idx = rows.ravel()[order]
+        drop_idx = order % n
         used = np.zeros(n, bool)
-        keep_l, drop_l = [], []
-        for i, j in zip(*np.divmod(idx, n)):
+        keep_l: list[int] = []
+        drop_l: list[int] = []
+        for i, j in zip(keep_idx.tolist(), drop_idx.tolist()):
             if used[i] or used[j]:
                 continue
             used[i] = used[j] = True
-            keep_l.append(int(i))
-            drop_l.append(int(j))
+            keep_l.append(i)
+            drop_l.append(j)
             if len(keep_l) == m:
                 break
-        if len(keep_l) == m or take >= finite:
-            break
-        take = min(finite, take * 4)
-    return np.asarray(keep_l, np.int64), np.asarray(drop_l, np.int64)
+        if len(keep_l) >= m or t == n or m <= 0:
+            return np.asarray(keep_l[:max(m, 0)], np.int64), np.asarray(drop_l[:max(m, 0)], np.int64)
+        t = min(n, t * 4)
 
 
 def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> np.ndarray:
