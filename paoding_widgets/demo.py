@@ -66,23 +66,29 @@ def run_demo(kind: str = "mlp", strategies: Sequence[str] = ("impact", "certifie
     probes = sample_box(tuple(model.inputs[0].shape[1:]), box, 2000, seed)
     xr, yr = xte[:n_robust], yte[:n_robust]
     base_robust = robust_instances(model, xr, yr, DEFAULT_EPSILONS, box)
-    rows = [DemoRow("original", _eval(model, model, xte, yte, xr, yr, base_robust, probes), 0.0)]
+    reference = Pruner(model, input_range=box)
+    rows = [DemoRow("original", _eval(model, model, xte, yte, xr, yr, base_robust, probes,
+                                      reference.output_bound_width()), 0.0)]
     for name in strategies:
         t = time.perf_counter()
         pruner = Pruner(model, input_range=box, strategy=name, step=step, target=target, seed=seed)
         iters = pruner.run()
         pruned = pruner.pruned_model()
         dt = time.perf_counter() - t
-        log(f"{name}: {iters} iterations, {pruner.share_pruned():.0%} of hidden units pruned in {dt:.2f}s")
-        rows.append(DemoRow(name, _eval(pruned, model, xte, yte, xr, yr, base_robust, probes), dt))
+        per_group = ", ".join(f"{s['name']} {s['pruned']}/{s['total']}" for s in pruner.summary() if s["prunable"])
+        log(f"{name}: {iters} iterations, {pruner.share_pruned():.0%} of hidden units pruned in {dt:.2f}s "
+            f"({per_group})")
+        rows.append(DemoRow(name, _eval(pruned, model, xte, yte, xr, yr, base_robust, probes,
+                                        pruner.output_bound_width()), dt))
     return rows
 
 
 def _eval(model: Any, original: Any, xte: np.ndarray, yte: np.ndarray, xr: np.ndarray, yr: np.ndarray,
-          base_robust: dict[float, int], probes: np.ndarray) -> Metrics:
+          base_robust: dict[float, int], probes: np.ndarray, bound_width: float) -> Metrics:
     from .engine.evaluate import accuracy
 
-    m = evaluate(model, original, (xr, yr), input_range=(0.0, 1.0), original_robust=base_robust, probes=probes)
+    m = evaluate(model, original, (xr, yr), input_range=(0.0, 1.0), original_robust=base_robust, probes=probes,
+                 output_bound_width=bound_width)
     m.accuracy = accuracy(model, xte, yte)  # accuracy on the whole test set, FGSM on the first n_robust
     return m
 
@@ -91,13 +97,14 @@ def format_table(rows: Sequence[DemoRow]) -> str:
     """A fixed-width before/after table."""
     eps = list(rows[0].metrics.robust)
     head = (f"{'model':<12}{'params':>10}{'KiB':>9}{'MFLOPs':>9}{'accuracy':>10}"
-            + "".join(f"{'rob@' + str(e):>10}" for e in eps) + f"{'agree':>8}{'time s':>8}")
+            + "".join(f"{'rob@' + str(e):>10}" for e in eps) + f"{'agree':>8}{'bound':>9}{'time s':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         m = r.metrics
         rob = "".join(f"{m.robust[e]:>5} {m.robust_preserved.get(e, 1.0):>4.0%}" for e in eps)
         lines.append(f"{r.label:<12}{m.size.params:>10,}{m.size.bytes / 1024:>9.1f}{m.size.flops / 1e6:>9.2f}"
-                     f"{m.accuracy:>10.2%}{rob}{(m.agreement or 0):>8.1%}{r.seconds:>8.2f}")
+                     f"{m.accuracy:>10.2%}{rob}{(m.agreement or 0):>8.1%}{m.output_bound_width:>9.3g}{r.seconds:>8.2f}")
     lines.append("rob@eps: test instances still correct under FGSM, and the share of the original's kept; "
-                 "agree: top-1 agreement with the original on 2,000 inputs sampled from the input box.")
+                 "agree: top-1 agreement with the original on 2,000 inputs sampled from the input box; "
+                 "bound: mean width of the certified logit intervals over the box.")
     return "\n".join(lines)

@@ -150,6 +150,28 @@ class Pruner:
                 callback(i + 1, self.share_pruned())
         return max_iterations
 
+    def output_bound_width(self) -> float:
+        """Mean width of the certified output intervals (logits) over the input box.
+
+        A data-free fidelity signal: how far the outputs can range for legal
+        inputs.  Widths are taken before a final softmax/sigmoid.
+        """
+        b = self.bounds()
+        widths = []
+        for tid in self.graph.output_ids:
+            node = self.graph.producer_of(tid)
+            iv = b.pre.get(node.name) if node is not None and node.name in b.pre else b.of(tid)
+            if iv is None:
+                return float("nan")
+            widths.append((iv[1] - iv[0]).ravel())
+        return float(np.mean(np.concatenate(widths)))
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per group: name, kind, units pruned / total, and why not prunable."""
+        return [{"name": g.name, "kind": g.kind, "total": g.size,
+                 "pruned": self.pruned_units(g), "prunable": g.prunable, "reason": g.reason}
+                for g in self.graph.groups]
+
     # ---------------------------------------------------------------- helpers
     def params_per_unit(self, group: UnitGroup) -> int:
         """Parameters that go with one unit of the group (all its slots)."""
