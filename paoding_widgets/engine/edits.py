@@ -19,10 +19,20 @@ from .weights import Key, Patch, WeightStore
 Increment = dict[Key, np.ndarray]  # (2, width) interval to add per running-impact array
 
 
-def validate(group: UnitGroup, store: WeightStore, cand: Candidates) -> None:
-    """Refuse edits that would touch dead units, repeat a unit or empty the group."""
+def validate(group: UnitGroup, store: WeightStore, cand: Candidates, graph: ModelGraph | None = None) -> None:
+    """Refuse edits that would touch dead units, repeat a unit, empty the group,
+    or fold with numbers that are not finite."""
     alive = store.alive[group.id]
     drop = cand.drop
+    if not (len(cand.keep) == len(drop) == len(cand.scale) == len(cand.shift)):
+        raise ValueError(f"{group.name}: keep, drop, scale and shift must have the same length")
+    if not (np.all(np.isfinite(cand.scale)) and np.all(np.isfinite(cand.shift))):
+        raise ValueError(f"{group.name}: merge scale and shift must be finite numbers")
+    if np.any((cand.keep < -1) | (cand.keep >= group.size)):
+        raise ValueError(f"{group.name}: kept unit index out of range 0..{group.size - 1}")
+    if graph is not None and np.any(cand.shift != 0) and not shift_is_exact(graph, group):
+        raise ValueError(f"{group.name}: a reader cannot absorb a constant exactly "
+                         "(no bias, or zero padding around its input)")
     if len(np.unique(drop)) != len(drop):
         raise ValueError(f"{group.name}: a unit is removed twice in one edit")
     if np.any((drop < 0) | (drop >= group.size)):
@@ -44,7 +54,7 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
     proposed) is added to the group's running impact; without it, it is
     computed from ``view`` when given.
     """
-    validate(group, store, cand)
+    validate(group, store, cand, graph)
     patch = Patch()
     if len(cand) == 0:
         return patch
@@ -81,6 +91,21 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
         store.write((slot.layer, slot.var), slot.axis, slot.index[cand.drop].reshape(-1), 0, patch)
     store.set_alive(group.id, cand.drop, False, patch)
     return patch
+
+
+def shift_is_exact(graph: ModelGraph, group: UnitGroup) -> bool:
+    """Whether every reader can absorb a constant input channel into its bias.
+
+    A Dense reader can; a convolution only without zero padding, since the
+    padded border would not carry the constant.
+    """
+    for slot in group.consumers:
+        node = graph.node(slot.layer)
+        if node.config.get("use_bias", True) is False:
+            return False
+        if node.type != "Dense" and node.config.get("padding", "valid") != "valid":
+            return False
+    return True
 
 
 def impact_increment(group: UnitGroup, view: UnitView, cand: Candidates) -> Increment:

@@ -58,8 +58,21 @@ def predict(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
+def classes(outputs: np.ndarray, probabilities: bool = True) -> np.ndarray:
+    """Predicted classes: argmax, or for one output unit a threshold (0.5 on
+    probabilities, 0 on logits) -- a binary classifier."""
+    outputs = outputs.reshape(len(outputs), -1)
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > (0.5 if probabilities else 0.0)).astype(np.int64)
+    return outputs.argmax(-1)
+
+
+def predict_classes(model: Any, x: np.ndarray) -> np.ndarray:
+    return classes(predict(model, x), outputs_are_probabilities(model))
+
+
 def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    return float((predict(model, x).argmax(-1) == _labels(y)).mean())
+    return float((predict_classes(model, x) == _labels(y)).mean())
 
 
 def outputs_are_probabilities(model: Any) -> bool:
@@ -80,7 +93,12 @@ def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tupl
 
     labels = _labels(y)
     from_probs = outputs_are_probabilities(model)
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not from_probs)
+    binary = int(np.prod(model.outputs[0].shape[1:])) == 1
+    if binary:
+        loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=not from_probs)
+        labels = labels.astype(np.float32).reshape(-1, 1)
+    else:
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not from_probs)
     lo, hi = (np.asarray(v, np.float32) for v in input_range)
     out = []
     for i in range(0, len(x), batch_size):
@@ -97,7 +115,7 @@ def robust_instances(model: Any, x: np.ndarray, y: np.ndarray, epsilons: Sequenc
                      input_range: tuple[Any, Any] = (0.0, 1.0)) -> dict[float, int]:
     """Per epsilon, how many instances stay correctly classified under FGSM."""
     labels = _labels(y)
-    return {float(e): int((predict(model, fgsm(model, x, y, e, input_range)).argmax(-1) == labels).sum())
+    return {float(e): int((predict_classes(model, fgsm(model, x, y, e, input_range)) == labels).sum())
             for e in epsilons}
 
 
@@ -110,7 +128,7 @@ def sample_box(shape: tuple, input_range: tuple[Any, Any], n: int, seed: int = 0
 
 
 def agreement(original: Any, pruned: Any, probes: np.ndarray) -> float:
-    return float((predict(original, probes).argmax(-1) == predict(pruned, probes).argmax(-1)).mean())
+    return float((predict_classes(original, probes) == predict_classes(pruned, probes)).mean())
 
 
 def size_report(model: Any) -> SizeReport:

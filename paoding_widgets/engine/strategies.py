@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .edits import shift_is_exact
 from .scores import disjoint_pairs, saliency_matrix, scaled_match
 from .units import Candidates, UnitView
 
@@ -195,7 +196,7 @@ class Certified(Strategy):
                 cost = resid * (np.abs(t.q) * view.v_norm)[None, :]
             r = scale * t.q[None, :] / t.q[:, None]  # reader-side scale r = q_b s / q_a
             cand = _pairs(view, cost, m, np.nan_to_num(r))
-            if all(view.store.get(s.layer, "bias") is not None for s in view.group.consumers):
+            if shift_is_exact(view.graph, view.group):
                 cand.shift = (t.q0[cand.drop] - cand.scale * t.q0[cand.keep]).astype(np.float32)
         else:
             cand = _pairs(view, _saliency(view, self.bias_aware), m)

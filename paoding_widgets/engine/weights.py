@@ -5,6 +5,10 @@ the weights as NumPy arrays (never the user's Keras variables) leaves the
 original model untouched, makes edits vectorised, and lets each edit return a
 :class:`Patch` holding only the positions it changed -- old and new values --
 so undo/redo restores weights bit for bit without storing model copies.
+
+A patch keeps *one* copy of the touched values, not two: undoing swaps the
+stored values with the current ones (so the patch now holds the "after"
+values), redoing swaps them back.  History memory is the touched positions once.
 """
 
 from __future__ import annotations
@@ -27,27 +31,36 @@ def layer_variable_names(layer: Any) -> list[str]:
     """Unique names for a layer's variables, in ``layer.weights`` order.
 
     Short names for ordinary layers; a nested model repeats short names, so its
-    variables are told apart by position and full path.
+    variables are told apart by position (paths differ between clones).
     """
     names = [variable_name(w) for w in layer.weights]
     if len(set(names)) == len(names):
         return names
-    return [f"{i}:{w.path}" for i, w in enumerate(layer.weights)]
+    return [f"{i}:{n}" for i, n in enumerate(names)]
 
 
 @dataclass
 class ArrayPatch:
-    """Old and new values of some positions along one axis of one array."""
+    """Some positions along one axis of one array, and their other values.
+
+    ``values`` holds the values *not* currently in the store: the old ones
+    after the edit, the new ones after an undo.
+    """
 
     key: Key
     axis: int
     positions: np.ndarray
-    before: np.ndarray
-    after: np.ndarray
+    values: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return int(self.positions.nbytes + self.before.nbytes + self.after.nbytes)
+        return int(self.positions.nbytes + self.values.nbytes)
+
+    def swap(self, arrays: dict[Key, np.ndarray]) -> None:
+        view = np.moveaxis(arrays[self.key], self.axis, 0)
+        current = view[self.positions].copy()
+        view[self.positions] = self.values
+        self.values = current
 
 
 @dataclass
@@ -106,7 +119,7 @@ class WeightStore:
         view = np.moveaxis(arr, axis, 0)
         before = view[positions].copy()
         view[positions] = values
-        patch.arrays.append(ArrayPatch(key, axis, positions, before, view[positions].copy()))
+        patch.arrays.append(ArrayPatch(key, axis, positions, before))
         self.version += 1
 
     def set_alive(self, group: int, units: np.ndarray, value: bool, patch: Patch) -> None:
@@ -116,17 +129,17 @@ class WeightStore:
         self.version += 1
 
     def apply(self, patch: Patch) -> None:
-        """Redo a recorded patch."""
+        """Redo a patch that was reverted (calls must alternate with :meth:`revert`)."""
         for p in patch.arrays:
-            np.moveaxis(self.arrays[p.key], p.axis, 0)[p.positions] = p.after
+            p.swap(self.arrays)
         for g, units, value in patch.alive:
             self.alive[g][units] = value
         self.version += 1
 
     def revert(self, patch: Patch) -> None:
-        """Undo a recorded patch (in reverse order, so overlapping writes unwind)."""
+        """Undo a patch (in reverse order, so overlapping writes unwind)."""
         for p in reversed(patch.arrays):
-            np.moveaxis(self.arrays[p.key], p.axis, 0)[p.positions] = p.before
+            p.swap(self.arrays)
         for g, units, value in reversed(patch.alive):
             self.alive[g][units] = not value
         self.version += 1
