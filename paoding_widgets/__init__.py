@@ -20,10 +20,12 @@ from .engine import (
     save_keras,
     save_tflite,
 )
+from .session import LayerInfo, PruningSession, SessionError, SessionFileError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES", "Metrics", "ModelGraph", "Proposal", "Pruner", "Strategy", "evaluate",
     "make_strategy", "save_keras", "save_tflite", "__version__",
+    "LayerInfo", "PruningSession", "SessionError", "SessionFileError",
 ]

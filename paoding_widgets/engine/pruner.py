@@ -75,6 +75,7 @@ class Pruner:
         check_fraction("target", target)
         self.step, self.target = float(step), float(target)
         self.strategy = make_strategy(strategy, **strategy_options)
+        self.strategy_options = dict(strategy_options)
         self.rng = np.random.default_rng(seed)
         self.store = WeightStore.from_model(model, {g.id: g.size for g in self.graph.groups})
         init_impact(self.graph, self.store)
