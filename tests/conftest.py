@@ -167,3 +167,62 @@ def build_squeeze_excite(seed: int = 0, input_shape=(8, 8, 3)):
 @pytest.fixture
 def mlp():
     return build_mlp()
+
+
+def build_separable(seed: int = 0, input_shape=(10, 10, 3)):
+    """PReLU, ZeroPadding, DepthwiseConv, SeparableConv, Cropping, UpSampling, pooling: per-channel layers."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu")(x)
+    x = L.ZeroPadding2D(1, name="pad")(x)
+    x = L.DepthwiseConv2D(3, name="dw")(x)
+    x = L.LeakyReLU(name="leaky")(x)
+    x = L.SeparableConv2D(6, 3, name="sep")(x)
+    x = L.Cropping2D(1, name="crop")(x)
+    x = L.UpSampling2D(name="up")(x)
+    x = L.AveragePooling2D(2, name="avg")(x)
+    x = L.Conv2D(5, 1, name="c2")(x)
+    x = L.GlobalMaxPooling2D(name="gmp")(x)
+    return randomize(keras.Model(inp, L.Dense(3, name="logits")(x)), seed)
+
+
+def build_conv_concat(seed: int = 0, input_shape=(8, 8, 3)):
+    """Conv branches concatenated on channels, and a Flatten branch concatenated with a Dense branch."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    a = L.Conv2D(4, 3, padding="same", activation="relu", name="a")(inp)
+    b = L.Conv2D(6, 1, activation="relu", name="b")(inp)
+    x = L.Concatenate(name="cat_channels")([a, b])
+    x = L.Conv2D(5, 3, activation="relu", name="c")(x)
+    x = L.Flatten(name="flat")(x)
+    d = L.Dense(7, activation="relu", name="d")(L.GlobalAveragePooling2D(name="gap")(a))
+    x = L.Concatenate(name="cat_flat")([x, d])
+    x = L.Dense(6, activation="relu", name="e")(x)
+    return randomize(keras.Model(inp, L.Dense(2, name="logits")(x)), seed)
+
+
+def build_joins(seed: int = 0, n_in: int = 8):
+    """Subtract, Multiply and Maximum joins of Dense layers: one group for all joined producers."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((n_in,))
+    a = L.Dense(6, name="a")(inp)
+    b = L.Dense(6, name="b")(inp)
+    x = L.Activation("relu", name="relu")(L.Subtract(name="sub")([a, b]))
+    x = L.Multiply(name="mul")([x, L.Dense(6, name="c")(inp)])
+    x = L.Maximum(name="max")([x, L.Dense(6, name="m")(inp)])
+    x = L.Dense(5, activation="relu", name="f")(x)
+    return randomize(keras.Model(inp, L.Dense(2, name="logits")(x)), seed)
+
+
+def build_conv1d(seed: int = 0, input_shape=(12, 4)):
+    """Conv1D, MaxPooling1D, BatchNormalization and a flattening Reshape((-1,))."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = L.Conv1D(6, 3, activation="relu", name="c1")(inp)
+    x = L.MaxPooling1D(name="pool")(x)
+    x = L.Conv1D(5, 3, padding="same", name="c2")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Reshape((-1,), name="flatten_reshape")(x)
+    x = L.Dense(6, activation="relu", name="d")(x)
+    return randomize(keras.Model(inp, L.Dense(2, name="logits")(x)), seed)

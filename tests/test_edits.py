@@ -126,6 +126,47 @@ def test_merge_with_affine_map_after_activation_batchnorm():
     assert not np.allclose(run(other.edited_model(), x), before, atol=1e-4)
 
 
+@pytest.mark.parametrize("padding", ["valid", "same", "zero_padding_layer"])
+def test_affine_merge_of_filters_read_by_conv(padding):
+    """Filters equal up to an affine map (a BN after ReLU) merge exactly, whatever the reader's padding.
+
+    With ``padding="same"`` the reader also sees zero padding, where the removed filter contributes 0,
+    not the folded constant: folding ``shift * sum(taps)`` into the bias would be wrong at the borders,
+    so the edit must either be exact or be refused.
+    """
+    keras.utils.set_random_seed(14)
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(5, 3, activation="relu", name="c1")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    if padding == "zero_padding_layer":  # the same borders, spelled as a layer before a "valid" conv
+        x = L.ZeroPadding2D(1, name="zpad")(x)
+    x = L.Conv2D(4, 3, padding="same" if padding == "same" else "valid", name="c2")(x)
+    x = L.Flatten()(x)
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(x)), 14)
+    _duplicate_unit(model.get_layer("c1"), 1, 4)
+    bn = model.get_layer("bn")
+    beta = bn.beta.numpy()
+    beta[4] = beta[1] + 1.0  # a clear constant offset between the two channels
+    bn.beta.assign(beta)
+    q = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    q0 = bn.beta.numpy() - bn.moving_mean.numpy() * q
+    s = q[4] / q[1]
+    c = q0[4] - s * q0[1]
+    assert abs(c) > 0.5
+    x = box_inputs(model, 64, seed=14)
+    before = run(model, x)
+    pruner = Pruner(model, input_range=(0, 1))
+    snapshot = pruner.store.copy()
+    try:
+        pruner.apply(_proposal(pruner, "c1", _cand([1], [4], [s], [c])))
+    except ValueError as exc:
+        # refusing the inexact fold is fine too, but only where it would be inexact, and cleanly
+        assert padding != "valid" and "c1" in str(exc)
+        assert pruner.store.equal(snapshot)
+        return
+    np.testing.assert_allclose(run(pruner.edited_model(), x), before, rtol=1e-5, atol=1e-4)
+
+
 def test_merging_duplicate_filters_before_flatten():
     model = build_cnn_bn_flatten(seed=8)
     _duplicate_unit(model.get_layer("c2"), 1, 4)
@@ -165,7 +206,8 @@ def test_removal_zeroes_consumer_rows_and_producer_column():
     np.testing.assert_allclose(run(pruner.edited_model(), x), run(ref, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["dead", "all", "duplicate", "keep_is_dropped", "out_of_range"])
+@pytest.mark.parametrize("case", ["dead", "all", "duplicate", "keep_is_dropped", "out_of_range",
+                                  "keep_out_of_range", "non_finite_scale"])
 def test_invalid_edits_raise_and_leave_store_unchanged(case):
     model = build_mlp(n_in=6, hidden=(8, 6), n_out=2, seed=10, names=["hid_one", "hid_two", "head"])
     pruner = Pruner(model, input_range=(0, 1))
@@ -177,6 +219,8 @@ def test_invalid_edits_raise_and_leave_store_unchanged(case):
         "duplicate": _cand([-1, -1], [3, 3]),
         "keep_is_dropped": _cand([4, -1], [3, 4]),
         "out_of_range": _cand([-1], [8]),
+        "keep_out_of_range": _cand([8], [3]),
+        "non_finite_scale": _cand([0], [3], [np.nan]),
     }
     snapshot = pruner.store.copy()
     with pytest.raises(ValueError, match="hid_one"):
@@ -231,3 +275,26 @@ def test_single_patch_with_overlapping_writes_reverts_exactly():
     assert pruner.store.equal(before)
     pruner.store.apply(patch)
     assert pruner.store.equal(after)
+
+
+def test_undo_redo_cycles_stay_exact():
+    """Undo and redo many times over: every state is restored bit for bit each time."""
+    model = build_mlp(n_in=8, hidden=(20, 16), n_out=3, seed=15)
+    pruner = Pruner(model, input_range=(0, 1), strategy="certified", step=0.25, target=0.5)
+    states = [pruner.store.copy()]
+    history = []
+    for _ in range(2):
+        history.append(pruner.iterate())
+        states.append(pruner.store.copy())
+    assert not states[0].equal(states[1]) and not states[1].equal(states[2])
+    for _cycle in range(3):
+        for i in range(len(history), 0, -1):
+            for p in reversed(history[i - 1]):
+                pruner.store.revert(p)
+            assert pruner.store.equal(states[i - 1])
+        for i, patches in enumerate(history, start=1):
+            for p in patches:
+                pruner.store.apply(p)
+            assert pruner.store.equal(states[i])
+    x = box_inputs(model, 16, seed=15)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import L, box_inputs, build_cnn_bn_flatten, build_mlp, run
 
-from paoding_widgets.datasets import load_digits
+from paoding_widgets.datasets import load_breast_cancer, load_digits
 from paoding_widgets.engine.evaluate import (
     accuracy,
     evaluate,
@@ -91,6 +91,23 @@ def test_fgsm_reduces_robustness_with_eps(request, digits, which):
     # the step goes uphill: the loss grows on average
     adv = fgsm(model, x, y, 0.1)
     assert _loss(model, adv, y).mean() > _loss(model, x, y).mean()
+
+
+def test_binary_sigmoid_classifier_accuracy_and_fgsm():
+    """A one-unit sigmoid output is a binary classifier: class 1 when the probability exceeds 0.5."""
+    (x_tr, y_tr), (x_te, y_te) = load_breast_cancer(seed=0)
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((30,)), L.Dense(8, activation="relu"), L.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    model.fit(x_tr, y_tr, epochs=10, batch_size=64, verbose=0)
+    predicted = (run(model, x_te)[:, 0] > 0.5).astype(np.int64)
+    clean = float((predicted == y_te).mean())
+    assert clean > 0.85  # premise
+    assert outputs_are_probabilities(model)
+    assert accuracy(model, x_te, y_te) == pytest.approx(clean)
+    robust = robust_instances(model, x_te, y_te, [0.0, 0.5], input_range=(-5.0, 5.0))
+    assert robust[0.0] == int((predicted == y_te).sum())
+    assert robust[0.5] <= robust[0.0]
 
 
 @pytest.mark.parametrize("input_range", [(0.0, 1.0), (0.2, 0.7)])

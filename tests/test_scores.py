@@ -9,8 +9,13 @@ from conftest import (
     L,
     box_inputs,
     build_cnn_bn_flatten,
+    build_concat,
+    build_conv1d,
+    build_conv_concat,
+    build_joins,
     build_mlp,
     build_residual,
+    build_squeeze_excite,
     randomize,
 )
 from hypothesis import given, settings
@@ -269,6 +274,10 @@ VALUE_MODELS = {
     "cnn": build_cnn_bn_flatten,
     "residual": build_residual,
     "residual_sigmoid_depthwise": _residual_with_sigmoid,
+    "conv_concat": build_conv_concat,
+    "joins": build_joins,
+    "conv1d": build_conv1d,
+    "squeeze_excite": build_squeeze_excite,
 }
 
 
@@ -310,6 +319,24 @@ def test_value_bounds_are_not_trivially_wide():
     point = Propagator(graph, store).values((0.3, 0.3)).of(graph.output_ids[0])
     np.testing.assert_allclose(point[0], np.asarray(model(x)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(point[1], np.asarray(model(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_value_bounds_per_feature_input_range():
+    model = build_mlp(n_in=6, seed=23)
+    lo = np.linspace(-1, 0, 6).astype(np.float32)
+    hi = lo + np.linspace(0.5, 2, 6).astype(np.float32)
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {g.id: g.size for g in graph.groups})
+    b = Propagator(graph, store).values((lo, hi))
+    out_lo, out_hi = b.of(graph.output_ids[0])
+    rng = np.random.default_rng(23)
+    x = lo + rng.random((500, 6), dtype=np.float32) * (hi - lo)
+    x = np.concatenate([x, lo[None], hi[None]])
+    y = np.asarray(model(x))
+    assert np.all(y >= out_lo - 1e-4) and np.all(y <= out_hi + 1e-4)
+    # the per-feature box is inside (-1, 2): its bounds are at least as tight as that box's
+    wide = Propagator(graph, store).values((-1.0, 2.0)).of(graph.output_ids[0])
+    assert np.all(out_lo >= wide[0] - 1e-5) and np.all(out_hi <= wide[1] + 1e-5)
 
 
 def test_input_range_validation():
@@ -415,3 +442,31 @@ def test_removal_change_bounds_contain_actual_change():
     """Removing a ReLU unit x in [0, X] changes the reader's pre-activation by -v * x, never +v * x."""
     model = build_mlp(n_in=4, hidden=(6,), n_out=2, dropout=False, seed=35)
     _check_delta_soundness(model, model.layers[0].name, _cands([-1] * 6, np.arange(6)), tight=False)
+
+
+@pytest.mark.parametrize("builder, layer, keep, drop", [
+    (build_conv1d, "c1", [-1, 0], [1, 2]),
+    (build_conv1d, "c2", [-1, -1], [1, 2]),
+    (build_concat, "branch_b", [-1, -1], [1, 2]),
+    (build_conv_concat, "a", [-1, -1], [0, 2]),
+    (build_joins, "a", [-1, -1], [1, 4]),
+], ids=["conv1d_pool", "conv1d_reshape", "concat_branch", "conv_concat_two_readers", "joined_group"])
+def test_change_bounds_other_layouts(builder, layer, keep, drop):
+    _check_delta_soundness(builder(), layer, _cands(keep, drop), n=100)
+
+
+def test_change_bounds_fall_back_without_perturbation_rule():
+    """Multiply has no perturbation rule: deltas says so and impact falls back to reader-side widths."""
+    model = build_squeeze_excite()
+    pruner = Pruner(model, input_range=(0.0, 1.0))
+    view = pruner.view(pruner.graph.group("se_fc"))
+    cand = _cands([-1, -1], [1, 2])
+    err = view.merge_error(cand, tight=False)
+    inj = view.injections(cand, err)
+    assert pruner.propagator.deltas(view.bounds, inj, 2) is None
+    score, width, inj2 = view.impact(cand, tight=False)
+    assert inj2 is not None
+    np.testing.assert_array_equal(score, width)
+    expected = sum((hi - lo).reshape(2, -1).sum(1) for lo, hi in inj.values())
+    np.testing.assert_allclose(width, expected, rtol=1e-6)
+    assert np.all(np.isfinite(width)) and np.all(width > 0)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from conftest import (
+    L,
     box_inputs,
     build_cnn_bn_flatten,
     build_concat,
+    build_conv1d,
+    build_conv_concat,
     build_gap,
+    build_joins,
     build_mlp,
     build_residual,
+    build_separable,
     build_squeeze_excite,
+    randomize,
     run,
     weights_copy,
     weights_equal,
@@ -26,6 +33,10 @@ BUILDERS = {
     "concatenate": build_concat,
     "global_average_pooling": build_gap,
     "squeeze_excite_reshape": build_squeeze_excite,
+    "depthwise_separable_padding": build_separable,
+    "conv_concat_and_flatten_concat": build_conv_concat,
+    "subtract_multiply_maximum": build_joins,
+    "conv1d_reshape": build_conv1d,
 }
 
 
@@ -45,7 +56,10 @@ def pruned(request):
 
 def test_every_prunable_group_reaches_the_target(pruned):
     _, _, _, pruner, iterations, _, _ = pruned
-    assert iterations == 2  # 0.25 then 0.25 more
+    # steps of round(0.25 * size) units until round(0.5 * size): the slowest group sets the count
+    expected = max(int(np.ceil(np.floor(0.5 * g.size + 0.5) / max(1, np.floor(0.25 * g.size + 0.5))))
+                   for g in pruner.graph.prunable_groups)
+    assert iterations == expected
     for g in pruner.graph.prunable_groups:
         alive = int(pruner.store.alive[g.id].sum())
         assert g.size - alive == pruner.target_units(g) == int(np.floor(0.5 * g.size + 0.5))
@@ -107,3 +121,49 @@ def test_surgery_without_edits_reproduces_the_model():
     assert small.count_params() == model.count_params()
     x = box_inputs(model, 16, seed=5)
     np.testing.assert_allclose(run(small, x), run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_nested_submodel_is_kept_whole_and_the_rest_is_pruned():
+    """A nested Sequential is opaque (left intact); the groups around it must still be pruned and rebuilt."""
+    keras.utils.set_random_seed(6)
+    inner = keras.Sequential([keras.Input((10,)), L.Dense(6, activation="relu"), L.Dense(6)], name="inner")
+    inp = keras.Input((8,))
+    x = L.Dense(12, activation="relu", name="pre")(inp)
+    x = L.Dense(10, name="mid")(x)
+    x = inner(x)
+    x = L.Dense(7, activation="relu", name="post")(x)
+    model = randomize(keras.Model(inp, L.Dense(2, name="logits")(x)), 6)
+    before = weights_copy(model)
+    pruner = Pruner(model, input_range=(0, 1), strategy="magnitude", step=0.5, target=0.5)
+    assert [n.name for n in pruner.graph.unsupported()] == ["inner"]
+    assert not pruner.graph.group("mid").prunable
+    assert [g.name for g in pruner.graph.prunable_groups] == ["pre", "post"]
+    pruner.run()
+    x = box_inputs(model, 16, seed=6)
+    edited = pruner.edited_model()
+    small = pruner.pruned_model()
+    assert small.get_layer("pre").units == 6 and small.get_layer("post").units == 3  # 12 - 6, 7 - 4
+    assert small.get_layer("inner").count_params() == inner.count_params()
+    np.testing.assert_allclose(run(small, x), run(edited, x), rtol=1e-4, atol=1e-4)
+    assert weights_equal(model, before)
+
+
+def test_multi_input_multi_output_model():
+    keras.utils.set_random_seed(7)
+    i1, i2 = keras.Input((6,), name="i1"), keras.Input((4,), name="i2")
+    a = L.Dense(10, activation="relu", name="a")(i1)
+    b = L.Dense(8, activation="relu", name="b")(i2)
+    h = L.Dense(9, activation="relu", name="h")(L.Concatenate(name="cat")([a, b]))
+    o1 = L.Dense(3, name="o1")(h)
+    o2 = L.Dense(1, activation="sigmoid", name="o2")(L.Dense(5, activation="relu", name="h2")(h))
+    model = randomize(keras.Model([i1, i2], [o1, o2]), 7)
+    pruner = Pruner(model, input_range=(0, 1), strategy="impact", step=0.25, target=0.5)
+    assert {g.name for g in pruner.graph.prunable_groups} == {"a", "b", "h", "h2"}
+    assert not pruner.graph.group("o1").prunable and not pruner.graph.group("o2").prunable
+    pruner.run()
+    rng = np.random.default_rng(7)
+    xs = [rng.random((16, 6), dtype=np.float32), rng.random((16, 4), dtype=np.float32)]
+    small, edited = pruner.pruned_model(), pruner.edited_model()
+    assert small.count_params() < model.count_params()
+    for got, want in zip(small(xs, training=False), edited(xs, training=False)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

@@ -96,9 +96,12 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
 def shift_is_exact(graph: ModelGraph, group: UnitGroup) -> bool:
     """Whether every reader can absorb a constant input channel into its bias.
 
-    A Dense reader can; a convolution only without zero padding, since the
-    padded border would not carry the constant.
+    A Dense reader can; a convolution only without zero padding (its own, or a
+    ZeroPadding layer on the way), since the padded border would not carry the constant.
     """
+    for tid in group.tensors:
+        if any(n.type.startswith("ZeroPadding") for n in graph.consumers_of(tid)):
+            return False
     for slot in group.consumers:
         node = graph.node(slot.layer)
         if node.config.get("use_bias", True) is False:
