@@ -138,6 +138,12 @@ class PruningSession:
     def history_items(self) -> list[HistoryItem]:
         return self.history.items()
 
+    def widget(self, **kwargs: Any) -> Any:
+        """A Jupyter view of this session (``PruningWidget``); several stay in sync."""
+        from ..widget import PruningWidget
+
+        return PruningWidget(self, **kwargs)
+
     def subscribe(self, listener: Callable[[Event], None], kinds: tuple[str, ...] | None = None) -> Callable[[], None]:
         """Be told of changes (events "state", "proposal", "progress", "error"); returns an unsubscribe."""
         return self.events.subscribe(listener, kinds)
@@ -292,6 +298,7 @@ class PruningSession:
         with self._running_flag():
             self._change("run", "run", change, label_from=lambda: f"run: {result.get('iterations', 0)} iterations "
                                                                  f"({result.get('reason', '?')})")
+        self._emit_state("run finished")  # views see running == False now
         return RunResult(result["iterations"], result["reason"], self.share_pruned())
 
     def start_run(self, **kwargs: Any) -> RunHandle:

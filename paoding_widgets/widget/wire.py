@@ -1,0 +1,86 @@
+"""Validation of front-end messages before they touch the session.
+
+Why: anything can arrive over the comm (a stale view, a hand-crafted message).
+Every message is checked here -- known action, known layer, sane numbers --
+and turned into a clean dict, or refused with a message the widget shows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..engine.strategies import STRATEGIES
+
+ACTIONS = {
+    "hello": (), "propose": (), "accept_all": (), "step": (), "undo": (), "redo": (), "cancel": (),
+    "accept": ("layer",), "skip": ("layer",), "lock": ("layer",), "unlock": ("layer",),
+    "detail": ("layer",), "goto": ("n",), "configure": ("settings",), "run": (), "export": (),
+}
+
+
+class WireError(ValueError):
+    """A front-end message was refused."""
+
+
+def validate(content: Any, session: Any) -> dict[str, Any]:
+    """A checked copy of an action message, or WireError saying what is wrong."""
+    if not isinstance(content, dict) or content.get("type") != "action":
+        raise WireError(f"unknown message {str(content)[:80]!r}")
+    action = content.get("action")
+    if action not in ACTIONS:
+        raise WireError(f"unknown action {str(action)[:40]!r}")
+    out: dict[str, Any] = {"action": action}
+    for field in ACTIONS[action]:
+        if field not in content:
+            raise WireError(f"action {action!r} needs {field!r}")
+    if "layer" in ACTIONS[action]:
+        layer = content["layer"]
+        names = {n.name for n in session.graph.nodes} | {g.name for g in session.graph.groups}
+        if not isinstance(layer, str) or layer not in names:
+            raise WireError(f"unknown layer {str(layer)[:60]!r}")
+        out["layer"] = layer
+    if action == "goto":
+        n = content["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(session.history.entries):
+            raise WireError(f"history position must be an integer in 0..{len(session.history.entries)}, got {n!r}")
+        out["n"] = n
+    if action == "configure":
+        out["settings"] = _settings(content["settings"])
+    if action == "run" and content.get("target") is not None:
+        out["target"] = _fraction("target", content["target"])
+    if action == "export":
+        path = content.get("path")
+        if path is not None and (not isinstance(path, str) or not path.strip() or not path.endswith(".keras")):
+            raise WireError(f"export path must be a .keras file name, got {str(path)[:80]!r}")
+        out["path"] = path
+        out["overwrite"] = content.get("overwrite") is True
+    if action == "detail":
+        kind = content.get("kind", "weights")
+        if kind not in ("weights", "saliency"):
+            raise WireError(f"detail kind must be 'weights' or 'saliency', got {str(kind)[:40]!r}")
+        out["kind"] = kind
+    return out
+
+
+def _fraction(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v < 1:
+        raise WireError(f"{name} must be a number strictly between 0 and 1, got {v!r}")
+    return float(v)
+
+
+def _settings(s: Any) -> dict[str, Any]:
+    if not isinstance(s, dict):
+        raise WireError("settings must be an object")
+    unknown = set(s) - {"strategy", "step", "target"}
+    if unknown:
+        raise WireError(f"unknown settings {sorted(unknown)}")
+    out: dict[str, Any] = {}
+    if "strategy" in s:
+        if s["strategy"] not in STRATEGIES:
+            raise WireError(f"unknown strategy {str(s['strategy'])[:40]!r}")
+        out["strategy"] = s["strategy"]
+    for key in ("step", "target"):
+        if key in s:
+            out[key] = _fraction(key, s[key])
+    return out
