@@ -124,7 +124,8 @@ class Pruner:
             action = "merge" if np.any(cand.keep >= 0) else "remove"
             out[g.id] = Proposal(g.id, g.name, action, cand, self.strategy.name,
                                  params_saved=self.params_per_unit(g) * len(cand),
-                                 extra={"impact": impact_increment(g, view, cand)})
+                                 extra={"impact": impact_increment(g, view, cand)
+                                        if self.strategy.uses_impact else {}})
         return out
 
     def apply(self, proposal: Proposal) -> Patch:

@@ -31,6 +31,7 @@ class Strategy:
     description: ClassVar[str] = ""
 
     merges_filters: ClassVar[bool] = False  # PAODING removes filters by scale-based L1
+    uses_impact: ClassVar[bool] = True  # keeps a running output-impact total (costs history bytes)
 
     def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
         if not view.mergeable or (view.group.kind == "conv" and not self.merges_filters):
@@ -70,6 +71,7 @@ def _saliency(view: UnitView, bias_aware: bool) -> np.ndarray:
 class Baseline(Strategy):
     """PAODING baseline: the ``k`` disjoint pairs of least saliency, merged."""
 
+    uses_impact = False
     name = "baseline"
     description = "merge the least-saliency pairs (PAODING baseline mode)"
 
@@ -148,6 +150,7 @@ class Stochastic(Strategy):
 class Magnitude(Strategy):
     """Global-magnitude baseline: remove the units with the smallest L1 weights."""
 
+    uses_impact = False
     name = "magnitude"
     description = "remove the units of smallest L1 incoming weights (plain baseline)"
 
@@ -158,6 +161,7 @@ class Magnitude(Strategy):
 class Random(Strategy):
     """Seeded random removal: the floor every criterion must beat."""
 
+    uses_impact = False
     name = "random"
     description = "remove random units (seeded; plain baseline)"
 

@@ -190,61 +190,79 @@ function render({ model, el: root }) {
   const side = el("div", { class: "pw-side" });
   root.append(toolbar, banner, el("div", { class: "pw-main" }, [tree, side]));
   const act = (action, fields) => sendAction(model, action, fields);
+  const button = (text, cls, onclick) => el("button", { class: `pw-btn ${cls}`, text, onclick });
+  const strategy = el("select", {
+    class: "pw-strategy",
+    "aria-label": "strategy",
+    onchange: (e) => act("configure", { settings: { strategy: e.target.value } })
+  });
+  const numInput = (key) => el("input", {
+    type: "number",
+    min: "0.01",
+    max: "0.99",
+    step: "0.01",
+    class: `pw-${key}`,
+    "aria-label": key,
+    onchange: (e) => act("configure", { settings: { [key]: Number(e.target.value) } })
+  });
+  const stepInput = numInput("step");
+  const targetInput = numInput("target");
+  const path = el("input", {
+    class: "pw-export-path",
+    "aria-label": "export path",
+    onchange: (e) => {
+      model.set("export_path", e.target.value);
+      model.save_changes();
+    }
+  });
+  const buttons = {
+    propose: button("Propose next iteration", "pw-propose", () => act("propose")),
+    acceptAll: button("Accept all pending", "pw-accept-all", () => act("accept_all")),
+    run: button("Run to target", "pw-run", () => act("run")),
+    cancel: button("Cancel", "pw-cancel", () => act("cancel")),
+    undo: button("Undo", "pw-undo", () => act("undo")),
+    redo: button("Redo", "pw-redo", () => act("redo")),
+    export: button("Export", "pw-export", () => act("export", { path: path.value }))
+  };
+  const progress = el("progress", { class: "pw-progress", max: "1" });
+  toolbar.append(
+    strategy,
+    el("label", { class: "pw-num" }, ["step ", stepInput]),
+    el("label", { class: "pw-num" }, ["target ", targetInput]),
+    buttons.propose,
+    buttons.acceptAll,
+    buttons.run,
+    buttons.cancel,
+    buttons.undo,
+    buttons.redo,
+    path,
+    buttons.export,
+    progress
+  );
   function drawToolbar() {
     const s = model.get("settings") || {};
-    const running = model.get("running");
+    const running = Boolean(model.get("running"));
     const hist = model.get("history") || [];
     const pos = model.get("position");
-    const strategy = el(
-      "select",
-      {
-        class: "pw-strategy",
-        "aria-label": "strategy",
-        disabled: running,
-        onchange: (e) => act("configure", { settings: { strategy: e.target.value } })
-      },
-      (model.get("strategies") || []).map((n) => el("option", { value: n, selected: n === s.strategy, text: n }))
-    );
-    const num = (key, label) => el("label", { class: "pw-num" }, [label, el("input", {
-      type: "number",
-      min: "0.01",
-      max: "0.99",
-      step: "0.01",
-      value: s[key],
-      class: `pw-${key}`,
-      disabled: running,
-      onchange: (e) => act("configure", { settings: { [key]: Number(e.target.value) } })
-    })]);
+    const names = model.get("strategies") || [];
+    if ([...strategy.options].map((o) => o.value).join() !== names.join()) {
+      strategy.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+    }
+    strategy.value = s.strategy || "";
+    if (document.activeElement !== stepInput) stepInput.value = s.step ?? "";
+    if (document.activeElement !== targetInput) targetInput.value = s.target ?? "";
+    if (document.activeElement !== path) path.value = model.get("export_path") || "";
     const pending = (model.get("layers") || []).some((r) => r.status === "pending");
-    const path = el("input", {
-      class: "pw-export-path",
-      value: model.get("export_path"),
-      "aria-label": "export path",
-      onchange: (e) => {
-        model.set("export_path", e.target.value);
-        model.save_changes();
-      }
-    });
-    const button = (text, cls, onclick, disabled) => el("button", { class: `pw-btn ${cls}`, text, onclick, disabled });
-    toolbar.replaceChildren(
-      strategy,
-      num("step", "step "),
-      num("target", "target "),
-      button("Propose next iteration", "pw-propose", () => act("propose"), running),
-      button("Accept all pending", "pw-accept-all", () => act("accept_all"), running || !pending),
-      button("Run to target", "pw-run", () => act("run"), running),
-      button("Cancel", "pw-cancel", () => act("cancel"), !running),
-      button("Undo", "pw-undo", () => act("undo"), running || pos === 0),
-      button("Redo", "pw-redo", () => act("redo"), running || pos >= hist.length),
-      path,
-      button("Export", "pw-export", () => act("export", { path: path.value }), running),
-      el("progress", {
-        class: "pw-progress",
-        max: "1",
-        value: String(model.get("progress") || 0),
-        hidden: !running
-      })
-    );
+    strategy.disabled = stepInput.disabled = targetInput.disabled = running;
+    buttons.propose.disabled = running;
+    buttons.acceptAll.disabled = running || !pending;
+    buttons.run.disabled = running;
+    buttons.cancel.disabled = !running;
+    buttons.undo.disabled = running || pos === 0;
+    buttons.redo.disabled = running || pos >= hist.length;
+    buttons.export.disabled = running;
+    progress.value = Number(model.get("progress") || 0);
+    progress.hidden = !running;
   }
   function drawBanner() {
     const msg = model.get("error") || lastError;
@@ -265,7 +283,7 @@ function render({ model, el: root }) {
       text: row.status,
       title: row.reason || row.status
     }) : el("span");
-    const button = (name, label, on) => el("button", {
+    const button2 = (name, label, on) => el("button", {
       class: `pw-row-btn pw-${name}`,
       text: label,
       disabled: !on,
@@ -298,9 +316,9 @@ function render({ model, el: root }) {
       chip,
       row.heatmap ? canvas : el("span", { class: "pw-heat-empty" }),
       el("span", { class: "pw-actions" }, row.group ? [
-        button("accept", "Accept", acts.accept),
-        button("skip", "Skip", acts.skip),
-        acts.unlock ? button("unlock", "Unlock", true) : button("lock", "Lock", acts.lock)
+        button2("accept", "Accept", acts.accept),
+        button2("skip", "Skip", acts.skip),
+        acts.unlock ? button2("unlock", "Unlock", true) : button2("lock", "Lock", acts.lock)
       ] : [])
     ]);
     const frag = [r];

@@ -1,0 +1,253 @@
+"""End to end: the quickstart notebook in JupyterLab, driven in Debian's chromium.
+
+A person's session: run the notebook, propose, accept one layer, skip one, lock
+one, propose again (the locked layer gets no proposal), undo, run to target,
+cancel a run, export, switch to the dark theme -- checking the page and the
+kernel-side session after each step.  Screenshots go to ``artifacts/e2e/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "example_notebooks" / "01_quickstart.ipynb"
+ARTIFACTS = ROOT / "artifacts" / "e2e"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("lab")
+    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)  # a copy: the repository's notebook is never rewritten
+    port, token = _free_port(), "paoding-e2e"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JUPYTER_CONFIG_DIR": str(work / ".jupyter"),
+           "XDG_CONFIG_HOME": str(work / ".config"), "XDG_CACHE_HOME": str(work / ".cache"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(work / ".workspaces")}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
+           "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={work}"]
+    settings = work / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(work / ".settings")
+    log = open(work / "lab.log", "w")
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"JupyterLab did not start:\n{(work / 'lab.log').read_text()[-3000:]}")
+    yield {"base": base, "token": token, "work": work}
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started (own process groups below)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-f", str(work)], check=False)  # kernels started from the temp runtime dir
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab, tmp_path_factory: pytest.TempPathFactory):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chrome")), executable_path=CHROMIUM, headless=True,
+            viewport={"width": 1400, "height": 1000},
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        pg = ctx.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(f"{lab['base']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}")
+        pg.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                             "&& window.jupyterapp.shell.currentWidget.sessionContext")
+        pg.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel")
+        yield pg
+        ctx.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+KERNEL_EVAL = """
+async (code) => {
+  const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  let out = "";
+  const future = kernel.requestExecute({ code, store_history: false });
+  future.onIOPub = (msg) => {
+    if (msg.header.msg_type === "stream") out += msg.content.text;
+    if (msg.header.msg_type === "error") out += "ERROR " + msg.content.ename + ": " + msg.content.evalue;
+  };
+  await future.done;
+  return out;
+}
+"""
+
+
+def kernel(page, code: str) -> object:
+    """Run code in the notebook's kernel; it must print one JSON value."""
+    out = page.evaluate(KERNEL_EVAL, code)
+    assert not out.startswith("ERROR"), out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+STATE = ("import json; print(json.dumps({'layers': {l.name: [l.status, l.units_alive] for l in session.layers}, "
+         "'position': session.history.position, 'share': session.share_pruned(), "
+         "'labels': [h.label for h in session.history_items], 'running': session.running}))")
+
+
+def row(page, name: str):
+    return page.locator(f".pw-row[data-layer='{name}']")
+
+
+def wait_status(page, name: str, status: str) -> None:
+    page.wait_for_selector(f".pw-row[data-layer='{name}'][data-status='{status}']")
+
+
+def wait_run_finished(page, runs_before: int) -> None:
+    """A run entry was added to the history and the toolbar is usable again."""
+    page.wait_for_function(f"document.querySelectorAll('.pw-hist').length && "
+                           f"[...document.querySelectorAll('.pw-hist')].filter(e => e.textContent.startsWith('run:'))"
+                           f".length > {runs_before} && !document.querySelector('.pw-run').disabled",
+                           timeout=120_000)
+
+
+def test_a_person_prunes_with_the_widget(page, lab):
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_selector(".pw-root .pw-row[data-layer='dense']", timeout=180_000)
+    page.wait_for_selector(".pw-heat[data-layer='dense']")
+    shot(page, "01_opened")
+    st = kernel(page, STATE)
+    assert st["layers"]["dense"] == ["ready", 128] and st["position"] == 0
+    assert row(page, "dense_2").get_attribute("data-status") == "not prunable"
+    assert "output" in row(page, "dense_2").locator(".pw-chip").get_attribute("title")
+
+    # propose: both hidden layers pending, with highlighted units
+    page.click(".pw-propose")
+    wait_status(page, "dense", "pending")
+    wait_status(page, "dense_1", "pending")
+    shot(page, "02_proposed")
+    assert kernel(page, STATE)["layers"]["dense_1"][0] == "pending"
+
+    # accept one layer, skip one, lock one
+    row(page, "dense").locator(".pw-accept").click()
+    wait_status(page, "dense", "accepted")
+    row(page, "dense_1").locator(".pw-skip").click()
+    wait_status(page, "dense_1", "skipped")
+    row(page, "dense_1").locator(".pw-lock").click()
+    wait_status(page, "dense_1", "locked")
+    st = kernel(page, STATE)
+    assert st["layers"]["dense"] == ["accepted", 122] and st["layers"]["dense_1"] == ["locked", 128]
+    assert row(page, "dense").locator(".pw-units").inner_text() == "122 / 128"
+    shot(page, "03_accept_skip_lock")
+
+    # propose again: the locked layer gets no proposal
+    page.click(".pw-propose")
+    wait_status(page, "dense", "pending")
+    st = kernel(page, STATE)
+    assert st["layers"]["dense_1"][0] == "locked"
+    assert kernel(page, "import json; print(json.dumps(sorted(session.proposals)))") == ["dense"]
+    assert row(page, "dense_1").locator(".pw-accept").is_disabled()
+
+    # keyboard: focus the tree, move to the first hidden layer, 'a' accepts it
+    page.focus(".pw-tree")
+    page.keyboard.press("Home")
+    for _ in range(5):
+        if page.locator(".pw-row[aria-selected='true']").get_attribute("data-layer") == "dense":
+            break
+        page.keyboard.press("ArrowDown")
+    assert page.locator(".pw-row[aria-selected='true']").get_attribute("data-layer") == "dense"
+    page.keyboard.press("a")
+    wait_status(page, "dense", "accepted")
+    assert kernel(page, STATE)["layers"]["dense"] == ["accepted", 116]
+
+    # undo: back to pending, weights restored (kernel checks units)
+    page.click(".pw-undo")
+    wait_status(page, "dense", "pending")
+    assert kernel(page, STATE)["layers"]["dense"] == ["pending", 122]
+    shot(page, "04_undo")
+
+    # unlock, then run to target in the background; the tree follows
+    row(page, "dense_1").locator(".pw-unlock").click()
+    runs_before = page.locator(".pw-hist:has-text('run:')").count()
+    page.click(".pw-run")
+    wait_run_finished(page, runs_before)
+    st = kernel(page, STATE)
+    assert not st["running"] and abs(st["share"] - 0.5) < 1e-9
+    assert st["layers"]["dense"][1] == 64 and st["layers"]["dense_1"][1] == 64
+    assert row(page, "dense_1").locator(".pw-units").inner_text() == "64 / 128"
+    shot(page, "05_run_to_target")
+
+    # cancel a run: go back to the original model, slow steps, run and cancel at once
+    page.locator(".pw-hist[data-index='0']").click()
+    page.wait_for_function("document.querySelector(\".pw-row[data-layer='dense'] .pw-units\").innerText "
+                           "=== '128 / 128'")
+    kernel(page, "session.configure(step=0.01, strategy='certified'); print(1)")
+    runs_before = page.locator(".pw-hist:has-text('run:')").count()
+    # click Run, then Cancel as soon as the kernel reports the run (as fast as a person could not)
+    page.evaluate("""() => new Promise((resolve) => {
+      document.querySelector('.pw-run').click();
+      const t = setInterval(() => {
+        const c = document.querySelector('.pw-cancel');
+        if (!c.disabled) { c.click(); clearInterval(t); resolve(); }
+      }, 2);
+    })""")
+    wait_run_finished(page, runs_before)
+    st = kernel(page, STATE)
+    assert not st["running"]
+    assert st["labels"][-1].startswith("run:")
+    shot(page, "06_cancelled")
+    if "(cancelled)" in st["labels"][-1]:
+        assert st["share"] < 0.5
+    # the session is consistent after the run: undo it restores the units
+    page.click(".pw-undo")
+    page.wait_for_function("document.querySelector(\".pw-row[data-layer='dense'] .pw-units\").innerText "
+                           "=== '128 / 128'")
+
+    # export the pruned model through the toolbar
+    target = lab["work"] / "from_widget.keras"
+    page.fill(".pw-export-path", str(target))
+    page.click(".pw-export")
+    page.wait_for_selector(".pw-error:has-text('exported')")
+    assert target.exists() and target.stat().st_size > 0
+    # exporting again refuses to overwrite, and says so
+    page.click(".pw-export")
+    page.wait_for_selector(".pw-error:has-text('exists')")
+    shot(page, "07_exported")
+
+    # an action the kernel refuses is shown, and the kernel stays usable
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
+    page.wait_for_selector("#jupyterlab-splash", state="detached")
+    bg = page.evaluate("getComputedStyle(document.querySelector('.pw-root')).backgroundColor")
+    assert bg not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)")
+    shot(page, "08_dark_theme")
+    assert kernel(page, "print(len(session.layers))") == 3
