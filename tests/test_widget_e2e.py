@@ -155,6 +155,7 @@ def test_a_person_prunes_with_the_widget(page, lab):
     wait_status(page, "dense", "pending")
     wait_status(page, "dense_1", "pending")
     shot(page, "02_proposed")
+    page.locator(".pw-root").screenshot(path=str(ARTIFACTS / "widget.png"))  # the README's picture
     assert kernel(page, STATE)["layers"]["dense_1"][0] == "pending"
 
     # accept one layer, skip one, lock one
