@@ -78,8 +78,9 @@ class PruningSession:
                  epsilons: Sequence[float] = DEFAULT_EPSILONS, n_probes: int = 1000,
                  source_path: str | None = None, **strategy_options: Any) -> None:
         try:
+            strategy_options = {k: _plain(v) for k, v in strategy_options.items()}
             self._pruner = Pruner(model, input_range, strategy, step, target, seed, **strategy_options)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise SessionError(str(exc)) from exc
         self.model = model
         self.source_path = source_path
@@ -219,6 +220,7 @@ class PruningSession:
         s = dict(self._state.settings)
         if strategy is not None or strategy_options:
             name = strategy or s["strategy"]
+            strategy_options = {k: _plain(v) for k, v in strategy_options.items()}
             opts = strategy_options if strategy is not None else {**s["options"], **strategy_options}
             try:
                 make_strategy(name, **opts)
@@ -237,15 +239,13 @@ class PruningSession:
 
         def change(patch: Patch, st: SessionState) -> None:
             st.settings = s
-            st.proposals = {}
-            for name in st.status:
-                if st.status[name] == PENDING:
-                    st.status[name] = READY
+            _drop_proposals(st)
         self._change("settings", _describe_settings(self._state.settings, s), change)
 
     def run(self, target: float | None = None, min_accuracy: float | None = None,
             min_fidelity: float | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
-            cancel: threading.Event | Callable[[], bool] | None = None, max_iterations: int = 10_000) -> RunResult:
+            cancel: threading.Event | Callable[[], bool] | None = None, max_iterations: int = 10_000,
+            _reserved: bool = False) -> RunResult:
         """Iterate (propose + accept all on unlocked layers) until a stop condition.
 
         Stops at the target share, when no candidate remains, when
@@ -267,7 +267,7 @@ class PruningSession:
         result: dict[str, Any] = {}
 
         def change(patch: Patch, st: SessionState) -> None:
-            st.proposals = {}
+            _drop_proposals(st)
             reason, n = "exhausted", 0
             for _ in range(max_iterations):
                 if is_cancelled():
@@ -295,17 +295,30 @@ class PruningSession:
                 if progress is not None:
                     progress(info)
             result.update(iterations=n, reason=reason)
-        with self._running_flag():
-            self._change("run", "run", change, label_from=lambda: f"run: {result.get('iterations', 0)} iterations "
-                                                                 f"({result.get('reason', '?')})")
-        self._emit_state("run finished")  # views see running == False now
-        return RunResult(result["iterations"], result["reason"], self.share_pruned())
+        def job() -> RunResult:
+            try:
+                self._change("run", "run", change, label_from=lambda: f"run: {result.get('iterations', 0)} "
+                                                                     f"iterations ({result.get('reason', '?')})")
+            finally:
+                self._running = False
+            self._emit_state("run finished")  # views see running == False now
+            return RunResult(result["iterations"], result["reason"], self.share_pruned())
+
+        if _reserved:
+            return job  # type: ignore[return-value]  # start_run runs it in its thread
+        self._reserve()
+        return job()
 
     def start_run(self, **kwargs: Any) -> RunHandle:
-        """:meth:`run` in a background thread; returns a handle to cancel or wait."""
-        if self._running:
-            raise SessionError("a run is already in progress")
-        return RunHandle(self, kwargs)
+        """:meth:`run` in a background thread; returns a handle to cancel or wait.
+
+        Arguments are checked and the session is marked running before this
+        returns, so no other change can slip in before the thread starts.
+        """
+        cancel = threading.Event()
+        job = self.run(cancel=cancel, _reserved=True, **kwargs)
+        self._reserve()
+        return RunHandle(self, job, cancel)
 
     # ------------------------------------------------------------ history
     def undo(self) -> None:
@@ -381,6 +394,7 @@ class PruningSession:
         from .persistence import save_session
 
         with self._lock:
+            self._idle()  # a half-done run is not a state to resume
             return str(save_session(self, path, overwrite))
 
     @classmethod
@@ -419,6 +433,7 @@ class PruningSession:
         st.status[name] = ACCEPTED
 
     def _iterate(self, patch: Patch, st: SessionState, target: float | None) -> dict[str, Proposal]:
+        _drop_proposals(st)  # an automated iteration replaces any open proposal
         groups = [g for g in self.graph.prunable_groups if st.status[g.name] != LOCKED]
         props = self._pruner.propose(groups, target)
         out = {}
@@ -507,19 +522,11 @@ class PruningSession:
         if self._running:
             raise SessionError("a run is in progress; cancel it or wait for it to finish")
 
-    def _running_flag(self) -> Any:
-        session = self
-
-        class _Flag:
-            def __enter__(self) -> None:
-                with session._lock:
-                    session._idle()
-                    session._running = True
-
-            def __exit__(self, *exc: Any) -> None:
-                session._running = False
-
-        return _Flag()
+    def _reserve(self) -> None:
+        """Mark the session running (refused if it already is)."""
+        with self._lock:
+            self._idle()
+            self._running = True
 
     def _emit_state(self, action: str) -> None:
         self.events.emit("state", action=action, position=self.history.position,
@@ -536,20 +543,21 @@ class PruningSession:
 class RunHandle:
     """A :meth:`PruningSession.run` in a background thread."""
 
-    def __init__(self, session: PruningSession, kwargs: dict[str, Any]) -> None:
+    def __init__(self, session: PruningSession, job: Callable[[], RunResult], cancel: threading.Event) -> None:
         self.session = session
-        self._cancel = threading.Event()
+        self._cancel = cancel
         self.result: RunResult | None = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, args=(kwargs,), name="paoding-run", daemon=True)
+        self._thread = threading.Thread(target=self._main, args=(job,), name="paoding-run", daemon=True)
         self._thread.start()
 
-    def _main(self, kwargs: dict[str, Any]) -> None:
+    def _main(self, job: Callable[[], RunResult]) -> None:
         try:
-            self.result = self.session.run(cancel=self._cancel, **kwargs)
+            self.result = job()
         except BaseException as exc:  # reported to the caller through wait()
             self.error = exc
-            self.session.events.emit("error", action="run", message=str(exc))
+            if isinstance(exc, SessionError):  # other errors were already reported by the session
+                self.session.events.emit("error", action="run", message=str(exc))
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -563,6 +571,19 @@ class RunHandle:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def _drop_proposals(st: SessionState) -> None:
+    """Close every open proposal; its layer is ready again."""
+    st.proposals = {}
+    for name, status in st.status.items():
+        if status == PENDING:
+            st.status[name] = READY
+
+
+def _plain(v: Any) -> Any:
+    """NumPy scalars as Python numbers (settings are saved as JSON)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _check_eval_data(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -580,6 +601,8 @@ def _check_eval_data(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray] | N
         raise SessionError(f"eval_data has {len(x)} inputs but {len(y)} labels")
     if not np.issubdtype(x.dtype, np.number):
         raise SessionError(f"eval_data x must be numeric, got dtype {x.dtype}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise SessionError(f"eval_data y must be numeric labels, got dtype {y.dtype}")
     return x.astype(np.float32), y
 
 

@@ -20,6 +20,7 @@ import io
 import json
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,10 @@ def load_session(path: str) -> Any:
                                        f"this version reads {VERSION}")
             with tempfile.TemporaryDirectory() as tmp:
                 zf.extract("model.keras", tmp)
-                model = keras.models.load_model(Path(tmp) / "model.keras", compile=False)
+                try:
+                    model = keras.models.load_model(Path(tmp) / "model.keras", compile=False)
+                except Exception as exc:  # keras raises many types for a bad file
+                    raise SessionFileError(f"{p} is damaged: its model.keras does not load ({exc})") from exc
             weights = _load_npz(zf, "weights.npz")
             arr = _Arrays(_load_npz(zf, "arrays.npz"))
             eval_data = None
@@ -180,7 +184,9 @@ def load_session(path: str) -> Any:
                 eval_data = (ev["x"], ev["y"])
     except zipfile.BadZipFile as exc:
         raise SessionFileError(f"{p} is damaged or not a session file: {exc}") from exc
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except SessionFileError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, zlib.error, EOFError) as exc:
         raise SessionFileError(f"{p} is damaged: {exc}") from exc
     try:
         state = _state_in(manifest["state"], arr)
@@ -201,7 +207,11 @@ def load_session(path: str) -> Any:
         for e in manifest["history"]:
             session.history.entries.append(Entry(e["kind"], e["label"], _patch_in(e["patch"], arr),
                                                  _state_in(e["before"], arr), _state_in(e["after"], arr), e["info"]))
-        session.history.position = int(manifest["position"])
+        position = int(manifest["position"])
+        if not 0 <= position <= len(session.history.entries):
+            n = len(session.history.entries)
+            raise SessionFileError(f"{p} is damaged: history position {position} outside 0..{n}")
+        session.history.position = position
         session._restore(state)
     except SessionFileError:
         raise
