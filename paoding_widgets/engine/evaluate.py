@@ -127,8 +127,17 @@ def sample_box(shape: tuple, input_range: tuple[Any, Any], n: int, seed: int = 0
     return lo + u * (hi - lo)
 
 
-def agreement(original: Any, pruned: Any, probes: np.ndarray) -> float:
-    return float((predict_classes(original, probes) == predict_classes(pruned, probes)).mean())
+def agreement(original: Any, pruned: Any, probes: np.ndarray, original_classes: np.ndarray | None = None) -> float:
+    """Top-1 agreement on probes; pass ``original_classes`` to skip re-running the original."""
+    if original_classes is None:
+        original_classes = predict_classes(original, probes)
+    return float((original_classes == predict_classes(pruned, probes)).mean())
+
+
+def default_probe_count(input_shape: tuple, budget: float = 4e6) -> int:
+    """Box samples for agreement: 1,000 for small inputs, fewer for images (16 at least)."""
+    size = int(np.prod([d for d in input_shape if d is not None])) or 1
+    return int(np.clip(budget // size, 16, 1000))
 
 
 def size_report(model: Any) -> SizeReport:
@@ -163,7 +172,7 @@ def flops(model: Any) -> int:
 def evaluate(model: Any, original: Any | None = None, data: tuple[np.ndarray, np.ndarray] | None = None,
              epsilons: Sequence[float] = DEFAULT_EPSILONS, input_range: tuple[Any, Any] = (0.0, 1.0),
              original_robust: dict[float, int] | None = None, probes: np.ndarray | None = None,
-             output_bound_width: float | None = None) -> Metrics:
+             output_bound_width: float | None = None, probe_classes: np.ndarray | None = None) -> Metrics:
     """Evaluate ``model``; robustness is compared with ``original`` when given."""
     m = Metrics(size=size_report(model), output_bound_width=output_bound_width)
     if data is not None:
@@ -177,5 +186,5 @@ def evaluate(model: Any, original: Any | None = None, data: tuple[np.ndarray, np
                 m.robust_preserved = {e: (m.robust[e] / original_robust[e] if original_robust[e] else 1.0)
                                       for e in m.robust}
     if original is not None and probes is not None:
-        m.agreement = agreement(original, model, probes)
+        m.agreement = agreement(original, model, probes, probe_classes)
     return m

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.evaluate import DEFAULT_EPSILONS, Metrics, evaluate, robust_instances, sample_box
+from ..engine.evaluate import (
+    DEFAULT_EPSILONS,
+    Metrics,
+    default_probe_count,
+    evaluate,
+    robust_instances,
+    sample_box,
+)
 from ..engine.export import save_keras, save_tflite
 from ..engine.graph import UnitGroup
 from ..engine.pruner import Proposal, Pruner, check_fraction
@@ -70,12 +77,13 @@ class PruningSession:
     eval_data: optional ``(x, y)`` for accuracy and FGSM robustness; without it the
         session is fully data-free (fidelity on inputs sampled from the box).
     epsilons: FGSM step sizes for robustness.
-    n_probes: box samples for the data-free agreement metric.
+    n_probes: box samples for the data-free agreement metric (default: 1,000 for small
+        inputs, fewer for large images, so metrics stay quick).
     """
 
     def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str = "impact", step: float = 0.05,
                  target: float = 0.5, seed: int = 0, eval_data: tuple[np.ndarray, np.ndarray] | None = None,
-                 epsilons: Sequence[float] = DEFAULT_EPSILONS, n_probes: int = 1000,
+                 epsilons: Sequence[float] = DEFAULT_EPSILONS, n_probes: int | None = None,
                  source_path: str | None = None, **strategy_options: Any) -> None:
         try:
             strategy_options = {k: _plain(v) for k, v in strategy_options.items()}
@@ -93,7 +101,10 @@ class PruningSession:
         self._running = False
         self._metrics_cache: tuple[int, Metrics] | None = None
         self._original_robust: dict[float, int] | None = None
-        self._probes = sample_box(tuple(model.inputs[0].shape[1:]), self._pruner.input_range, n_probes, seed)
+        shape = tuple(model.inputs[0].shape[1:])
+        n_probes = default_probe_count(shape) if n_probes is None else int(n_probes)
+        self._probes = sample_box(shape, self._pruner.input_range, n_probes, seed)
+        self._probe_classes: np.ndarray | None = None  # the original's answers, computed once
         status = {g.name: READY for g in self._pruner.graph.prunable_groups}
         self._state = SessionState(status, {}, self._settings(strategy, step, target, strategy_options),
                                    self._pruner.rng.bit_generator.state)
@@ -373,7 +384,7 @@ class PruningSession:
             if self.eval_data is not None and self._original_robust is None and self.epsilons:
                 self._original_robust = robust_instances(self.model, *self.eval_data, self.epsilons, box)
             m = evaluate(pruned, self.model, self.eval_data, self.epsilons, box, self._original_robust,
-                         self._probes, self._pruner.output_bound_width())
+                         self._probes, self._pruner.output_bound_width(), self._original_probe_classes())
             self._metrics_cache = (version, m)
             return m
 
@@ -446,6 +457,13 @@ class PruningSession:
         st.rng = self._pruner.rng.bit_generator.state
         return out
 
+    def _original_probe_classes(self) -> np.ndarray:
+        from ..engine.evaluate import predict_classes
+
+        if self._probe_classes is None:
+            self._probe_classes = predict_classes(self.model, self._probes)
+        return self._probe_classes
+
     def _at_target(self, st: SessionState, target: float | None) -> bool:
         return all(self._pruner.next_k(g, target) == 0 for g in self.graph.prunable_groups
                    if st.status[g.name] != LOCKED)
@@ -458,7 +476,8 @@ class PruningSession:
         model = self._pruner.edited_model()
         if min_accuracy is not None and accuracy(model, *self.eval_data) < min_accuracy:
             return "min_accuracy"
-        if min_fidelity is not None and agreement(self.model, model, self._probes) < min_fidelity:
+        if min_fidelity is not None and agreement(self.model, model, self._probes,
+                                                  self._original_probe_classes()) < min_fidelity:
             return "min_fidelity"
         return ""
 
