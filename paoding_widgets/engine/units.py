@@ -242,12 +242,16 @@ class UnitView:
                    err: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per consumer: accumulated + candidate change of its pre-activation, batched."""
         # The readers lose v_b * x_b and gain v_b * (r x_a + c): their change is -v_b * err.
-        ec, er = -(err[0] + err[1]) / 2, (err[1] - err[0]) / 2
+        with np.errstate(invalid="ignore", over="ignore"):  # infinite bounds of deep nets stay infinite
+            ec, er = -(err[0] + err[1]) / 2, (err[1] - err[0]) / 2
+        ec = np.nan_to_num(ec, nan=0.0)  # (-inf + inf) / 2: centre unknown, the radius is infinite
         out = {}
         for layer, v in self.v_rows:
             vb = v[cand.drop].sum(1)  # (P, fan_out): rows of every flattened position
             vabs = np.abs(v[cand.drop]).sum(1)
-            c, r = ec[:, None] * vb, er[:, None] * vabs
+            with np.errstate(invalid="ignore", over="ignore"):
+                c = ec[:, None] * vb
+                r = np.where(vabs == 0, 0.0, er[:, None] * vabs)  # inf * 0: a zero row adds nothing
             acc = self.store.get(*impact_key(self.group, layer))
             if acc is not None:
                 c, r = c + (acc[0] + acc[1]) / 2, r + (acc[1] - acc[0]) / 2
