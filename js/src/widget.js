@@ -241,12 +241,15 @@ function render({ model, el: root }) {
     } else if (msg.type === "error") { lastError = msg.message; drawBanner(); }
     else if (msg.type === "exported") { lastError = ""; banner.hidden = false; banner.textContent = `exported ${msg.path}`; }
   });
-  const redraw = () => { drawToolbar(); drawBanner(); drawTree(); drawSide(); };
+  // One redraw per batch of trait changes (a kernel update changes several traits at once).
+  let queued = false;
+  const redrawNow = () => { queued = false; drawToolbar(); drawBanner(); drawTree(); drawSide(); };
+  const redraw = () => { if (!queued) { queued = true; queueMicrotask(redrawNow); } };
   for (const t of ["layers", "settings", "history", "position", "running", "progress", "metrics",
     "metrics_history", "error", "strategies"]) {
     model.on(`change:${t}`, redraw);
   }
-  redraw();
+  redrawNow();
   act("hello"); // ask for every heatmap: this view may be new
   return () => {};
 }

@@ -41,10 +41,19 @@ class Metrics:
     output_bound_width: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: string keys, and None for a non-finite number (e.g. bounds that overflowed)."""
         d = asdict(self)
         d["robust"] = {str(k): v for k, v in self.robust.items()}
         d["robust_preserved"] = {str(k): v for k, v in self.robust_preserved.items()}
-        return d
+        return _finite(d)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
 
 def _labels(y: np.ndarray) -> np.ndarray:

@@ -301,7 +301,8 @@ class PruningSession:
                     patch.extend(part)
                     self._state = st  # the tree can follow the run
                 n += 1
-                info = {"iteration": n, "share_pruned": self.share_pruned(), "accepted": sorted(done)}
+                info = {"iteration": n, "share_pruned": self.share_pruned(), "accepted": sorted(done),
+                        "target": target if target is not None else st.settings["target"]}
                 self.events.emit("progress", **info)
                 if progress is not None:
                     progress(info)
@@ -329,10 +330,12 @@ class PruningSession:
         cancel = threading.Event()
         job = self.run(cancel=cancel, _reserved=True, **kwargs)
         self._reserve()
+        self._emit_state("run started")  # every view learns the session is busy
         return RunHandle(self, job, cancel)
 
     # ------------------------------------------------------------ history
     def undo(self) -> None:
+        self._idle()
         with self._lock:
             self._idle()
             if not self.history.can_undo:
@@ -344,6 +347,7 @@ class PruningSession:
         self._emit_state("undo")
 
     def redo(self) -> None:
+        self._idle()
         with self._lock:
             self._idle()
             if not self.history.can_redo:
@@ -488,6 +492,8 @@ class PruningSession:
         A run takes the lock per iteration (inside ``change``) so that views can
         read the session while it goes; the running flag keeps other changes out.
         """
+        if kind != "run":
+            self._idle()  # refuse at once, without waiting for a run iteration's lock
         with self._lock:
             if kind != "run":
                 self._idle()

@@ -110,7 +110,10 @@ def detail(session: Any, name: str, kind: str = "weights") -> tuple[dict[str, An
     elif kind == "saliency":
         from ..engine.scores import saliency_matrix
 
-        view = session.pruner.view(session.graph.group(name))
+        group = session.graph.group(name)
+        if not group.prunable:
+            raise ValueError(f"layer {name!r} is not prunable ({group.reason}); no saliency to show")
+        view = session.pruner.view(group)
         m = saliency_matrix(view.u, view.b, view.v_norm)
         m = np.where(np.isfinite(m), m, 0.0)
         alive = view.alive

@@ -130,7 +130,7 @@ class PruningWidget(anywidget.AnyWidget):
     def _on_event(self, event: Event) -> None:
         try:
             if event.kind == "progress":
-                target = self.settings.get("target") or 1.0
+                target = event.data.get("target") or self.settings.get("target") or 1.0
                 self.progress = min(1.0, float(event.data.get("share_pruned", 0.0)) / target)
                 self.refresh(metrics=False)
             elif event.kind in ("state", "proposal"):
@@ -172,8 +172,7 @@ class PruningWidget(anywidget.AnyWidget):
         elif a == "configure":
             s.configure(**msg["settings"])
         elif a == "run":
-            self._run = s.start_run(target=msg.get("target"))
-            self.running = True
+            self._run = s.start_run(target=msg.get("target"))  # the session announces the start
         elif a == "cancel":
             if self._run is not None:
                 self._run.cancel()

@@ -28,7 +28,7 @@ def validate(content: Any, session: Any) -> dict[str, Any]:
     if not isinstance(content, dict) or content.get("type") != "action":
         raise WireError(f"unknown message {str(content)[:80]!r}")
     action = content.get("action")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise WireError(f"unknown action {str(action)[:40]!r}")
     out: dict[str, Any] = {"action": action}
     for field in ACTIONS[action]:
@@ -77,7 +77,7 @@ def _settings(s: Any) -> dict[str, Any]:
         raise WireError(f"unknown settings {sorted(unknown)}")
     out: dict[str, Any] = {}
     if "strategy" in s:
-        if s["strategy"] not in STRATEGIES:
+        if not isinstance(s["strategy"], str) or s["strategy"] not in STRATEGIES:
             raise WireError(f"unknown strategy {str(s['strategy'])[:40]!r}")
         out["strategy"] = s["strategy"]
     for key in ("step", "target"):

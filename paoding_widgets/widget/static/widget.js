@@ -456,11 +456,19 @@ function render({ model, el: root }) {
       banner.textContent = `exported ${msg.path}`;
     }
   });
-  const redraw = () => {
+  let queued = false;
+  const redrawNow = () => {
+    queued = false;
     drawToolbar();
     drawBanner();
     drawTree();
     drawSide();
+  };
+  const redraw = () => {
+    if (!queued) {
+      queued = true;
+      queueMicrotask(redrawNow);
+    }
   };
   for (const t of [
     "layers",
@@ -476,7 +484,7 @@ function render({ model, el: root }) {
   ]) {
     model.on(`change:${t}`, redraw);
   }
-  redraw();
+  redrawNow();
   act("hello");
   return () => {
   };
