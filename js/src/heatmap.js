@@ -41,15 +41,15 @@ export function toRGBA(bytes, h, w, marks = new Map()) {
 
 /** Heatmap column showing unit u of n units when the image is w columns wide. */
 export function columnOfUnit(u, n, w) {
-  return n <= w ? u : Math.min(w - 1, Math.floor((u * w) / n));
+  // column j averages units floor(j n / w) .. floor((j + 1) n / w) - 1 (payload.downsample)
+  return n <= w ? u : Math.min(w - 1, Math.ceil(((u + 1) * w) / n) - 1);
 }
 
 /** Units covered by image column c (inverse of columnOfUnit), as [first, last]. */
 export function unitsOfColumn(c, n, w) {
   if (n <= w) return [c, c];
-  const first = Math.ceil((c * n) / w);
-  const last = Math.max(first, Math.ceil(((c + 1) * n) / w) - 1);
-  return [first, Math.min(n - 1, last)];
+  const first = Math.floor((c * n) / w);
+  return [first, Math.min(n - 1, Math.max(first, Math.floor(((c + 1) * n) / w) - 1))];
 }
 
 /** Column marks for a proposal: dropped units red, the units they merge into blue. */

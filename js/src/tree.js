@@ -2,7 +2,10 @@
 
 /** Rows to show: top-level rows, and children of expanded parents. */
 export function visibleRows(rows, expanded) {
-  return rows.filter((r) => r.depth === 0 || (r.parent !== null && expanded.has(r.parent)));
+  const byName = new Map(rows.map((r) => [r.name, r]));
+  const shown = (r) => r.depth === 0 || (r.parent !== null && expanded.has(r.parent)
+    && (!byName.has(r.parent) || shown(byName.get(r.parent))));
+  return rows.filter(shown);
 }
 
 /** Whether a row has children (a nested model). */
@@ -27,7 +30,7 @@ export function keyAction(key, row) {
   if (!row || !row.group) return null;
   if (key === "a" && row.status === "pending") return "accept";
   if (key === "s" && row.status === "pending") return "skip";
-  if (key === "l") return row.status === "locked" ? "unlock" : "lock";
+  if (key === "l" && row.status !== "not prunable") return row.status === "locked" ? "unlock" : "lock";
   return null;
 }
 

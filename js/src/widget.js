@@ -118,6 +118,7 @@ function render({ model, el: root }) {
 
   function drawBanner() {
     const msg = model.get("error") || lastError;
+    lastError = "";  // a message shows until the next state from the kernel
     banner.textContent = msg;
     banner.hidden = !msg;
   }
@@ -228,13 +229,17 @@ function render({ model, el: root }) {
     const rows = visibleRows(model.get("layers") || [], expanded);
     const next = moveFocus(rows.length, focus, e.key);
     if (next !== null) { focus = next; e.preventDefault(); drawTree(); return; }
-    if (e.key === "Enter" || e.key === " ") { toggleDetail(rows[focus]); e.preventDefault(); return; }
+    if (e.target !== tree) return; // keys on a row's buttons belong to the buttons
+    if ((e.key === "Enter" || e.key === " ") && rows[focus]) { toggleDetail(rows[focus]); e.preventDefault(); return; }
     const action = keyAction(e.key, rows[focus]);
     if (action) { act(action, { layer: rows[focus].name }); e.preventDefault(); }
   });
 
   model.on("msg:custom", (msg, buffers) => {
-    if (msg.type === "heatmaps") { applyHeatmaps(heatmaps, msg, buffers); drawTree(); }
+    if (msg.type === "heatmaps") {
+      try { applyHeatmaps(heatmaps, msg, buffers); } catch (err) { lastError = String(err.message || err); drawBanner(); }
+      drawTree();
+    }
     else if (msg.type === "detail") {
       details.set(msg.name, { ...msg, data: asBytes(buffers[0]) });
       drawTree();

@@ -13,12 +13,14 @@ export function applyHeatmaps(cache, msg, buffers) {
   if (msg.names.length !== buffers.length || msg.shapes.length !== buffers.length) {
     throw new Error("heatmap message: names, shapes and buffers differ in length");
   }
-  msg.names.forEach((name, i) => {
+  // check every buffer first: a bad message changes nothing
+  const images = msg.names.map((name, i) => {
     const [h, w] = msg.shapes[i];
     const data = asBytes(buffers[i]);
     if (data.length !== h * w) throw new Error(`heatmap ${name}: ${data.length} bytes for ${h}x${w}`);
-    cache.set(name, { h, w, data });
+    return { h, w, data };
   });
+  msg.names.forEach((name, i) => cache.set(name, images[i]));
   return msg.names;
 }
 
@@ -34,7 +36,8 @@ export function detailAt(detail, px, py, width, height) {
   const r = Math.min(h - 1, Math.max(0, Math.floor((py / height) * h)));
   const v = detail.data[r * w + c];
   const [rows, cols] = detail.source_shape;
-  const span = (i, n, m) => [Math.floor((i * m) / n), Math.max(Math.floor((i * m) / n), Math.ceil(((i + 1) * m) / n) - 1)];
+  // pixel i of n covers source rows floor(i m / n) .. floor((i + 1) m / n) - 1 (payload.downsample)
+  const span = (i, n, m) => [Math.floor((i * m) / n), Math.max(Math.floor((i * m) / n), Math.floor(((i + 1) * m) / n) - 1)];
   // pixel value is sqrt-scaled magnitude (see payload.to_uint8)
   const value = (v / 255) ** 2 * detail.max;
   return { row: span(r, h, rows), col: span(c, w, cols), value };

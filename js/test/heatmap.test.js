@@ -145,7 +145,7 @@ describe("columnOfUnit / unitsOfColumn", () => {
   // (np.linspace(0, n, w+1).astype(int)), but columnOfUnit uses floor(u*w/n), i.e. column j starts at
   // ceil(j*n/w). With 64 units over 48 columns unit 1 is averaged into column 1 in Python and tinted
   // in column 0 here; with 49 units nearly every unit is tinted one column left of where it is drawn.
-  it.fails("places units in the same column as payload.downsample averages them", () => {
+  it("places units in the same column as payload.downsample averages them", () => {
     // numpy: downsample(one_hot(1, 64), 1, 48) is non-zero in column 1; one_hot(5, 64) in column 4
     expect(columnOfUnit(1, 64, 48)).toBe(1);
     expect(columnOfUnit(5, 64, 48)).toBe(4);

@@ -39,7 +39,7 @@ describe("visibleRows", () => {
 
   // Latent (payload.layer_rows only emits depth 0 and 1 today): a grandchild whose parent is expanded
   // stays visible after its grandparent is collapsed, so it shows under an unrelated row.
-  it.fails("hides grandchildren when the grandparent is collapsed (depth > 1)", () => {
+  it("hides grandchildren when the grandparent is collapsed (depth > 1)", () => {
     const deep = [
       row("a", { group: null }),
       row("a/b", { depth: 1, parent: "a", group: null }),
@@ -117,7 +117,7 @@ describe("keyAction", () => {
 
   // BUG: the row's Lock button is disabled for "not prunable" rows (rowActions), and the session refuses
   // to lock them, but the "l" key still sends {action: "lock"} for them (the kernel answers with an error).
-  it.fails('"l" on a not-prunable row asks for nothing, like its disabled Lock button', () => {
+  it('"l" on a not-prunable row asks for nothing, like its disabled Lock button', () => {
     const r = row("conv", { status: "not prunable" });
     expect(rowActions(r).lock).toBe(false);
     expect(keyAction("l", r)).toBeNull();

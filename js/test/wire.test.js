@@ -180,7 +180,7 @@ describe("detailAt", () => {
   // (np.linspace(0, m, n + 1).astype(int)), but detailAt ends the span at ceil((i+1)*m/n) - 1, so when
   // m is not a multiple of n adjacent pixels overlap: for a 200-row kernel in a 128-pixel detail,
   // pixel 0 is reported as rows 0–1 (it is row 0 only) and pixel 1 as rows 1–3 (it is rows 1–2).
-  it.fails("reports the same source spans as payload.downsample, without overlap", () => {
+  it("reports the same source spans as payload.downsample, without overlap", () => {
     const n = 128, m = 200;
     const d = img(n, n, [m, m]);
     // numpy: np.linspace(0, 200, 129).astype(int)[:4] == [0, 1, 3, 4]

@@ -21,8 +21,10 @@ def downsample(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Block means of a 2-D array to at most ``rows x cols`` (vectorised, no loops)."""
     a = np.asarray(a, np.float32)
     r, c = a.shape
-    ri = np.linspace(0, r, min(rows, r) + 1).astype(int)[:-1]
-    ci = np.linspace(0, c, min(cols, c) + 1).astype(int)[:-1]
+    # bin j covers [floor(j n / k), floor((j + 1) n / k)): integer arithmetic, as js/src/heatmap.js assumes
+    kr, kc = min(rows, r), min(cols, c)
+    ri = (np.arange(kr) * r) // kr
+    ci = (np.arange(kc) * c) // kc
     s = np.add.reduceat(np.add.reduceat(a, ri, axis=0), ci, axis=1)
     counts = np.diff(np.append(ri, r))[:, None] * np.diff(np.append(ci, c))[None, :]
     return s / counts

@@ -38,7 +38,7 @@ function toRGBA(bytes, h, w, marks = /* @__PURE__ */ new Map()) {
   return out;
 }
 function columnOfUnit(u, n, w) {
-  return n <= w ? u : Math.min(w - 1, Math.floor(u * w / n));
+  return n <= w ? u : Math.min(w - 1, Math.ceil((u + 1) * w / n) - 1);
 }
 function proposalMarks(proposal, n, w) {
   const marks = /* @__PURE__ */ new Map();
@@ -60,7 +60,9 @@ function drawHeatmap(canvas, img, marks) {
 
 // js/src/tree.js
 function visibleRows(rows, expanded) {
-  return rows.filter((r) => r.depth === 0 || r.parent !== null && expanded.has(r.parent));
+  const byName = new Map(rows.map((r) => [r.name, r]));
+  const shown = (r) => r.depth === 0 || r.parent !== null && expanded.has(r.parent) && (!byName.has(r.parent) || shown(byName.get(r.parent)));
+  return rows.filter(shown);
 }
 function hasChildren(rows, name) {
   return rows.some((r) => r.parent === name);
@@ -84,7 +86,7 @@ function keyAction(key, row) {
   if (!row || !row.group) return null;
   if (key === "a" && row.status === "pending") return "accept";
   if (key === "s" && row.status === "pending") return "skip";
-  if (key === "l") return row.status === "locked" ? "unlock" : "lock";
+  if (key === "l" && row.status !== "not prunable") return row.status === "locked" ? "unlock" : "lock";
   return null;
 }
 function rowActions(row) {
@@ -111,12 +113,13 @@ function applyHeatmaps(cache, msg, buffers) {
   if (msg.names.length !== buffers.length || msg.shapes.length !== buffers.length) {
     throw new Error("heatmap message: names, shapes and buffers differ in length");
   }
-  msg.names.forEach((name, i) => {
+  const images = msg.names.map((name, i) => {
     const [h, w] = msg.shapes[i];
     const data = asBytes(buffers[i]);
     if (data.length !== h * w) throw new Error(`heatmap ${name}: ${data.length} bytes for ${h}x${w}`);
-    cache.set(name, { h, w, data });
+    return { h, w, data };
   });
+  msg.names.forEach((name, i) => cache.set(name, images[i]));
   return msg.names;
 }
 function sendAction(model, action, fields = {}) {
@@ -128,7 +131,7 @@ function detailAt(detail, px, py, width, height) {
   const r = Math.min(h - 1, Math.max(0, Math.floor(py / height * h)));
   const v = detail.data[r * w + c];
   const [rows, cols] = detail.source_shape;
-  const span = (i, n, m) => [Math.floor(i * m / n), Math.max(Math.floor(i * m / n), Math.ceil((i + 1) * m / n) - 1)];
+  const span = (i, n, m) => [Math.floor(i * m / n), Math.max(Math.floor(i * m / n), Math.floor((i + 1) * m / n) - 1)];
   const value = (v / 255) ** 2 * detail.max;
   return { row: span(r, h, rows), col: span(c, w, cols), value };
 }
@@ -266,6 +269,7 @@ function render({ model, el: root }) {
   }
   function drawBanner() {
     const msg = model.get("error") || lastError;
+    lastError = "";
     banner.textContent = msg;
     banner.hidden = !msg;
   }
@@ -429,7 +433,8 @@ function render({ model, el: root }) {
       drawTree();
       return;
     }
-    if (e.key === "Enter" || e.key === " ") {
+    if (e.target !== tree) return;
+    if ((e.key === "Enter" || e.key === " ") && rows[focus]) {
       toggleDetail(rows[focus]);
       e.preventDefault();
       return;
@@ -442,7 +447,12 @@ function render({ model, el: root }) {
   });
   model.on("msg:custom", (msg, buffers) => {
     if (msg.type === "heatmaps") {
-      applyHeatmaps(heatmaps, msg, buffers);
+      try {
+        applyHeatmaps(heatmaps, msg, buffers);
+      } catch (err) {
+        lastError = String(err.message || err);
+        drawBanner();
+      }
       drawTree();
     } else if (msg.type === "detail") {
       details.set(msg.name, { ...msg, data: asBytes(buffers[0]) });
