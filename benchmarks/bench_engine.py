@@ -49,7 +49,6 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import resource
 import statistics
@@ -78,7 +77,9 @@ if _BLAS_THREADS is not None and _BLAS_THREADS.isdigit() and int(_BLAS_THREADS) 
         os.environ[_var] = _BLAS_THREADS
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+import common  # noqa: E402  (after NumPy: --blas-threads must act first)
 import numpy as np  # noqa: E402
+from common import mlp  # noqa: E402
 
 STEP, TARGET = 0.05, 0.5
 FULL_WIDTHS = (128, 512, 2048)
@@ -92,16 +93,7 @@ MIB = 1024.0 * 1024.0
 
 
 # ------------------------------------------------------------------ models
-def mlp(width: int) -> Any:
-    import keras
 
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((784,)),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ], name=f"mlp_{width}")
 
 
 def cnn() -> Any:
@@ -219,18 +211,8 @@ def blas_info() -> list[dict[str, Any]]:
 
 
 def machine_info() -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
-        "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "cpus_usable": usable,
-        "python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
-        "keras": keras.__version__, "keras_backend": keras.backend.backend(), "blas": blas_info(),
+        **common.machine_info(), "blas": blas_info(),
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
                         if k in os.environ},
     }

@@ -55,7 +55,6 @@ import gc
 import json
 import os
 import pickle
-import platform
 import resource
 import statistics
 import sys
@@ -68,6 +67,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before keras / tensorflow 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import numpy as np  # noqa: E402
+from common import machine_info, mlp  # noqa: E402
 
 STEP, TARGET = 0.0025, 0.9
 LIMIT_COPIES = 2.0  # the promise: history < 2 model copies
@@ -75,16 +75,7 @@ MIB = 1024.0 * 1024.0
 
 
 # ------------------------------------------------------------------ measuring
-def mlp(width: int) -> Any:
-    import keras
 
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((784,)),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ], name=f"mlp_{width}")
 
 
 def model_weight_bytes(model: Any) -> int:
@@ -284,25 +275,7 @@ def print_session(r: dict[str, Any], main_steps: int, trace: bool) -> None:
 
 
 # ------------------------------------------------------------------ machine
-def machine_info() -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    mem = None
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        pass
-    return {
-        "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_bytes": mem,
-        "python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
-        "keras": keras.__version__, "keras_backend": keras.backend.backend(),
-    }
 
 
 # ------------------------------------------------------------------ main
