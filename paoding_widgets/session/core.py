@@ -335,46 +335,41 @@ class PruningSession:
 
     # ------------------------------------------------------------ history
     def undo(self) -> None:
-        self._idle()
-        with self._lock:
-            self._idle()
-            if not self.history.can_undo:
-                raise SessionError("nothing to undo")
-            e = self.history.entries[self.history.position - 1]
-            self._pruner.store.revert(e.patch)
-            self._restore(e.before)
-            self.history.position -= 1
-        self._emit_state("undo")
+        self._idle()  # a running session says so first
+        if not self.history.can_undo:
+            raise SessionError("nothing to undo")
+        self._move(self.history.position - 1, "undo")
 
     def redo(self) -> None:
-        self._idle()
-        with self._lock:
-            self._idle()
-            if not self.history.can_redo:
-                raise SessionError("nothing to redo")
-            e = self.history.entries[self.history.position]
-            self._pruner.store.apply(e.patch)
-            self._restore(e.after)
-            self.history.position += 1
-        self._emit_state("redo")
+        self._idle()  # a running session says so first
+        if not self.history.can_redo:
+            raise SessionError("nothing to redo")
+        self._move(self.history.position + 1, "redo")
 
     def goto(self, n: int) -> None:
         """Jump to the state after the first ``n`` entries (0: the original model)."""
         if not isinstance(n, (int, np.integer)) or not 0 <= n <= len(self.history.entries):
             raise SessionError(f"history position must be an integer in 0..{len(self.history.entries)}, got {n!r}")
+        self._move(int(n), "goto")
+
+    def _move(self, n: int, action: str) -> None:
+        """Revert or re-apply patches up to position ``n``; restore that position's state once."""
+        self._idle()  # refuse at once, without waiting for a run iteration's lock
         with self._lock:
             self._idle()
-            while self.history.position > n:
-                e = self.history.entries[self.history.position - 1]
-                self._pruner.store.revert(e.patch)
-                self._restore(e.before)
-                self.history.position -= 1
-            while self.history.position < n:
-                e = self.history.entries[self.history.position]
-                self._pruner.store.apply(e.patch)
-                self._restore(e.after)
-                self.history.position += 1
-        self._emit_state("goto")
+            h = self.history
+            if not 0 <= n <= len(h.entries):  # the history moved under a concurrent caller
+                raise SessionError(f"history position {n} is outside 0..{len(h.entries)}")
+            if n == h.position:
+                return
+            while h.position > n:
+                h.position -= 1
+                self._pruner.store.revert(h.entries[h.position].patch)
+            while h.position < n:
+                self._pruner.store.apply(h.entries[h.position].patch)
+                h.position += 1
+            self._restore(h.entries[n].before if n < len(h.entries) else h.entries[n - 1].after)
+        self._emit_state(action)
 
     # ------------------------------------------------------------ results
     def metrics(self) -> Metrics:
