@@ -83,9 +83,14 @@ def layer_rows(session: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def heatmaps(session: Any, names: list[str] | None = None) -> tuple[dict[str, Any], list[bytes]]:
-    """Inline heatmaps of the given layers (default: all with one) as (header, buffers)."""
-    rows = [r for r in layer_rows(session) if r["heatmap"] and (names is None or r["name"] in names)]
+def heatmaps(session: Any, names: list[str] | None = None,
+             rows: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[bytes]]:
+    """Inline heatmaps of the given layers (default: all with one) as (header, buffers).
+
+    ``rows`` are the tree rows when the caller already has them (saves rebuilding them).
+    """
+    rows = [r for r in (rows if rows is not None else layer_rows(session))
+            if r["heatmap"] and (names is None or r["name"] in names)]
     header = {"names": [], "shapes": []}
     buffers: list[bytes] = []
     for r in rows:

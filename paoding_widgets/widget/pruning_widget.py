@@ -112,10 +112,11 @@ class PruningWidget(anywidget.AnyWidget):
                     self.metrics = m
                     self.metrics_history = [{"position": p, **v} for p, v in
                                             sorted(self._metrics_by_position.items()) if p <= len(s.history.entries)]
-            self._send_heatmaps(force=False)
+            self._send_heatmaps(force=False, rows=self.layers)
 
-    def _send_heatmaps(self, force: bool, names: list[str] | None = None) -> None:
-        header, buffers = payload.heatmaps(self.session, names)
+    def _send_heatmaps(self, force: bool, names: list[str] | None = None,
+                       rows: list[dict[str, Any]] | None = None) -> None:
+        header, buffers = payload.heatmaps(self.session, names, rows)
         keep_names, keep_shapes, keep_bufs = [], [], []
         for name, shape, buf in zip(header["names"], header["shapes"], buffers):
             digest = hashlib.blake2b(buf, digest_size=8).hexdigest()
