@@ -54,7 +54,9 @@ class Recorder:
 
 
 def act(widget: PruningWidget, action: str, **fields: Any) -> None:
+    """Send an action as the front end does, then wait for the metrics (computed in the background)."""
     widget._on_msg(widget, {"type": "action", "action": action, **fields}, [])
+    widget.settle()
 
 
 def snapshot(s: PruningSession) -> tuple:
@@ -77,7 +79,7 @@ def dropout(s: PruningSession) -> str:
 
 
 def row(widget: PruningWidget, name: str) -> dict[str, Any]:
-    return next(r for r in widget.layers if r["name"] == name)
+    return next(r for r in widget.rows() if r["name"] == name)
 
 
 def assert_mirrors(widget: PruningWidget, s: PruningSession) -> None:
@@ -102,7 +104,7 @@ def assert_mirrors(widget: PruningWidget, s: PruningSession) -> None:
 
 
 def synced_state(widget: PruningWidget) -> dict[str, Any]:
-    return {k: getattr(widget, k) for k in ("layers", "settings", "strategies", "metrics", "metrics_history",
+    return {k: getattr(widget, k) for k in ("layers", "states", "settings", "strategies", "metrics", "metrics_history",
                                             "history", "position", "running")}
 
 
@@ -113,7 +115,7 @@ def session() -> PruningSession:
 
 @pytest.fixture
 def widget(session: PruningSession, tmp_path: Path) -> PruningWidget:
-    w = session.widget(export_path=str(tmp_path / "pruned.keras"))
+    w = session.widget(export_path=str(tmp_path / "pruned.keras")).settle()
     yield w
     w.close()
 
@@ -143,7 +145,7 @@ def test_propose_shows_drop_and_keep(session: PruningSession, widget: PruningWid
     act(widget, "propose")
     assert widget.error == ""
     assert_mirrors(widget, session)
-    pending = [r for r in widget.layers if r["status"] == "pending"]
+    pending = [r for r in widget.rows() if r["status"] == "pending"]
     assert {r["name"] for r in pending} == {"h1", "h2", "h3"}
     for r in pending:
         p = r["proposal"]
@@ -176,7 +178,7 @@ def test_settings_undo_redo_goto_accept_all_step(session: PruningSession, widget
     assert widget.history[-1]["kind"] == "settings"
     act(widget, "propose")
     act(widget, "accept_all")
-    assert widget.error == "" and not any(r["status"] == "pending" for r in widget.layers)
+    assert widget.error == "" and not any(r["status"] == "pending" for r in widget.rows())
     act(widget, "step")
     assert widget.error == "" and widget.position == 4
     assert_mirrors(widget, session)
@@ -361,6 +363,7 @@ def test_two_widgets_on_one_session_stay_in_sync(session: PruningSession) -> Non
             sa.clear()
             sb.clear()
             act(a, action, **fields)
+            b.settle()
             assert a.error == "" and b.error == "", (action, a.error)
             assert synced_state(b) == synced_state(a), f"widget b is stale after {action} through a"
             assert_mirrors(b, session)
@@ -369,6 +372,7 @@ def test_two_widgets_on_one_session_stay_in_sync(session: PruningSession) -> Non
                 assert "h1" in sb.heatmap_names()
         # and the other way round
         act(b, "undo")
+        a.settle()
         assert synced_state(a) == synced_state(b) and a.position == 1
     finally:
         a.close()
@@ -386,9 +390,9 @@ def test_widget_of_a_loaded_session_matches_the_original(session: PruningSession
     assert widget.error == ""
     path = session.save(str(tmp_path / "session.pws"))
     loaded = PruningSession.load(path)
-    other = PruningWidget(loaded)
+    other = PruningWidget(loaded).settle()
     try:
-        assert other.layers == widget.layers
+        assert other.layers == widget.layers and other.rows() == widget.rows()
         assert other.position == widget.position == 4
         assert other.history == widget.history
         assert other.settings == widget.settings
@@ -401,7 +405,7 @@ def test_widget_of_a_loaded_session_matches_the_original(session: PruningSession
         act(other, "redo")  # the loaded history works through the widget
         assert other.error == "" and other.position == 5
         act(widget, "redo")
-        assert other.layers == widget.layers
+        assert other.rows() == widget.rows()
     finally:
         other.close()
 
@@ -435,6 +439,7 @@ def test_run_then_cancel(session: PruningSession, widget: PruningWidget, sent: R
     finally:
         release.set()
     result = widget._run.wait(30)
+    widget.settle()
     assert widget._run.done
     assert result.reason == "cancelled" and result.iterations == 1
     assert not widget.running and not session.running
@@ -443,7 +448,7 @@ def test_run_then_cancel(session: PruningSession, widget: PruningWidget, sent: R
     assert_mirrors(widget, session)
     assert widget.metrics["share_pruned"] == pytest.approx(session.share_pruned()) and session.share_pruned() > 0
     assert [m["position"] for m in widget.metrics_history] == [0, 1, 2]
-    assert not any(r["status"] == "pending" for r in widget.layers), "a run closes open proposals"
+    assert not any(r["status"] == "pending" for r in widget.rows()), "a run closes open proposals"
 
 
 def test_run_to_target(session: PruningSession, widget: PruningWidget) -> None:
@@ -506,7 +511,7 @@ def test_detail_sends_one_binary_image(session: PruningSession, widget: PruningW
 
 
 def test_closing_unsubscribes(session: PruningSession) -> None:
-    keep, gone = session.widget(), session.widget()
+    keep, gone = session.widget().settle(), session.widget().settle()
     s_gone = Recorder(gone)
     n = len(session.events._listeners)
     traits = synced_state(gone)
@@ -562,7 +567,7 @@ def test_running_flag_survives_a_run_that_finishes_first(session: PruningSession
 
 
 def test_second_widget_sees_a_run_start(session: PruningSession, monkeypatch) -> None:
-    a, b = session.widget(), session.widget()
+    a, b = session.widget().settle(), session.widget().settle()
     Recorder(a), Recorder(b)
     entered, release = _gate(session, monkeypatch)
     try:
@@ -602,7 +607,7 @@ def test_progress_is_relative_to_the_runs_target() -> None:
 def test_synced_traits_are_strict_json_when_bounds_overflow() -> None:
     model = randomize(build_mlp(hidden=(20, 16, 12), names=NAMES, randomize_weights=False), scale=1e10)
     s = PruningSession(model, n_probes=16)
-    w = s.widget()
+    w = s.widget().settle()
     try:
         for name, value in synced_state(w).items():
             try:
@@ -610,4 +615,68 @@ def test_synced_traits_are_strict_json_when_bounds_overflow() -> None:
             except ValueError:
                 pytest.fail(f"trait {name!r} is not strict JSON: {value!r}"[:300])
     finally:
+        w.close()
+
+
+# ---------------------------------------------------------------------- tree structure, small updates, metrics
+def test_residual_blocks_are_tree_parents() -> None:
+    from conftest import build_residual
+
+    s = PruningSession(build_residual(), n_probes=16)
+    rows = payload.layer_rows(s)
+    names = [r["name"] for r in rows]
+    block = next(r for r in rows if r["type"] == "Block")
+    assert block["depth"] == 0 and block["group"] is None and not block["heatmap"]
+    children = [r for r in rows if r["parent"] == block["name"]]
+    assert [r["name"] for r in children] == ["res_a", "res_b", "add", "add_relu"]
+    assert all(r["depth"] == 1 for r in children)
+    assert names.index(block["name"]) < min(names.index(r["name"]) for r in children), "parent first"
+    assert block["params"] == sum(r["params"] for r in children)
+    assert "pool" in block["reason"] and "add" in block["reason"]
+    assert sorted(n for n in names if n != block["name"]) == sorted(n.name for n in s.graph.nodes)
+    merged = payload.merge_rows(rows, payload.layer_states(s))
+    res_a = next(r for r in merged if r["name"] == "res_a")
+    assert res_a["status"] == s.layer("res_a").status and res_a["units_alive"] == 8
+
+
+def test_an_update_resends_states_not_the_tree(session: PruningSession, widget: PruningWidget) -> None:
+    changed: list[str] = []
+    widget.observe(lambda ch: changed.append(ch["name"]), ["layers", "states"])
+    act(widget, "propose")
+    act(widget, "accept", layer="h1")
+    act(widget, "lock", layer="h2")
+    assert "layers" not in changed and changed.count("states") == 3
+    assert widget.states["h1"]["status"] == "accepted" and widget.states["h2"]["status"] == "locked"
+    assert widget.states["h1"]["units_alive"] == session.layer("h1").units_alive < 20
+    assert set(widget.states) == {info.name for info in session.layers}
+
+
+def test_metrics_are_computed_in_the_background(monkeypatch) -> None:
+    """A slow evaluation neither delays the view nor blocks actions; its result lands when ready."""
+    import paoding_widgets.session.core as core
+
+    s = make_session()
+    gate, entered = threading.Event(), threading.Event()
+    evaluate = core.evaluate
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert gate.wait(30), "test gate never released"
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(core, "evaluate", slow)
+    w = s.widget()
+    try:
+        assert entered.wait(30) and w.metrics_pending and w.metrics == {}
+        w._on_msg(w, {"type": "action", "action": "propose"}, [])  # not blocked by the evaluation
+        w._on_msg(w, {"type": "action", "action": "accept", "layer": "h1"}, [])
+        assert w.error == "" and w.position == 2 and w.metrics_pending
+        gate.set()
+        w.settle(30)
+        assert not w.metrics_pending
+        assert w.metrics["size"]["params"] == s.metrics().size.params < s.model.count_params()
+        assert w.metrics_history[-1]["position"] == 2, "the stale result for position 0 is not the last shown"
+        assert {m["position"] for m in w.metrics_history} <= {0, 2}
+    finally:
+        gate.set()
         w.close()

@@ -25,6 +25,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "example_notebooks" / "01_quickstart.ipynb"
 ARTIFACTS = ROOT / "artifacts" / "e2e"
+H1, H2, OUT = "hidden_1", "hidden_2", "logits"  # the quickstart MLP's layers (paoding_widgets.demos)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
@@ -35,22 +36,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
-    work = tmp_path_factory.mktemp("lab")
+def _serve(work: Path, app: str):
+    """Start JupyterLab (``app="lab"``) or Notebook 7 (``"notebook"``) on a loopback port in ``work``."""
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)  # a copy: the repository's notebook is never rewritten
     port, token = _free_port(), "paoding-e2e"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JUPYTER_CONFIG_DIR": str(work / ".jupyter"),
            "XDG_CONFIG_HOME": str(work / ".config"), "XDG_CACHE_HOME": str(work / ".cache"),
            "JUPYTERLAB_WORKSPACES_DIR": str(work / ".workspaces")}
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
+    module, expose = {"lab": ("jupyterlab", "LabApp"), "notebook": ("notebook", "JupyterNotebookApp")}[app]
+    cmd = [sys.executable, "-m", module, "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--{expose}.expose_app_in_browser=True",
            "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={work}"]
     settings = work / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     env["JUPYTERLAB_SETTINGS_DIR"] = str(work / ".settings")
-    log = open(work / "lab.log", "w")
+    log = open(work / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -61,8 +62,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail(f"JupyterLab did not start:\n{(work / 'lab.log').read_text()[-3000:]}")
-    yield {"base": base, "token": token, "work": work}
+        pytest.fail(f"{module} did not start:\n{(work / 'server.log').read_text()[-3000:]}")
+    path = f"/lab/tree/{NOTEBOOK.name}" if app == "lab" else f"/notebooks/{NOTEBOOK.name}"
+    yield {"base": base, "token": token, "work": work, "url": f"{base}{path}?token={token}"}
     os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started (own process groups below)
     try:
         proc.wait(15)
@@ -72,25 +74,56 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     log.close()
 
 
-@pytest.fixture(scope="module")
-def page(lab, tmp_path_factory: pytest.TempPathFactory):
-    from playwright.sync_api import sync_playwright
-
+def _browse(pw, server: dict, profile: Path):
+    """Chromium on the server's notebook, once its kernel is up."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chrome")), executable_path=CHROMIUM, headless=True,
-            viewport={"width": 1400, "height": 1000},
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    ctx = pw.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True,
+        viewport={"width": 1400, "height": 1000},
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    try:
         pg = ctx.new_page()
+        pg.console_lines = []  # what the page logged, for the failure message
+        pg.on("console", lambda m: pg.console_lines.append(f"{m.type}: {m.text}"[:300]))
+        pg.on("pageerror", lambda e: pg.console_lines.append(f"pageerror: {e}"[:300]))
         pg.set_default_timeout(60_000)
-        pg.goto(f"{lab['base']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}")
+        pg.goto(server["url"])
         pg.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget "
                              "&& window.jupyterapp.shell.currentWidget.sessionContext")
         pg.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel")
         yield pg
+    finally:
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def pw():
+    """One Playwright driver for the module (a second sync driver cannot start inside the first)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    yield from _serve(tmp_path_factory.mktemp("lab"), "lab")
+
+
+@pytest.fixture(scope="module")
+def page(pw, lab, tmp_path_factory: pytest.TempPathFactory):
+    yield from _browse(pw, lab, tmp_path_factory.mktemp("chrome"))
+
+
+def open_widget(page, name: str) -> None:
+    """Run every cell and wait for the widget's tree; on failure keep a screenshot and the console."""
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    try:
+        page.wait_for_selector(f".pw-root .pw-row[data-layer='{H1}']", timeout=300_000)
+    except Exception:
+        shot(page, f"{name}_failed_to_open")
+        raise AssertionError("the widget did not appear; console:\n" + "\n".join(page.console_lines[-30:])) from None
 
 
 def shot(page, name: str) -> None:
@@ -141,75 +174,74 @@ def wait_run_finished(page, runs_before: int) -> None:
 
 
 def test_a_person_prunes_with_the_widget(page, lab):
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_selector(".pw-root .pw-row[data-layer='dense']", timeout=180_000)
-    page.wait_for_selector(".pw-heat[data-layer='dense']")
+    open_widget(page, "lab")
+    page.wait_for_selector(f".pw-heat[data-layer='{H1}']")
     shot(page, "01_opened")
     st = kernel(page, STATE)
-    assert st["layers"]["dense"] == ["ready", 128] and st["position"] == 0
-    assert row(page, "dense_2").get_attribute("data-status") == "not prunable"
-    assert "output" in row(page, "dense_2").locator(".pw-chip").get_attribute("title")
+    assert st["layers"][H1] == ["ready", 128] and st["position"] == 0
+    assert row(page, OUT).get_attribute("data-status") == "not prunable"
+    assert "output" in row(page, OUT).locator(".pw-chip").get_attribute("title")
 
     # propose: both hidden layers pending, with highlighted units
     page.click(".pw-propose")
-    wait_status(page, "dense", "pending")
-    wait_status(page, "dense_1", "pending")
+    wait_status(page, H1, "pending")
+    wait_status(page, H2, "pending")
     shot(page, "02_proposed")
     page.locator(".pw-root").screenshot(path=str(ARTIFACTS / "widget.png"))  # the README's picture
-    assert kernel(page, STATE)["layers"]["dense_1"][0] == "pending"
+    assert kernel(page, STATE)["layers"][H2][0] == "pending"
 
     # accept one layer, skip one, lock one
-    row(page, "dense").locator(".pw-accept").click()
-    wait_status(page, "dense", "accepted")
-    row(page, "dense_1").locator(".pw-skip").click()
-    wait_status(page, "dense_1", "skipped")
-    row(page, "dense_1").locator(".pw-lock").click()
-    wait_status(page, "dense_1", "locked")
+    row(page, H1).locator(".pw-accept").click()
+    wait_status(page, H1, "accepted")
+    row(page, H2).locator(".pw-skip").click()
+    wait_status(page, H2, "skipped")
+    row(page, H2).locator(".pw-lock").click()
+    wait_status(page, H2, "locked")
     st = kernel(page, STATE)
-    assert st["layers"]["dense"] == ["accepted", 122] and st["layers"]["dense_1"] == ["locked", 128]
-    assert row(page, "dense").locator(".pw-units").inner_text() == "122 / 128"
+    assert st["layers"][H1] == ["accepted", 122] and st["layers"][H2] == ["locked", 128]
+    assert row(page, H1).locator(".pw-units").inner_text() == "122 / 128"
     shot(page, "03_accept_skip_lock")
 
     # propose again: the locked layer gets no proposal
     page.click(".pw-propose")
-    wait_status(page, "dense", "pending")
+    wait_status(page, H1, "pending")
     st = kernel(page, STATE)
-    assert st["layers"]["dense_1"][0] == "locked"
-    assert kernel(page, "import json; print(json.dumps(sorted(session.proposals)))") == ["dense"]
-    assert row(page, "dense_1").locator(".pw-accept").is_disabled()
+    assert st["layers"][H2][0] == "locked"
+    assert kernel(page, "import json; print(json.dumps(sorted(session.proposals)))") == [H1]
+    assert row(page, H2).locator(".pw-accept").is_disabled()
 
     # keyboard: focus the tree, move to the first hidden layer, 'a' accepts it
     page.focus(".pw-tree")
     page.keyboard.press("Home")
     for _ in range(5):
-        if page.locator(".pw-row[aria-selected='true']").get_attribute("data-layer") == "dense":
+        if page.locator(".pw-row[aria-selected='true']").get_attribute("data-layer") == H1:
             break
         page.keyboard.press("ArrowDown")
-    assert page.locator(".pw-row[aria-selected='true']").get_attribute("data-layer") == "dense"
+    assert page.locator(".pw-row[aria-selected='true']").get_attribute("data-layer") == H1
     page.keyboard.press("a")
-    wait_status(page, "dense", "accepted")
-    assert kernel(page, STATE)["layers"]["dense"] == ["accepted", 116]
+    wait_status(page, H1, "accepted")
+    assert kernel(page, STATE)["layers"][H1] == ["accepted", 116]
 
     # undo: back to pending, weights restored (kernel checks units)
     page.click(".pw-undo")
-    wait_status(page, "dense", "pending")
-    assert kernel(page, STATE)["layers"]["dense"] == ["pending", 122]
+    wait_status(page, H1, "pending")
+    assert kernel(page, STATE)["layers"][H1] == ["pending", 122]
     shot(page, "04_undo")
 
     # unlock, then run to target in the background; the tree follows
-    row(page, "dense_1").locator(".pw-unlock").click()
+    row(page, H2).locator(".pw-unlock").click()
     runs_before = page.locator(".pw-hist:has-text('run:')").count()
     page.click(".pw-run")
     wait_run_finished(page, runs_before)
     st = kernel(page, STATE)
     assert not st["running"] and abs(st["share"] - 0.5) < 1e-9
-    assert st["layers"]["dense"][1] == 64 and st["layers"]["dense_1"][1] == 64
-    assert row(page, "dense_1").locator(".pw-units").inner_text() == "64 / 128"
+    assert st["layers"][H1][1] == 64 and st["layers"][H2][1] == 64
+    assert row(page, H2).locator(".pw-units").inner_text() == "64 / 128"
     shot(page, "05_run_to_target")
 
     # cancel a run: go back to the original model, slow steps, run and cancel at once
     page.locator(".pw-hist[data-index='0']").click()
-    page.wait_for_function("document.querySelector(\".pw-row[data-layer='dense'] .pw-units\").innerText "
+    page.wait_for_function(f"document.querySelector(\".pw-row[data-layer='{H1}'] .pw-units\").innerText "
                            "=== '128 / 128'")
     kernel(page, "session.configure(step=0.01, strategy='certified'); print(1)")
     runs_before = page.locator(".pw-hist:has-text('run:')").count()
@@ -230,7 +262,7 @@ def test_a_person_prunes_with_the_widget(page, lab):
         assert st["share"] < 0.5
     # the session is consistent after the run: undo it restores the units
     page.click(".pw-undo")
-    page.wait_for_function("document.querySelector(\".pw-row[data-layer='dense'] .pw-units\").innerText "
+    page.wait_for_function(f"document.querySelector(\".pw-row[data-layer='{H1}'] .pw-units\").innerText "
                            "=== '128 / 128'")
 
     # export the pruned model through the toolbar
@@ -252,3 +284,32 @@ def test_a_person_prunes_with_the_widget(page, lab):
     assert bg not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)")
     shot(page, "08_dark_theme")
     assert kernel(page, "print(len(session.layers))") == 3
+
+
+# ---------------------------------------------------------------------- Notebook 7
+@pytest.fixture(scope="module")
+def nb7(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("notebook", minversion="7")
+    yield from _serve(tmp_path_factory.mktemp("nb7"), "notebook")
+
+
+def test_the_widget_works_in_notebook_7(pw, nb7, tmp_path_factory: pytest.TempPathFactory):
+    """The same front end in Notebook 7: renders, acts, undoes, follows the kernel."""
+    for page in _browse(pw, nb7, tmp_path_factory.mktemp("chrome7")):
+        open_widget(page, "notebook7")
+        page.wait_for_selector(f".pw-heat[data-layer='{H1}']")
+        page.wait_for_selector(".pw-root dd[data-metric='parameters']:not(:has-text('–'))")
+        assert kernel(page, STATE)["layers"][H1] == ["ready", 128]
+        page.click(".pw-propose")
+        wait_status(page, H1, "pending")
+        row(page, H1).locator(".pw-accept").click()
+        wait_status(page, H1, "accepted")
+        assert kernel(page, STATE)["layers"][H1] == ["accepted", 122]
+        assert row(page, H1).locator(".pw-units").inner_text() == "122 / 128"
+        page.wait_for_function("document.querySelector(\"dd[data-metric='parameters']\").textContent "
+                               "!== '118,282'")  # the metrics follow the accepted layer
+        page.locator(".pw-root").screenshot(path=str(ARTIFACTS / "notebook7.png"))
+        page.click(".pw-undo")
+        wait_status(page, H1, "pending")
+        st = kernel(page, STATE)
+        assert st["layers"][H1] == ["pending", 128] and st["position"] == 1

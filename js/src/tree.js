@@ -1,5 +1,32 @@
 // The layer tree: which rows are visible, and keyboard movement between them.
 
+/**
+ * Rows as shown: the fixed tree (trait `layers`) with each unit group's state (trait `states`:
+ * status, units_alive, proposal) filled in. Rows whose group has no state keep their own fields.
+ */
+export function mergeRows(layers, states) {
+  const st = states || {};
+  return (layers || []).map((r) => (r.group != null && st[r.group] ? { ...r, ...st[r.group] } : r));
+}
+
+/** What a parent row (block or nested model) summarises of its descendants: counts per status. */
+export function childSummary(rows, name) {
+  const parents = new Map(rows.map((r) => [r.name, r.parent]));
+  const under = (r) => {
+    for (let p = r.parent; p != null; p = parents.get(p)) if (p === name) return true;
+    return false;
+  };
+  const counts = {};
+  for (const r of rows) if (r.group && r.status && under(r)) counts[r.status] = (counts[r.status] || 0) + 1;
+  return counts;
+}
+
+/** The chip text of a parent row: what needs the user first ("2 pending"), else "". */
+export function summaryText(counts) {
+  for (const k of ["pending", "locked", "accepted", "skipped"]) if (counts[k]) return `${counts[k]} ${k}`;
+  return "";
+}
+
 /** Rows to show: top-level rows, and children of expanded parents. */
 export function visibleRows(rows, expanded) {
   const byName = new Map(rows.map((r) => [r.name, r]));
@@ -23,6 +50,20 @@ export function moveFocus(count, index, key) {
     case "End": return count - 1;
     default: return null;
   }
+}
+
+/**
+ * Tree keys on the focused row: ArrowRight opens a closed parent; ArrowLeft closes an open one,
+ * else goes to the row's parent. Returns "open" | "close" | "parent" | null.
+ */
+export function treeKey(key, row, isParent, isOpen) {
+  if (!row) return null;
+  if (key === "ArrowRight" && isParent && !isOpen) return "open";
+  if (key === "ArrowLeft") {
+    if (isParent && isOpen) return "close";
+    if (row.parent != null) return "parent";
+  }
+  return null;
 }
 
 /** The session action a key asks for on a row ("a" accept, "s" skip, "l" lock/unlock). */

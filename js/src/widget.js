@@ -1,6 +1,8 @@
 // PruningWidget front end (anywidget ESM): a thin view over the kernel-side session.
 import { drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
-import { hasChildren, keyAction, moveFocus, rowActions, unitsText, visibleRows } from "./tree.js";
+import {
+  childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryText, treeKey, unitsText, visibleRows,
+} from "./tree.js";
 import { applyHeatmaps, asBytes, detailAt, sendAction } from "./wire.js";
 
 function el(tag, attrs = {}, children = []) {
@@ -50,7 +52,7 @@ function chart(history) {
 
 function render({ model, el: root }) {
   const heatmaps = new Map();
-  const expanded = new Set(); // nested models opened
+  const expanded = new Set(); // blocks and nested models opened
   const details = new Map(); // layer -> detail message with data
   const openDetail = new Set();
   let focus = 0;
@@ -64,6 +66,11 @@ function render({ model, el: root }) {
   root.append(toolbar, banner, el("div", { class: "pw-main" }, [tree, side]));
 
   const act = (action, fields) => sendAction(model, action, fields);
+  // Rows as shown: the fixed tree merged with the groups' states; rebuilt when either trait changes.
+  let rowsCache = null;
+  const allRows = () => (rowsCache ??= mergeRows(model.get("layers"), model.get("states")));
+  let parentsCache = null;
+  const isParent = (name) => (parentsCache ??= new Set(allRows().map((r) => r.parent))).has(name);
 
   // The toolbar is built once and updated in place, so a button never vanishes under the pointer.
   const button = (text, cls, onclick) => el("button", { class: `pw-btn ${cls}`, text, onclick });
@@ -103,7 +110,7 @@ function render({ model, el: root }) {
     if (document.activeElement !== stepInput) stepInput.value = s.step ?? "";
     if (document.activeElement !== targetInput) targetInput.value = s.target ?? "";
     if (document.activeElement !== path) path.value = model.get("export_path") || "";
-    const pending = (model.get("layers") || []).some((r) => r.status === "pending");
+    const pending = allRows().some((r) => r.status === "pending");
     strategy.disabled = stepInput.disabled = targetInput.disabled = running;
     buttons.propose.disabled = running;
     buttons.acceptAll.disabled = running || !pending;
@@ -132,9 +139,12 @@ function render({ model, el: root }) {
       canvas.title = `${row.name}: |weights| (inputs down, units across)` +
         (row.proposal ? `; proposal: ${row.proposal.drop.length} units go` : "");
     }
-    const nested = hasChildren(model.get("layers"), row.name);
-    const chip = row.status ? el("span", { class: `pw-chip pw-${row.status.replace(" ", "-")}`, text: row.status,
-      title: row.reason || row.status }) : el("span");
+    const nested = isParent(row.name);
+    const summary = nested ? summaryText(childSummary(allRows(), row.name)) : "";
+    const chipStatus = row.status || summary.split(" ")[1] || "";
+    const chipClass = `pw-chip pw-${chipStatus.replace(" ", "-")}${summary ? " pw-summary" : ""}`;
+    const chip = chipStatus ? el("span", { class: chipClass, text: row.status || summary,
+      title: row.reason || row.status || summary }) : el("span");
     const button = (name, label, on) => el("button", { class: `pw-row-btn pw-${name}`, text: label,
       disabled: !on, onclick: (e) => { e.stopPropagation(); act(name, { layer: row.name }); } });
     const r = el("div", {
@@ -181,7 +191,7 @@ function render({ model, el: root }) {
   }
 
   function toggleDetail(row) {
-    if (hasChildren(model.get("layers"), row.name)) {
+    if (isParent(row.name)) {
       expanded.has(row.name) ? expanded.delete(row.name) : expanded.add(row.name);
     } else if (row.heatmap) {
       if (openDetail.has(row.name)) openDetail.delete(row.name);
@@ -191,7 +201,7 @@ function render({ model, el: root }) {
   }
 
   function drawTree() {
-    const rows = visibleRows(model.get("layers") || [], expanded);
+    const rows = visibleRows(allRows(), expanded);
     focus = Math.min(focus, Math.max(0, rows.length - 1));
     const header = el("div", { class: "pw-row pw-head" }, ["layer", "type", "output", "units", "params", "status",
       "weights", ""].map((t) => el("span", { text: t })));
@@ -210,7 +220,8 @@ function render({ model, el: root }) {
     const hist = model.get("history") || [];
     const pos = model.get("position");
     side.replaceChildren(
-      el("h4", { text: "Metrics" }),
+      el("h4", { text: model.get("metrics_pending") ? "Metrics (computing…)" : "Metrics",
+        class: model.get("metrics_pending") ? "pw-pending-metrics" : "" }),
       el("dl", { class: "pw-metrics" }, items.flatMap(([k, v]) => [el("dt", { text: k }),
         el("dd", { text: v, "data-metric": k })])),
       chart(model.get("metrics_history") || []),
@@ -226,9 +237,19 @@ function render({ model, el: root }) {
   }
 
   tree.addEventListener("keydown", (e) => {
-    const rows = visibleRows(model.get("layers") || [], expanded);
+    const rows = visibleRows(allRows(), expanded);
     const next = moveFocus(rows.length, focus, e.key);
     if (next !== null) { focus = next; e.preventDefault(); drawTree(); return; }
+    const row = rows[focus];
+    const move = treeKey(e.key, row, row && isParent(row.name), row && expanded.has(row.name));
+    if (move) {
+      if (move === "open") expanded.add(row.name);
+      else if (move === "close") expanded.delete(row.name);
+      else focus = Math.max(0, rows.findIndex((r) => r.name === row.parent));
+      e.preventDefault();
+      drawTree();
+      return;
+    }
     if (e.target !== tree) return; // keys on a row's buttons belong to the buttons
     if ((e.key === "Enter" || e.key === " ") && rows[focus]) { toggleDetail(rows[focus]); e.preventDefault(); return; }
     const action = keyAction(e.key, rows[focus]);
@@ -250,9 +271,10 @@ function render({ model, el: root }) {
   let queued = false;
   const redrawNow = () => { queued = false; drawToolbar(); drawBanner(); drawTree(); drawSide(); };
   const redraw = () => { if (!queued) { queued = true; queueMicrotask(redrawNow); } };
-  for (const t of ["layers", "settings", "history", "position", "running", "progress", "metrics",
-    "metrics_history", "error", "strategies"]) {
-    model.on(`change:${t}`, redraw);
+  const newRows = () => { rowsCache = null; parentsCache = null; redraw(); };
+  for (const t of ["layers", "states", "settings", "history", "position", "running", "progress", "metrics",
+    "metrics_pending", "metrics_history", "error", "strategies"]) {
+    model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : redraw);
   }
   redrawNow();
   act("hello"); // ask for every heatmap: this view may be new

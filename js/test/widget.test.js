@@ -130,8 +130,8 @@ describe("render", () => {
   it("sends hello once on render and listens to every synced trait and custom messages", () => {
     const { model, cleanup } = mount();
     expect(model.sent).toEqual([{ type: "action", action: "hello" }]);
-    for (const t of ["layers", "settings", "history", "position", "running", "progress", "metrics",
-      "metrics_history", "error", "strategies"]) {
+    for (const t of ["layers", "states", "settings", "history", "position", "running", "progress", "metrics",
+      "metrics_pending", "metrics_history", "error", "strategies"]) {
       expect(model.listeners.get(`change:${t}`), t).toHaveLength(1);
     }
     expect(model.listeners.get("msg:custom")).toHaveLength(1);

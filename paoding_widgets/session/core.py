@@ -98,6 +98,7 @@ class PruningSession:
         self.events = Emitter()
         self.history = History()
         self._lock = threading.RLock()
+        self._eval_lock = threading.Lock()
         self._running = False
         self._metrics_cache: tuple[int, Metrics] | None = None
         self._original_robust: dict[float, int] | None = None
@@ -129,6 +130,12 @@ class PruningSession:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def revision(self) -> tuple[int, int]:
+        """(history position, weights version): changes with every edit, undo or redo."""
+        with self._lock:
+            return self.history.position, self._pruner.store.version
 
     @property
     def layers(self) -> list[LayerInfo]:
@@ -373,19 +380,36 @@ class PruningSession:
 
     # ------------------------------------------------------------ results
     def metrics(self) -> Metrics:
-        """Size of the physically pruned model, accuracy / robustness with eval data, fidelity."""
+        """Size of the physically pruned model, accuracy / robustness with eval data, fidelity.
+
+        The model is snapshotted under the session lock, then evaluated outside
+        it, so a slow evaluation (seconds on a ResNet50) never blocks an action.
+        """
         with self._lock:
             version = self._pruner.store.version
-            if self._metrics_cache is not None and self._metrics_cache[0] == version:
-                return self._metrics_cache[1]
+            cached = self.cached_metrics()
+            if cached is not None:
+                return cached
             pruned = self._pruner.pruned_model()
+            width = self._pruner.output_bound_width()
+        with self._eval_lock:  # one evaluation at a time; the original's figures are computed once
+            hit = self._metrics_cache
+            if hit is not None and hit[0] == version:
+                return hit[1]
             box = self._pruner.input_range
             if self.eval_data is not None and self._original_robust is None and self.epsilons:
                 self._original_robust = robust_instances(self.model, *self.eval_data, self.epsilons, box)
             m = evaluate(pruned, self.model, self.eval_data, self.epsilons, box, self._original_robust,
-                         self._probes, self._pruner.output_bound_width(), self._original_probe_classes())
-            self._metrics_cache = (version, m)
-            return m
+                         self._probes, width, self._original_probe_classes())
+            with self._lock:
+                if self._metrics_cache is None or self._metrics_cache[0] < version:
+                    self._metrics_cache = (version, m)
+        return m
+
+    def cached_metrics(self) -> Metrics | None:
+        """The metrics of the current weights if already computed, else None (never computes)."""
+        hit = self._metrics_cache
+        return hit[1] if hit is not None and hit[0] == self._pruner.store.version else None
 
     def pruned_model(self) -> Any:
         """A physically smaller ``keras.Model`` with the current edits."""

@@ -49,38 +49,100 @@ def heatmap(kernel: np.ndarray, rows: int = HEATMAP_ROWS, cols: int = HEATMAP_CO
     return to_uint8(downsample(np.abs(unit_matrix(kernel)), rows, cols))
 
 
+NESTED = ("Functional", "Sequential", "Model")
+
+
 def layer_rows(session: Any) -> list[dict[str, Any]]:
-    """One JSON row per layer for the tree, in model order (nested models as parents)."""
+    """The tree's rows: what does not change while pruning (structure, names, shapes, reasons).
+
+    Rows come in display order, each after its parent: blocks (see
+    :mod:`~paoding_widgets.engine.blocks`) and nested models are parents.
+    What moves with each action (status, units alive, the open proposal) is
+    in :func:`layer_states`, keyed by ``row["group"]``, so an update resends
+    only that small dict.
+    """
+    from ..engine.blocks import find_blocks, innermost
+
     graph = session.graph
     infos = {info.name: info for info in session.layers}
     group_of: dict[str, Any] = {}
     for g in graph.groups:
         for s in g.producers:
             group_of.setdefault(s.layer, g)
-    rows = []
+    blocks = find_blocks(graph)
+    block_of = innermost(blocks)
+    by_name = {b.name: b for b in blocks}
+    depth = {b.name: 0 for b in blocks}
+    for b in blocks:  # outermost first, so a parent's depth is known
+        if b.parent is not None:
+            depth[b.name] = depth[b.parent] + 1
+    members: dict[str | None, list[str]] = {}
     for node in graph.nodes:
-        g = group_of.get(node.name)
-        info = infos.get(g.name) if g is not None else None
-        params = int(sum(int(np.prod(w.shape)) for w in node.layer.weights))
-        row: dict[str, Any] = {
-            "name": node.name, "type": node.type, "shape": _shape(node.output_shape), "depth": 0, "parent": None,
-            "params": params, "group": g.name if g is not None else None,
-            "status": info.status if info else ("unsupported" if not node.supported else ""),
-            "units_alive": info.units_alive if info else None,
-            "units_total": info.units_total if info else None,
-            "reason": (info.reason if info else node.reason) or "",
-            "heatmap": g is not None and session.pruner.store.get(node.name, _kernel_var(node.type)) is not None,
-            "proposal": _proposal(info),
-        }
-        rows.append(row)
-        if node.type in ("Functional", "Sequential", "Model"):
-            for inner in node.layer.layers:
-                rows.append({"name": f"{node.name}/{inner.name}", "type": type(inner).__name__,
-                             "shape": "", "depth": 1, "parent": node.name,
-                             "params": int(sum(int(np.prod(w.shape)) for w in inner.weights)), "group": None,
-                             "status": "", "units_alive": None, "units_total": None,
-                             "reason": "inside a nested model (kept whole)", "heatmap": False, "proposal": None})
+        members.setdefault(block_of.get(node.name), []).append(node.name)
+    for b in blocks:
+        members.setdefault(b.parent, []).append(b.name)
+    first = {n.name: i for i, n in enumerate(graph.nodes)}
+    first.update({b.name: min(first[m] for m in b.members) - 0.5 for b in blocks})
+    rows: list[dict[str, Any]] = []
+
+    def emit(parent: str | None, level: int) -> None:
+        for name in sorted(members.get(parent, []), key=first.__getitem__):
+            if name in by_name:
+                b = by_name[name]
+                rows.append(_block_row(session, b, parent, level))
+                emit(name, level + 1)
+            else:
+                rows.extend(_node_rows(session, graph.node(name), group_of.get(name), infos, parent, level))
+
+    emit(None, 0)
     return rows
+
+
+def layer_states(session: Any) -> dict[str, dict[str, Any]]:
+    """Per unit group: status, units alive and the open proposal (what an action changes)."""
+    return {info.name: {"status": info.status, "units_alive": info.units_alive, "proposal": _proposal(info)}
+            for info in session.layers}
+
+
+def merge_rows(rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their group's state filled in (what js/src/tree.js ``mergeRows`` does)."""
+    return [{**r, **states[r["group"]]} if r.get("group") in states else dict(r) for r in rows]
+
+
+def _params(layer: Any) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in layer.weights))
+
+
+def _node_rows(session: Any, node: Any, g: Any, infos: dict[str, Any], parent: str | None,
+               depth: int) -> list[dict[str, Any]]:
+    info = infos.get(g.name) if g is not None else None
+    row: dict[str, Any] = {
+        "name": node.name, "type": node.type, "shape": _shape(node.output_shape), "depth": depth, "parent": parent,
+        "params": _params(node.layer), "group": g.name if g is not None else None,
+        "units_total": info.units_total if info else None,
+        "reason": (info.reason if info else node.reason) or "",
+        "heatmap": g is not None and session.pruner.store.get(node.name, _kernel_var(node.type)) is not None,
+    }
+    if info is None:  # no group: nothing here ever changes (grouped rows take theirs from layer_states)
+        row.update(status="unsupported" if not node.supported else "", units_alive=None, proposal=None)
+    rows = [row]
+    if node.type in NESTED:
+        for inner in node.layer.layers:
+            rows.append({"name": f"{node.name}/{inner.name}", "type": type(inner).__name__,
+                         "shape": "", "depth": depth + 1, "parent": node.name,
+                         "params": _params(inner), "group": None,
+                         "status": "", "units_alive": None, "units_total": None,
+                         "reason": "inside a nested model (kept whole)", "heatmap": False, "proposal": None})
+    return rows
+
+
+def _block_row(session: Any, block: Any, parent: str | None, depth: int) -> dict[str, Any]:
+    graph = session.graph
+    fork = f"from {block.fork} " if block.fork else ""
+    return {"name": block.name, "type": "Block", "shape": _shape(graph.node(block.members[-1]).output_shape),
+            "depth": depth, "parent": parent, "params": sum(_params(graph.node(m).layer) for m in block.members),
+            "group": None, "status": "", "units_alive": None, "units_total": None,
+            "reason": f"{len(block.members)} layers {fork}to {block.join}", "heatmap": False, "proposal": None}
 
 
 def heatmaps(session: Any, names: list[str] | None = None,

@@ -9,15 +9,24 @@ session's events.
 Traits (all synced to the front end)
 ------------------------------------
 layers: list of dict
-    One row per layer (see :func:`~.payload.layer_rows`): name, type, shape,
-    depth/parent, params, group, status, units_alive/units_total, reason,
-    heatmap (bool), proposal (drop/keep units or None).
+    The tree, sent once (see :func:`~.payload.layer_rows`): one row per layer,
+    block (residual / branching, found from the graph) or nested model, in
+    display order; name, type, shape, depth/parent, params, group,
+    units_total, reason, heatmap (bool).  Rows without a unit group also
+    carry their fixed status ("" or "unsupported").
+states: dict
+    Per unit group (``row["group"]``): status, units_alive, proposal
+    (drop/keep units or None) -- the part an action changes, so an update
+    resends only this.
 settings: dict
     strategy, step, target (the session's current settings).
 strategies: list of str
     Strategy names the toolbar offers.
+metrics_pending: bool
+    The metrics of the current state are being computed (in a background
+    thread: they take seconds on large models, and the view must not wait).
 metrics: dict
-    Current metrics (size params/bytes/flops, accuracy, robust, robust_preserved,
+    Latest computed metrics (size params/bytes/flops, accuracy, robust, robust_preserved,
     agreement, output_bound_width, share_pruned).
 metrics_history: list of dict
     ``{"position": n, **metrics}`` for every history position seen, for the chart.
@@ -70,6 +79,8 @@ class PruningWidget(anywidget.AnyWidget):
     _css = STATIC / "widget.css"
 
     layers = traitlets.List(traitlets.Dict()).tag(sync=True)
+    states = traitlets.Dict().tag(sync=True)
+    metrics_pending = traitlets.Bool(False).tag(sync=True)
     settings = traitlets.Dict().tag(sync=True)
     strategies = traitlets.List(traitlets.Unicode()).tag(sync=True)
     metrics = traitlets.Dict().tag(sync=True)
@@ -89,30 +100,90 @@ class PruningWidget(anywidget.AnyWidget):
         self._sent: dict[str, str] = {}  # layer -> digest of the heatmap last sent
         self._metrics_by_position: dict[int, dict[str, Any]] = {}
         self._run = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._metrics_wanted = threading.Event()  # set: the shown metrics may be stale
+        self._metrics_idle = threading.Event()
+        self._metrics_idle.set()
+        self._metrics_thread: threading.Thread | None = None
+        self._closed = False
+        self.layers = payload.layer_rows(session)  # the structure never changes during a session
         self._unsubscribe = session.subscribe(self._on_event)
         self.on_msg(self._on_msg)
         self.refresh(metrics=True)
 
     # ------------------------------------------------------------ session -> view
     def refresh(self, metrics: bool = False) -> None:
-        """Mirror the session into the traits; resend only changed heatmaps."""
+        """Mirror the session into the traits; resend only changed states and heatmaps."""
         with self._lock:
             s = self.session
             with self.hold_sync():
-                self.layers = payload.layer_rows(s)
+                self.states = payload.layer_states(s)
                 self.settings = {k: s.settings[k] for k in ("strategy", "step", "target")}
                 self.history = [{"index": h.index, "kind": h.kind, "label": h.label, "applied": h.applied,
                                  "share_pruned": h.share_pruned} for h in s.history_items]
                 self.position = s.history.position
                 self.running = s.running
-                if metrics and not s.running:
-                    m = {**s.metrics().as_dict(), "share_pruned": s.share_pruned()}
-                    self._metrics_by_position[self.position] = m
-                    self.metrics = m
-                    self.metrics_history = [{"position": p, **v} for p, v in
-                                            sorted(self._metrics_by_position.items()) if p <= len(s.history.entries)]
             self._send_heatmaps(force=False, rows=self.layers)
+        if metrics and not self.session.running:
+            self._request_metrics()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The tree rows as the front end shows them (structure with each group's state)."""
+        return payload.merge_rows(self.layers, self.states)
+
+    def settle(self, timeout: float | None = 120.0) -> PruningWidget:
+        """Wait until the metrics of the current state are shown (for scripts and tests)."""
+        if not self._metrics_idle.wait(timeout):
+            raise TimeoutError(f"metrics still computing after {timeout} s")
+        return self
+
+    def _request_metrics(self) -> None:
+        """Show the current metrics now if known, else compute them in a background thread."""
+        m = self.session.cached_metrics()
+        if m is not None:
+            self._publish(self.session.history.position, m)
+            return
+        with self._lock:
+            self._metrics_idle.clear()
+            self._metrics_wanted.set()
+            self.metrics_pending = True
+            if self._metrics_thread is None or not self._metrics_thread.is_alive():
+                self._metrics_thread = threading.Thread(target=self._metrics_worker, name="paoding-metrics",
+                                                        daemon=True)
+                self._metrics_thread.start()
+
+    def _metrics_worker(self) -> None:
+        s = self.session
+        while True:
+            with self._lock:
+                if not self._metrics_wanted.is_set() or s.running:
+                    self.metrics_pending = False
+                    self._metrics_thread = None
+                    self._metrics_idle.set()
+                    return
+                self._metrics_wanted.clear()
+            try:
+                position, version = s.revision
+                m = s.metrics()
+                if s.revision == (position, version):
+                    self._publish(position, m)
+                else:
+                    self._metrics_wanted.set()  # the state moved while we measured: measure again
+            except Exception as exc:  # a failed evaluation is shown, never raised into a thread
+                log.exception("paoding_widgets: metrics failed")
+                self.error = f"metrics failed: {exc}"
+
+    def _publish(self, position: int, m: Any) -> None:
+        with self._lock:
+            if self._closed:  # a late result for a view that is gone
+                return
+            d = {**m.as_dict(), "share_pruned": self.session.share_pruned()}
+            self._metrics_by_position[position] = d
+            with self.hold_sync():
+                self.metrics = d
+                n = len(self.session.history.entries)
+                self.metrics_history = [{"position": p, **v} for p, v in sorted(self._metrics_by_position.items())
+                                        if p <= n]
 
     def _send_heatmaps(self, force: bool, names: list[str] | None = None,
                        rows: list[dict[str, Any]] | None = None) -> None:
@@ -185,5 +256,7 @@ class PruningWidget(anywidget.AnyWidget):
             self.send({"type": "detail", **header}, bufs)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._unsubscribe()
         super().close()

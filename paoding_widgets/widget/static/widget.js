@@ -59,13 +59,28 @@ function drawHeatmap(canvas, img, marks) {
 }
 
 // js/src/tree.js
+function mergeRows(layers, states) {
+  const st = states || {};
+  return (layers || []).map((r) => r.group != null && st[r.group] ? { ...r, ...st[r.group] } : r);
+}
+function childSummary(rows, name) {
+  const parents = new Map(rows.map((r) => [r.name, r.parent]));
+  const under = (r) => {
+    for (let p = r.parent; p != null; p = parents.get(p)) if (p === name) return true;
+    return false;
+  };
+  const counts = {};
+  for (const r of rows) if (r.group && r.status && under(r)) counts[r.status] = (counts[r.status] || 0) + 1;
+  return counts;
+}
+function summaryText(counts) {
+  for (const k of ["pending", "locked", "accepted", "skipped"]) if (counts[k]) return `${counts[k]} ${k}`;
+  return "";
+}
 function visibleRows(rows, expanded) {
   const byName = new Map(rows.map((r) => [r.name, r]));
   const shown = (r) => r.depth === 0 || r.parent !== null && expanded.has(r.parent) && (!byName.has(r.parent) || shown(byName.get(r.parent)));
   return rows.filter(shown);
-}
-function hasChildren(rows, name) {
-  return rows.some((r) => r.parent === name);
 }
 function moveFocus(count, index, key) {
   if (count === 0) return null;
@@ -81,6 +96,15 @@ function moveFocus(count, index, key) {
     default:
       return null;
   }
+}
+function treeKey(key, row, isParent, isOpen) {
+  if (!row) return null;
+  if (key === "ArrowRight" && isParent && !isOpen) return "open";
+  if (key === "ArrowLeft") {
+    if (isParent && isOpen) return "close";
+    if (row.parent != null) return "parent";
+  }
+  return null;
 }
 function keyAction(key, row) {
   if (!row || !row.group) return null;
@@ -193,6 +217,10 @@ function render({ model, el: root }) {
   const side = el("div", { class: "pw-side" });
   root.append(toolbar, banner, el("div", { class: "pw-main" }, [tree, side]));
   const act = (action, fields) => sendAction(model, action, fields);
+  let rowsCache = null;
+  const allRows = () => rowsCache ?? (rowsCache = mergeRows(model.get("layers"), model.get("states")));
+  let parentsCache = null;
+  const isParent = (name) => (parentsCache ?? (parentsCache = new Set(allRows().map((r) => r.parent)))).has(name);
   const button = (text, cls, onclick) => el("button", { class: `pw-btn ${cls}`, text, onclick });
   const strategy = el("select", {
     class: "pw-strategy",
@@ -255,7 +283,7 @@ function render({ model, el: root }) {
     if (document.activeElement !== stepInput) stepInput.value = s.step ?? "";
     if (document.activeElement !== targetInput) targetInput.value = s.target ?? "";
     if (document.activeElement !== path) path.value = model.get("export_path") || "";
-    const pending = (model.get("layers") || []).some((r) => r.status === "pending");
+    const pending = allRows().some((r) => r.status === "pending");
     strategy.disabled = stepInput.disabled = targetInput.disabled = running;
     buttons.propose.disabled = running;
     buttons.acceptAll.disabled = running || !pending;
@@ -281,11 +309,14 @@ function render({ model, el: root }) {
       drawHeatmap(canvas, img, proposalMarks(row.proposal, row.units_total, img.w));
       canvas.title = `${row.name}: |weights| (inputs down, units across)` + (row.proposal ? `; proposal: ${row.proposal.drop.length} units go` : "");
     }
-    const nested = hasChildren(model.get("layers"), row.name);
-    const chip = row.status ? el("span", {
-      class: `pw-chip pw-${row.status.replace(" ", "-")}`,
-      text: row.status,
-      title: row.reason || row.status
+    const nested = isParent(row.name);
+    const summary = nested ? summaryText(childSummary(allRows(), row.name)) : "";
+    const chipStatus = row.status || summary.split(" ")[1] || "";
+    const chipClass = `pw-chip pw-${chipStatus.replace(" ", "-")}${summary ? " pw-summary" : ""}`;
+    const chip = chipStatus ? el("span", {
+      class: chipClass,
+      text: row.status || summary,
+      title: row.reason || row.status || summary
     }) : el("span");
     const button2 = (name, label, on) => el("button", {
       class: `pw-row-btn pw-${name}`,
@@ -358,7 +389,7 @@ function render({ model, el: root }) {
     return box;
   }
   function toggleDetail(row) {
-    if (hasChildren(model.get("layers"), row.name)) {
+    if (isParent(row.name)) {
       expanded.has(row.name) ? expanded.delete(row.name) : expanded.add(row.name);
     } else if (row.heatmap) {
       if (openDetail.has(row.name)) openDetail.delete(row.name);
@@ -370,7 +401,7 @@ function render({ model, el: root }) {
     drawTree();
   }
   function drawTree() {
-    const rows = visibleRows(model.get("layers") || [], expanded);
+    const rows = visibleRows(allRows(), expanded);
     focus = Math.min(focus, Math.max(0, rows.length - 1));
     const header = el("div", { class: "pw-row pw-head" }, [
       "layer",
@@ -401,7 +432,10 @@ function render({ model, el: root }) {
     const hist = model.get("history") || [];
     const pos = model.get("position");
     side.replaceChildren(
-      el("h4", { text: "Metrics" }),
+      el("h4", {
+        text: model.get("metrics_pending") ? "Metrics (computing\u2026)" : "Metrics",
+        class: model.get("metrics_pending") ? "pw-pending-metrics" : ""
+      }),
       el("dl", { class: "pw-metrics" }, items.flatMap(([k, v]) => [
         el("dt", { text: k }),
         el("dd", { text: v, "data-metric": k })
@@ -425,10 +459,20 @@ function render({ model, el: root }) {
     );
   }
   tree.addEventListener("keydown", (e) => {
-    const rows = visibleRows(model.get("layers") || [], expanded);
+    const rows = visibleRows(allRows(), expanded);
     const next = moveFocus(rows.length, focus, e.key);
     if (next !== null) {
       focus = next;
+      e.preventDefault();
+      drawTree();
+      return;
+    }
+    const row = rows[focus];
+    const move = treeKey(e.key, row, row && isParent(row.name), row && expanded.has(row.name));
+    if (move) {
+      if (move === "open") expanded.add(row.name);
+      else if (move === "close") expanded.delete(row.name);
+      else focus = Math.max(0, rows.findIndex((r) => r.name === row.parent));
       e.preventDefault();
       drawTree();
       return;
@@ -480,19 +524,26 @@ function render({ model, el: root }) {
       queueMicrotask(redrawNow);
     }
   };
+  const newRows = () => {
+    rowsCache = null;
+    parentsCache = null;
+    redraw();
+  };
   for (const t of [
     "layers",
+    "states",
     "settings",
     "history",
     "position",
     "running",
     "progress",
     "metrics",
+    "metrics_pending",
     "metrics_history",
     "error",
     "strategies"
   ]) {
-    model.on(`change:${t}`, redraw);
+    model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : redraw);
   }
   redrawNow();
   act("hello");
