@@ -298,3 +298,15 @@ def test_undo_redo_cycles_stay_exact():
             assert pruner.store.equal(states[i])
     x = box_inputs(model, 16, seed=15)
     np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-4)
+
+
+def test_overflowing_bounds_leave_the_running_impact_unbounded_not_nan() -> None:
+    """With weights so large that the interval bounds overflow float32, impact stays [-inf, inf], never NaN."""
+    model = randomize(build_mlp(hidden=(20, 16, 12), randomize_weights=False), scale=1e12)
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="impact", step=0.1, target=0.3)
+    with np.errstate(all="ignore"):
+        for _ in range(2):
+            pruner.iterate()
+    impacts = [a for k, a in pruner.store.arrays.items() if k[0] == "__impact__"]
+    assert impacts and not any(np.isnan(a).any() for a in impacts)
+    assert any(np.isinf(a).any() for a in impacts), "the bounds were expected to overflow here"

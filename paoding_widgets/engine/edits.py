@@ -126,9 +126,12 @@ def impact_increment(group: UnitGroup, view: UnitView, cand: Candidates) -> Incr
             continue
         lo2, hi2 = lo.reshape(len(cand), -1), hi.reshape(len(cand), -1)
         # injections include the running total once per candidate: take it out again
-        c = ((lo2 + hi2) / 2).sum(0) - len(cand) * (acc[0] + acc[1]) / 2
-        r = ((hi2 - lo2) / 2).sum(0) - len(cand) * (acc[1] - acc[0]) / 2
-        out[key] = np.stack([c - r, c + r]).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where the bounds overflowed
+            c = ((lo2 + hi2) / 2).sum(0) - len(cand) * (acc[0] + acc[1]) / 2
+            r = ((hi2 - lo2) / 2).sum(0) - len(cand) * (acc[1] - acc[0]) / 2
+        unbounded = ~(np.isfinite(c) & np.isfinite(r))  # overflowed bounds say "anything": keep it unbounded, not NaN
+        out[key] = np.stack([np.where(unbounded, -np.inf, c - r),
+                             np.where(unbounded, np.inf, c + r)]).astype(np.float32)
     return out
 
 
