@@ -3,6 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { childSummary, mergeRows, summaryText, treeKey } from "../src/tree.js";
 import widget from "../src/widget.js";
+import { fakeModel } from "./fake_model.js";
 
 // What the kernel sends: `layers` once (no status on grouped rows), `states` per group on every update.
 const LAYERS = [
@@ -70,21 +71,6 @@ describe("treeKey", () => {
     expect(treeKey("ArrowLeft", undefined, false, false)).toBe(null);
   });
 });
-
-function fakeModel(state) {
-  const handlers = new Map();
-  const sent = [];
-  return {
-    sent,
-    get: (k) => state[k],
-    set: (k, v) => { state[k] = v; },
-    save_changes: () => {},
-    on: (ev, cb) => { (handlers.get(ev) || handlers.set(ev, []).get(ev)).push(cb); },
-    send: (msg) => sent.push(msg),
-    trigger: (ev, ...args) => (handlers.get(ev) || []).forEach((cb) => cb(...args)),
-    update(k, v) { state[k] = v; this.trigger(`change:${k}`); },
-  };
-}
 
 function mount(extra = {}) {
   const model = fakeModel({

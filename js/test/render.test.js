@@ -2,21 +2,7 @@
 // The widget rendered in jsdom against a fake anywidget model: what a person clicks is what the kernel gets.
 import { describe, expect, it } from "vitest";
 import widget from "../src/widget.js";
-
-function fakeModel(state) {
-  const handlers = new Map();
-  const sent = [];
-  return {
-    sent,
-    get: (k) => state[k],
-    set: (k, v) => { state[k] = v; },
-    save_changes: () => {},
-    on: (ev, cb) => { (handlers.get(ev) || handlers.set(ev, []).get(ev)).push(cb); },
-    send: (msg) => sent.push(msg),
-    trigger: (ev, ...args) => (handlers.get(ev) || []).forEach((cb) => cb(...args)),
-    update(k, v) { state[k] = v; this.trigger(`change:${k}`); },
-  };
-}
+import { fakeModel } from "./fake_model.js";
 
 const row = (name, status, extra = {}) => ({
   name, type: "Dense", shape: "(None, 8)", depth: 0, parent: null, params: 10, group: name, status,
