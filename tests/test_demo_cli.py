@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 
-def test_demo_prunes_half_and_prints_table() -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def test_demo_prunes_half_and_prints_table(tmp_path) -> None:
+    # The demo caches its trained model; a fresh cache keeps the test off the user's ~/.cache.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PAODING_DEMO_CACHE": str(tmp_path / "demos")}
     proc = subprocess.run([sys.executable, "-m", "paoding_widgets", "demo", "--strategy", "impact"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

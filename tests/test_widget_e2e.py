@@ -25,7 +25,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "example_notebooks" / "01_quickstart.ipynb"
 ARTIFACTS = ROOT / "artifacts" / "e2e"
-H1, H2, OUT = "hidden_1", "hidden_2", "logits"  # the quickstart MLP's layers (paoding_widgets.demos)
+H1, H2, OUT = "dense", "dense_1", "dense_2"  # the quickstart MLP's layers (paoding_widgets.demos)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
