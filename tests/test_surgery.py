@@ -167,3 +167,22 @@ def test_multi_input_multi_output_model():
     assert small.count_params() < model.count_params()
     for got, want in zip(small(xs, training=False), edited(xs, training=False)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_a_compiled_source_gives_a_pruned_model_without_training_state(tmp_path):
+    """clone_model recompiles; the export must not carry a fresh optimizer's state (3x the weights)."""
+    from paoding_widgets.engine.export import save_keras
+
+    model = build_mlp(n_in=64, hidden=(96, 64))
+    model.compile("adam", "mse")
+    p = Pruner(model, input_range=(0.0, 1.0), strategy="baseline", step=0.1, target=0.3)
+    p.run()
+    small = p.pruned_model()
+    assert not small.compiled and small.optimizer is None
+    assert model.compiled and model.optimizer is not None, "the user's model keeps its compilation"
+    path = save_keras(small, str(tmp_path / "small.keras"))
+    weight_bytes = sum(w.size * w.itemsize for w in small.get_weights())
+    assert path.stat().st_size < 1.5 * weight_bytes + 64 * 1024  # weights + config, no optimizer slots
+    again = keras.models.load_model(path)
+    x = box_inputs(model, 16)
+    np.testing.assert_allclose(run(again, x), run(small, x), rtol=1e-6, atol=1e-6)

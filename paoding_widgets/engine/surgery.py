@@ -74,6 +74,11 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
 
     model = graph.model
     new = keras.models.clone_model(model, clone_function=clone)
+    if getattr(new, "compiled", False):
+        # clone_model recompiles a compiled source, building a fresh optimizer whose state would triple
+        # the exported file; a pruned model ships without training state (compile it to train).
+        new.compiled = False
+        new.optimizer = None
     for layer in new.layers:
         if not layer.weights:
             continue
