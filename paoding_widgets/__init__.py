@@ -20,6 +20,7 @@ from .engine import (
     save_keras,
     save_tflite,
 )
+from .demos import list_demos, load_demo
 from .session import LayerInfo, PruningSession, SessionError, SessionFileError
 
 __version__ = "0.1.0"
@@ -27,5 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "STRATEGIES", "Metrics", "ModelGraph", "Proposal", "Pruner", "Strategy", "evaluate",
     "make_strategy", "save_keras", "save_tflite", "__version__",
-    "LayerInfo", "PruningSession", "SessionError", "SessionFileError",
+    "LayerInfo", "PruningSession", "SessionError", "SessionFileError", "list_demos", "load_demo",
 ]

@@ -710,3 +710,20 @@ def test_start_run_is_running_when_it_returns(model):
     gate.release.set()
     handle.wait(30)
     assert running, "start_run() returned while the session still accepts other actions"
+
+
+def test_alive_names_the_surviving_units_and_follows_undo(model) -> None:
+    s = make(model)
+    first = next(g.name for g in s.graph.prunable_groups)
+    assert s.alive(first).all() and s.alive(first).dtype == bool
+    s.propose()
+    gone = s.proposals[first].drop
+    s.accept(first)
+    alive = s.alive(first)
+    assert not alive[gone].any() and alive.sum() == s.layer(first).units_alive
+    alive[:] = False  # a copy: the session is not changed through it
+    assert s.alive(first).sum() == s.layer(first).units_alive
+    s.undo()
+    assert s.alive(first).all()
+    with pytest.raises(SessionError, match="no layer 'nope'"):
+        s.alive("nope")

@@ -147,6 +147,11 @@ class PruningSession:
         with self._lock:
             return self._layer_info(self._group(name, prunable=False))
 
+    def alive(self, name: str) -> np.ndarray:
+        """Which units (or filters) of a layer survive, as a boolean array (a copy)."""
+        with self._lock:
+            return self._pruner.store.alive[self._group(name, prunable=False).id].copy()
+
     def status(self, name: str) -> str:
         return self.layer(name).status
 
