@@ -768,10 +768,10 @@ def _check_rebuild(model: Any, kind: str, handover: Path, x: np.ndarray) -> None
 
 
 STATIC_NOTES = [
-    "Timings are wall-clock on a shared 2-core VM where other jobs (TensorFlow, notebook builds) ran at the same "
-    "time. Our runs are short (tens of ms) and swing by up to ~10x under that load -- NumPy's multi-threaded "
-    "OpenBLAS waits for a descheduled thread -- hence the min–max; `--blas-threads 1` (applied to both tools) "
-    "steadies them. The reference's runs are seconds long and less affected, and were measured once each.",
+    "Timings are wall-clock on a 2-core VM. Our runs are short (tens of ms); when other jobs share the machine "
+    "they swing by up to ~10x -- NumPy's multi-threaded OpenBLAS waits for a descheduled thread -- hence the "
+    "min–max; `--blas-threads 1` (applied to both tools) steadies them. The reference's runs are seconds long "
+    "and less affected, and were measured once each.",
     f"{REFERENCE} is given `Sampler.set_strategy(mode, params=(0.75, 0.25))` (its documented default weights; "
     "the Sampler constructor alone would leave them at (0, 0)), `seed_val=0`, `surgery_mode=True` (so its "
     "result is physically smaller, like ours), `test_set=None` (no per-epoch evaluation inside the timed call), "
