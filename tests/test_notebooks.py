@@ -41,6 +41,12 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 os.environ[k] = v
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_carry_no_saved_widget_state(path: Path) -> None:
+    """Saved widget state (the bundle's JS and CSS of the day it ran) would shadow the live widget's."""
+    assert "widgets" not in nbformat.read(path, as_version=4).metadata, f"{path.name}: clear its widget state"
+
+
 def test_notebooks_are_there() -> None:
     stems = [p.stem[:2] for p in NOTEBOOKS]
     assert stems[:5] == ["01", "02", "03", "04", "05"], NOTEBOOKS
