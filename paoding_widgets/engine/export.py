@@ -9,6 +9,7 @@ says ``overwrite=True``, and the model's own source file is never a target.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -74,7 +75,9 @@ def tflite_bytes(model: Any, quantize: str | None = "float16") -> bytes:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             conv.target_spec.supported_types = [tf.float16]
-        return conv.convert()
+        # Keras' export prints its SavedModel signature ("Saved artifact at ..."): not the user's business
+        with contextlib.redirect_stdout(io.StringIO()):
+            return conv.convert()
     except Exception as exc:  # the converter raises many types; keep its message
         raise ExportError(f"TFLite conversion of model {model.name!r} failed: {exc}") from exc
 
