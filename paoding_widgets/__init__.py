@@ -8,6 +8,7 @@ the public names; TensorFlow is only imported when a model is touched.
 
 from __future__ import annotations
 
+from .demos import list_demos, load_demo
 from .engine import (
     STRATEGIES,
     Metrics,
@@ -20,7 +21,6 @@ from .engine import (
     save_keras,
     save_tflite,
 )
-from .demos import list_demos, load_demo
 from .session import LayerInfo, PruningSession, SessionError, SessionFileError
 
 __version__ = "0.1.0"

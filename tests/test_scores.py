@@ -470,3 +470,33 @@ def test_change_bounds_fall_back_without_perturbation_rule():
     expected = sum((hi - lo).reshape(2, -1).sum(1) for lo, hi in inj.values())
     np.testing.assert_allclose(width, expected, rtol=1e-6)
     assert np.all(np.isfinite(width)) and np.all(width > 0)
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rms"])
+def test_layer_normalization_bounds_hold_for_any_input_and_keep_later_layers_prunable(rms: bool) -> None:
+    """LayerNorm has a fixed output range (beta -+ |gamma| sqrt(n)); the bounds and impact go through it.
+
+    Keras' rms_scaling divides by the std without centring, which has no such range: no bounds then.
+    """
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8,)), L.Dense(16, activation="relu", name="d0"),
+                              L.LayerNormalization(rms_scaling=rms, name="ln"),
+                              L.Dense(12, activation="relu", name="d1"), L.Dense(3, name="d2")])
+    ln = model.get_layer("ln")
+    ln.set_weights([np.random.default_rng(0).normal(size=w.shape).astype(np.float32) for w in ln.get_weights()])
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {g.id: g.size for g in graph.groups})
+    b = Propagator(graph, store).values((0.0, 1.0))
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="impact", step=0.25, target=0.5)
+    if rms:
+        assert "ln" in b.missing and "rms_scaling" in b.missing["ln"]
+        assert np.isnan(pruner.output_bound_width())
+        return
+    lo, hi = b.out[graph.node("ln").outputs[0]]
+    x = np.random.default_rng(1).uniform(-50, 50, (4000, 8)).astype(np.float32)  # far outside the box too
+    y = np.asarray(keras.Model(model.inputs, ln.output)(x))
+    assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
+    assert np.isfinite(pruner.output_bound_width())
+    pruner.run()
+    assert {s["name"]: s["pruned"] for s in pruner.summary()}["d1"] == 6

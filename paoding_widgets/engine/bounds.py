@@ -137,6 +137,8 @@ class Propagator:
             return np.minimum(x, y), np.maximum(x, y)
         if t in _MONOTONE_FREE:
             return self._call(node, [x[0] for x in ins]), self._call(node, [x[1] for x in ins])
+        if t == "LayerNormalization":
+            return layer_norm_range(self.store, node, self.graph.shapes[node.inputs[0]])
         raise _Unsupported(f"no interval rule for {t}")
 
     # ---------------------------------------------------------------- deltas
@@ -210,6 +212,10 @@ class Propagator:
                 (l1, h1), (l2, h2) = full
                 return l1 - h2, h1 - l2
             return self._call(node, [x[0] for x in full]), self._call(node, [x[1] for x in full])
+        if t == "LayerNormalization":  # any two outputs lie in the layer's fixed range: so does their difference
+            lo, hi = base.out[node.outputs[0]]
+            w = np.broadcast_to(hi - lo, (batch, *lo.shape[1:]))
+            return -w, w
         if len(ins) == 1 and t in _MONOTONE_FREE:
             lo, hi = ins[0]
             if t in _MAX_LIKE:  # max(z + d) - max(z) lies within [min d, max d] of the window
@@ -332,3 +338,28 @@ def bn_affine(store: WeightStore, node: LayerNode) -> tuple[np.ndarray, np.ndarr
     scale = (gamma if gamma is not None else 1.0) / np.sqrt(var + float(cfg.get("epsilon", 1e-3)))
     shift = (beta if beta is not None else 0.0) - mean * scale
     return scale.astype(np.float32), np.asarray(shift, np.float32)
+
+
+def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple) -> Interval:
+    """Sound output interval of a LayerNormalization over the last axis, whatever its input.
+
+    A centred, normalised value has ``|x_i| <= sqrt(n - 1)`` over ``n``
+    features, so the output lies in ``beta -+ |gamma| sqrt(n)``:
+    loose, but finite, so the layers after it keep their bounds.
+    """
+    cfg = node.config
+    ndim = len(in_shape)
+    axes = cfg.get("axis", -1)
+    axes = [a % ndim for a in (axes if isinstance(axes, (list, tuple)) else [axes])]
+    if axes != [ndim - 1]:
+        raise _Unsupported("LayerNormalization over axes other than the last")
+    if cfg.get("rms_scaling"):  # Keras divides by the std without centring: unbounded as the spread -> 0
+        raise _Unsupported("LayerNormalization with rms_scaling has no input-independent range")
+    m = np.float32(np.sqrt(in_shape[-1]))
+    gamma = store.get(node.name, "gamma") if cfg.get("scale", True) else None
+    beta = store.get(node.name, "beta") if cfg.get("center", True) else None
+    g = np.abs(gamma) if gamma is not None else np.float32(1.0)
+    c = beta if beta is not None else np.float32(0.0)
+    shape = (1, *in_shape[1:])
+    return (np.broadcast_to(c - g * m, shape).astype(np.float32),
+            np.broadcast_to(c + g * m, shape).astype(np.float32))
