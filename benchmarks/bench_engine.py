@@ -61,20 +61,10 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _early_blas_threads(argv: list[str]) -> str | None:
-    """``--blas-threads N`` must act before NumPy loads its BLAS: read it from argv here."""
-    for i, a in enumerate(argv):
-        if a == "--blas-threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--blas-threads="):
-            return a.split("=", 1)[1]
-    return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blas_threads import apply_blas_threads  # noqa: E402
 
-
-_BLAS_THREADS = _early_blas_threads(sys.argv[1:])
-if _BLAS_THREADS is not None and _BLAS_THREADS.isdigit() and int(_BLAS_THREADS) > 0:
-    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _BLAS_THREADS
+_BLAS_THREADS = apply_blas_threads(sys.argv[1:])  # before NumPy loads its BLAS
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import common  # noqa: E402  (after NumPy: --blas-threads must act first)

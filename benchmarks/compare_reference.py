@@ -60,23 +60,11 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def early_blas_threads(argv: Sequence[str]) -> str | None:
-    """``--blas-threads N`` read straight from argv: it must act before NumPy loads its BLAS."""
-    for i, a in enumerate(argv):
-        if a == "--blas-threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--blas-threads="):
-            return a.split("=", 1)[1]
-    return None
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blas_threads import apply_blas_threads, early_blas_threads  # noqa: E402,F401  (re-exported for tests)
 
 if __name__ == "__main__":
-    _threads = early_blas_threads(sys.argv[1:])
-    if _threads and _threads.isdigit() and int(_threads) > 0:
-        for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-            os.environ[_var] = _threads  # inherited by the reference worker too: same for both tools
+    apply_blas_threads(sys.argv[1:])  # before NumPy loads its BLAS; the reference worker inherits it
 
 import numpy as np  # noqa: E402
 

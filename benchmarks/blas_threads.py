@@ -1,0 +1,34 @@
+"""``--blas-threads N`` for the benchmarks, applied before NumPy loads its BLAS.
+
+Why: BLAS reads its thread count once, when NumPy is first imported, so the flag
+must be read from ``sys.argv`` and put in the environment before that; this
+module imports nothing heavy so that a script can call it first.  Child
+processes (the reference's worker) inherit the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def early_blas_threads(argv: Sequence[str]) -> str | None:
+    """The value of ``--blas-threads`` in ``argv`` (``--blas-threads N`` or ``=N``), else None."""
+    for i, a in enumerate(argv):
+        if a == "--blas-threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--blas-threads="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def apply_blas_threads(argv: Sequence[str]) -> str | None:
+    """Set the BLAS/OpenMP thread variables from ``--blas-threads`` (a positive integer); returns it."""
+    value = early_blas_threads(argv)
+    if value is not None and value.isdigit() and int(value) > 0:
+        for var in VARIABLES:
+            os.environ[var] = value
+        return value
+    return None
