@@ -56,7 +56,7 @@ function render({ model, el: root }) {
   const details = new Map(); // layer -> detail message with data
   const openDetail = new Set();
   let focus = 0;
-  let lastError = "";
+  let notice = ""; // a kernel reply (error, "exported …") shown until the session's state next changes
 
   root.classList.add("pw-root");
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar" });
@@ -124,8 +124,7 @@ function render({ model, el: root }) {
   }
 
   function drawBanner() {
-    const msg = model.get("error") || lastError;
-    lastError = "";  // a message shows until the next state from the kernel
+    const msg = model.get("error") || notice;
     banner.textContent = msg;
     banner.hidden = !msg;
   }
@@ -258,23 +257,25 @@ function render({ model, el: root }) {
 
   model.on("msg:custom", (msg, buffers) => {
     if (msg.type === "heatmaps") {
-      try { applyHeatmaps(heatmaps, msg, buffers); } catch (err) { lastError = String(err.message || err); drawBanner(); }
+      try { applyHeatmaps(heatmaps, msg, buffers); } catch (err) { notice = String(err.message || err); drawBanner(); }
       drawTree();
     }
     else if (msg.type === "detail") {
       details.set(msg.name, { ...msg, data: asBytes(buffers[0]) });
       drawTree();
-    } else if (msg.type === "error") { lastError = msg.message; drawBanner(); }
-    else if (msg.type === "exported") { lastError = ""; banner.hidden = false; banner.textContent = `exported ${msg.path}`; }
+    } else if (msg.type === "error") { notice = msg.message; drawBanner(); }
+    else if (msg.type === "exported") { notice = `exported ${msg.path}`; drawBanner(); }
   });
   // One redraw per batch of trait changes (a kernel update changes several traits at once).
   let queued = false;
   const redrawNow = () => { queued = false; drawToolbar(); drawBanner(); drawTree(); drawSide(); };
   const redraw = () => { if (!queued) { queued = true; queueMicrotask(redrawNow); } };
-  const newRows = () => { rowsCache = null; parentsCache = null; redraw(); };
+  const newRows = () => { rowsCache = null; parentsCache = null; notice = ""; redraw(); };
+  const newState = () => { notice = ""; redraw(); }; // metrics landing later are not a new state
   for (const t of ["layers", "states", "settings", "history", "position", "running", "progress", "metrics",
     "metrics_pending", "metrics_history", "error", "strategies"]) {
-    model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : redraw);
+    model.on(`change:${t}`, t === "layers" || t === "states" ? newRows
+      : ["history", "position", "error"].includes(t) ? newState : redraw);
   }
   redrawNow();
   act("hello"); // ask for every heatmap: this view may be new

@@ -490,6 +490,15 @@ describe("error banner", () => {
     expect($(".pw-error").textContent).toBe("exported /tmp/pruned.keras");
   });
 
+  it("keeps the export notice when metrics land afterwards, drops it on the next state", async () => {
+    const { model, $ } = mount();
+    model.custom({ type: "exported", path: "/tmp/pruned.keras" });
+    await model.change({ metrics_pending: false, metrics: { accuracy: 0.5 } }); // a background evaluation lands
+    expect($(".pw-error").textContent).toBe("exported /tmp/pruned.keras");
+    await model.change({ position: 1 });
+    expect($(".pw-error").hidden).toBe(true);
+  });
+
   // BUG: the kernel reports a refused action both ways (error trait + {type: "error"} message) and
   // clears the trait on the next successful action, but the remembered message (lastError) is only
   // cleared by an "exported" message, so the banner keeps showing the stale error after success.

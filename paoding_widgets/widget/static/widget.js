@@ -209,7 +209,7 @@ function render({ model, el: root }) {
   const details = /* @__PURE__ */ new Map();
   const openDetail = /* @__PURE__ */ new Set();
   let focus = 0;
-  let lastError = "";
+  let notice = "";
   root.classList.add("pw-root");
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar" });
   const banner = el("div", { class: "pw-error", role: "alert" });
@@ -296,8 +296,7 @@ function render({ model, el: root }) {
     progress.hidden = !running;
   }
   function drawBanner() {
-    const msg = model.get("error") || lastError;
-    lastError = "";
+    const msg = model.get("error") || notice;
     banner.textContent = msg;
     banner.hidden = !msg;
   }
@@ -494,7 +493,7 @@ function render({ model, el: root }) {
       try {
         applyHeatmaps(heatmaps, msg, buffers);
       } catch (err) {
-        lastError = String(err.message || err);
+        notice = String(err.message || err);
         drawBanner();
       }
       drawTree();
@@ -502,12 +501,11 @@ function render({ model, el: root }) {
       details.set(msg.name, { ...msg, data: asBytes(buffers[0]) });
       drawTree();
     } else if (msg.type === "error") {
-      lastError = msg.message;
+      notice = msg.message;
       drawBanner();
     } else if (msg.type === "exported") {
-      lastError = "";
-      banner.hidden = false;
-      banner.textContent = `exported ${msg.path}`;
+      notice = `exported ${msg.path}`;
+      drawBanner();
     }
   });
   let queued = false;
@@ -527,6 +525,11 @@ function render({ model, el: root }) {
   const newRows = () => {
     rowsCache = null;
     parentsCache = null;
+    notice = "";
+    redraw();
+  };
+  const newState = () => {
+    notice = "";
     redraw();
   };
   for (const t of [
@@ -543,7 +546,7 @@ function render({ model, el: root }) {
     "error",
     "strategies"
   ]) {
-    model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : redraw);
+    model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : ["history", "position", "error"].includes(t) ? newState : redraw);
   }
   redrawNow();
   act("hello");
