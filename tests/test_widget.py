@@ -680,3 +680,26 @@ def test_metrics_are_computed_in_the_background(monkeypatch) -> None:
     finally:
         gate.set()
         w.close()
+
+
+def test_a_refresh_draws_only_the_heatmaps_whose_weights_were_written(session: PruningSession,
+                                                                        widget: PruningWidget, sent: Recorder,
+                                                                        monkeypatch) -> None:
+    drawn: list[tuple[int, ...]] = []
+    heatmap = payload.heatmap
+    monkeypatch.setattr(payload, "heatmap",
+                        lambda kernel, *a, **k: drawn.append(kernel.shape) or heatmap(kernel, *a, **k))
+    act(widget, "propose")  # proposals write nothing
+    assert drawn == [] and sent.heatmap_names() == []
+    act(widget, "accept", layer="h1")  # h1's kernel and its reader h2's rows change
+    assert len(drawn) == 2 and sorted(sent.heatmap_names()) == ["h1", "h2"]
+    drawn.clear()
+    sent.clear()
+    act(widget, "lock", layer="h3")
+    assert drawn == []
+    act(widget, "undo")  # the lock: no weights
+    act(widget, "undo")  # the accept: h1 and h2 back
+    assert len(drawn) == 2 and sorted(sent.heatmap_names()) == ["h1", "h2"]
+    drawn.clear()
+    act(widget, "hello")  # a new view still gets every heatmap
+    assert len(drawn) == 4

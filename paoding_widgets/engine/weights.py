@@ -91,6 +91,7 @@ class WeightStore:
         self.arrays = arrays
         self.alive = alive
         self.version = 0  # bumped on each change, for caches
+        self.changed: dict[Key, int] = {}  # array -> the version that last wrote it (views redraw only those)
 
     @classmethod
     def from_model(cls, model: Any, group_sizes: dict[int, int]) -> WeightStore:
@@ -121,6 +122,7 @@ class WeightStore:
         view[positions] = values
         patch.arrays.append(ArrayPatch(key, axis, positions, before))
         self.version += 1
+        self.changed[key] = self.version
 
     def set_alive(self, group: int, units: np.ndarray, value: bool, patch: Patch) -> None:
         units = np.asarray(units, dtype=np.int64)
@@ -134,7 +136,7 @@ class WeightStore:
             p.swap(self.arrays)
         for g, units, value in patch.alive:
             self.alive[g][units] = value
-        self.version += 1
+        self._touched(patch)
 
     def revert(self, patch: Patch) -> None:
         """Undo a patch (in reverse order, so overlapping writes unwind)."""
@@ -142,7 +144,12 @@ class WeightStore:
             p.swap(self.arrays)
         for g, units, value in reversed(patch.alive):
             self.alive[g][units] = not value
+        self._touched(patch)
+
+    def _touched(self, patch: Patch) -> None:
         self.version += 1
+        for p in patch.arrays:
+            self.changed[p.key] = self.version
 
     # ------------------------------------------------------------- model i/o
     def load_into(self, model: Any) -> None:

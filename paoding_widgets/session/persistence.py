@@ -204,6 +204,7 @@ def load_session(path: str) -> Any:
         for g, ref in manifest["alive"].items():
             store.alive[int(g)] = arr.get(ref).astype(bool).copy()
         store.version += 1
+        store.changed.update({tuple(key): store.version for key, _ in manifest["weights"]})
         for e in manifest["history"]:
             session.history.entries.append(Entry(e["kind"], e["label"], _patch_in(e["patch"], arr),
                                                  _state_in(e["before"], arr), _state_in(e["after"], arr), e["info"]))

@@ -197,6 +197,11 @@ def detail(session: Any, name: str, kind: str = "weights") -> tuple[dict[str, An
     return header, [img.tobytes()]
 
 
+def heatmap_key(session: Any, name: str) -> tuple[str, str]:
+    """The store array a layer's heatmap is drawn from."""
+    return name, _kernel_var(session.graph.node(name).type)
+
+
 def _kernel_var(layer_type: str) -> str:
     return "pointwise_kernel" if layer_type.startswith("Separable") else "kernel"
 

@@ -98,6 +98,7 @@ class PruningWidget(anywidget.AnyWidget):
         self.export_path = export_path
         self.strategies = sorted(STRATEGIES)
         self._sent: dict[str, str] = {}  # layer -> digest of the heatmap last sent
+        self._drawn: dict[str, int] = {}  # layer -> the store's write version its heatmap was last drawn at
         self._metrics_by_position: dict[int, dict[str, Any]] = {}
         self._run = None
         self._lock = threading.RLock()
@@ -187,7 +188,18 @@ class PruningWidget(anywidget.AnyWidget):
 
     def _send_heatmaps(self, force: bool, names: list[str] | None = None,
                        rows: list[dict[str, Any]] | None = None) -> None:
-        header, buffers = payload.heatmaps(self.session, names, rows)
+        store = self.session.pruner.store
+
+        def written(name: str) -> int:
+            return store.changed.get(payload.heatmap_key(self.session, name), 0)
+
+        todo = names if names is not None else [r["name"] for r in (rows or self.layers) if r["heatmap"]]
+        if not force and names is None:  # draw only the layers whose weights were written since (ResNet50: 1 of 54)
+            todo = [n for n in todo if written(n) != self._drawn.get(n)]
+            if not todo:
+                return
+        self._drawn.update({n: written(n) for n in todo})
+        header, buffers = payload.heatmaps(self.session, todo, rows)
         keep_names, keep_shapes, keep_bufs = [], [], []
         for name, shape, buf in zip(header["names"], header["shapes"], buffers):
             digest = hashlib.blake2b(buf, digest_size=8).hexdigest()
