@@ -313,3 +313,49 @@ def test_the_widget_works_in_notebook_7(pw, nb7, tmp_path_factory: pytest.TempPa
         wait_status(page, H1, "pending")
         st = kernel(page, STATE)
         assert st["layers"][H1] == ["pending", 128] and st["position"] == 1
+
+        # a residual block is a tree node: closed, summarised, opened by click and by the arrow keys
+        page.evaluate(ADD_AND_RUN_CELL, RESIDUAL_CELL)
+        block = page.locator(".pw-row[data-layer='res']")
+        block.wait_for(timeout=120_000)
+        assert block.get_attribute("aria-expanded") == "false"
+        assert page.locator(".pw-row[data-layer='res_a']").count() == 0
+        root = page.locator(".pw-root").filter(has=block)
+        root.locator(".pw-propose").click()
+        page.wait_for_selector(".pw-row[data-layer='res'] .pw-chip:has-text('2 pending')")  # res_a + res_b: one group
+        block.click()
+        page.wait_for_selector(".pw-row[data-layer='res_a'][data-status='pending']")
+        assert [r.get_attribute("data-layer") for r in root.locator(".pw-row[data-layer]").all()] == [
+            "input_layer", "stem", "res", "res_a", "res_b", "res_add", "res_out", "gap", "logits"]
+        page.locator(".pw-row[data-layer='res_b'] .pw-accept").click()
+        page.wait_for_selector(".pw-row[data-layer='res'] .pw-chip:has-text('2 accepted')")
+        assert kernel(page, "import json; print(json.dumps(res_session.layer('res_a').status))") == "accepted"
+        root.locator(".pw-tree").focus()
+        page.keyboard.press("ArrowLeft")  # the focused block closes (JupyterLab's own ArrowLeft is kept off)
+        page.wait_for_function("!document.querySelector(\".pw-row[data-layer='res_a']\")")
+        root.screenshot(path=str(ARTIFACTS / "notebook7_blocks.png"))
+
+
+RESIDUAL_CELL = """\
+import keras
+from paoding_widgets import PruningSession
+L = keras.layers
+inp = keras.Input((8, 8, 3), name="input_layer")
+x = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+a = L.Conv2D(8, 3, padding="same", name="res_a")(x)
+b = L.Conv2D(8, 1, name="res_b")(x)
+x = L.ReLU(name="res_out")(L.Add(name="res_add")([a, b]))
+out = L.Dense(3, name="logits")(L.GlobalAveragePooling2D(name="gap")(x))
+res_session = PruningSession(keras.Model(inp, out), input_range=(0.0, 1.0), step=0.25)
+res_session.widget()
+"""
+
+ADD_AND_RUN_CELL = """
+async (source) => {
+  const app = window.jupyterapp, panel = app.shell.currentWidget, nb = panel.content;
+  const n = nb.model.sharedModel.cells.length;
+  nb.model.sharedModel.insertCell(n, { cell_type: "code", source });
+  nb.activeCellIndex = n;
+  await app.commands.execute("notebook:run-cell");
+}
+"""

@@ -61,7 +61,10 @@ function render({ model, el: root }) {
   root.classList.add("pw-root");
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar" });
   const banner = el("div", { class: "pw-error", role: "alert" });
-  const tree = el("div", { class: "pw-tree", role: "tree", tabindex: "0", "aria-label": "layers" });
+  // data-lm-suppress-shortcuts: while the tree has focus its keys are its own, not JupyterLab's
+  // (command mode binds a, s, l and the arrows to notebook commands).
+  const tree = el("div", { class: "pw-tree", role: "tree", tabindex: "0", "aria-label": "layers",
+    "data-lm-suppress-shortcuts": "true" });
   const side = el("div", { class: "pw-side" });
   root.append(toolbar, banner, el("div", { class: "pw-main" }, [tree, side]));
 

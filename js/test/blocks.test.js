@@ -91,6 +91,7 @@ const key = (el, k) => el.querySelector(".pw-tree").dispatchEvent(new KeyboardEv
 describe("rendered blocks", () => {
   it("starts closed with a summary chip, opens with a click and with the arrow keys", () => {
     const { el } = mount();
+    expect(el.querySelector(".pw-tree").dataset.lmSuppressShortcuts).toBe("true"); // JupyterLab keeps its keys off
     expect(shown(el)).toEqual(["stem", "conv2_block1", "logits"]);
     const block = el.querySelector(".pw-row[data-layer='conv2_block1']");
     expect(block.getAttribute("aria-expanded")).toBe("false");

@@ -213,7 +213,13 @@ function render({ model, el: root }) {
   root.classList.add("pw-root");
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar" });
   const banner = el("div", { class: "pw-error", role: "alert" });
-  const tree = el("div", { class: "pw-tree", role: "tree", tabindex: "0", "aria-label": "layers" });
+  const tree = el("div", {
+    class: "pw-tree",
+    role: "tree",
+    tabindex: "0",
+    "aria-label": "layers",
+    "data-lm-suppress-shortcuts": "true"
+  });
   const side = el("div", { class: "pw-side" });
   root.append(toolbar, banner, el("div", { class: "pw-main" }, [tree, side]));
   const act = (action, fields) => sendAction(model, action, fields);
