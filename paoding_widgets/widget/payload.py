@@ -121,7 +121,7 @@ def _node_rows(session: Any, node: Any, g: Any, infos: dict[str, Any], parent: s
         "params": _params(node.layer), "group": g.name if g is not None else None,
         "units_total": info.units_total if info else None,
         "reason": (info.reason if info else node.reason) or "",
-        "heatmap": g is not None and session.pruner.store.get(node.name, _kernel_var(node.type)) is not None,
+        "heatmap": g is not None and heatmap_key(session, node.name) in session.pruner.store.arrays,
     }
     if info is None:  # no group: nothing here ever changes (grouped rows take theirs from layer_states)
         row.update(status="unsupported" if not node.supported else "", units_alive=None, proposal=None)
@@ -151,13 +151,13 @@ def heatmaps(session: Any, names: list[str] | None = None,
 
     ``rows`` are the tree rows when the caller already has them (saves rebuilding them).
     """
+    wanted = None if names is None else set(names)
     rows = [r for r in (rows if rows is not None else layer_rows(session))
-            if r["heatmap"] and (names is None or r["name"] in names)]
+            if r["heatmap"] and (wanted is None or r["name"] in wanted)]
     header = {"names": [], "shapes": []}
     buffers: list[bytes] = []
     for r in rows:
-        node = session.graph.node(r["name"])
-        img = heatmap(session.pruner.store[(r["name"], _kernel_var(node.type))])
+        img = heatmap(session.pruner.store[heatmap_key(session, r["name"])])
         header["names"].append(r["name"])
         header["shapes"].append(list(img.shape))
         buffers.append(img.tobytes())
@@ -170,8 +170,7 @@ def detail(session: Any, name: str, kind: str = "weights") -> tuple[dict[str, An
     The header carries the value range and how many units/inputs each pixel
     covers, so the front end can name the value and unit under the pointer.
     """
-    node = session.graph.node(name)
-    kernel = session.pruner.store.get(name, _kernel_var(node.type))
+    kernel = session.pruner.store.arrays.get(heatmap_key(session, name))  # KeyError names an unknown layer
     if kernel is None:
         raise ValueError(f"layer {name!r} has no weights to show")
     if kind == "weights":

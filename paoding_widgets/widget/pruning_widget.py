@@ -124,7 +124,7 @@ class PruningWidget(anywidget.AnyWidget):
                                  "share_pruned": h.share_pruned} for h in s.history_items]
                 self.position = s.history.position
                 self.running = s.running
-            self._send_heatmaps(force=False, rows=self.layers)
+            self._send_heatmaps(force=False)
         if metrics and not self.session.running:
             self._request_metrics()
 
@@ -186,20 +186,20 @@ class PruningWidget(anywidget.AnyWidget):
                 self.metrics_history = [{"position": p, **v} for p, v in sorted(self._metrics_by_position.items())
                                         if p <= n]
 
-    def _send_heatmaps(self, force: bool, names: list[str] | None = None,
-                       rows: list[dict[str, Any]] | None = None) -> None:
+    def _send_heatmaps(self, force: bool) -> None:
+        """Send heatmaps: all of them if ``force`` (a new view), else those whose weights were written since."""
         store = self.session.pruner.store
 
         def written(name: str) -> int:
             return store.changed.get(payload.heatmap_key(self.session, name), 0)
 
-        todo = names if names is not None else [r["name"] for r in (rows or self.layers) if r["heatmap"]]
-        if not force and names is None:  # draw only the layers whose weights were written since (ResNet50: 1 of 54)
+        todo = [r["name"] for r in self.layers if r["heatmap"]]
+        if not force:  # ResNet50, one accept: 3 of 54
             todo = [n for n in todo if written(n) != self._drawn.get(n)]
             if not todo:
                 return
         self._drawn.update({n: written(n) for n in todo})
-        header, buffers = payload.heatmaps(self.session, todo, rows)
+        header, buffers = payload.heatmaps(self.session, todo, self.layers)
         keep_names, keep_shapes, keep_bufs = [], [], []
         for name, shape, buf in zip(header["names"], header["shapes"], buffers):
             digest = hashlib.blake2b(buf, digest_size=8).hexdigest()
