@@ -21,10 +21,15 @@ export function childSummary(rows, name) {
   return counts;
 }
 
-/** The chip text of a parent row: what needs the user first ("2 pending"), else "". */
+/** The status a parent row's chip shows: what needs the user first, or "" when nothing does. */
+export function summaryStatus(counts) {
+  return ["pending", "locked", "accepted", "skipped"].find((k) => counts[k]) || "";
+}
+
+/** The chip text of a parent row ("2 pending"), or "". */
 export function summaryText(counts) {
-  for (const k of ["pending", "locked", "accepted", "skipped"]) if (counts[k]) return `${counts[k]} ${k}`;
-  return "";
+  const k = summaryStatus(counts);
+  return k ? `${counts[k]} ${k}` : "";
 }
 
 /** Rows to show: top-level rows, and children of expanded parents. */

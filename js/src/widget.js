@@ -1,7 +1,8 @@
 // PruningWidget front end (anywidget ESM): a thin view over the kernel-side session.
 import { drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
 import {
-  childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryText, treeKey, unitsText, visibleRows,
+  childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryStatus, summaryText, treeKey, unitsText,
+  visibleRows,
 } from "./tree.js";
 import { applyHeatmaps, asBytes, detailAt, sendAction } from "./wire.js";
 
@@ -142,8 +143,9 @@ function render({ model, el: root }) {
         (row.proposal ? `; proposal: ${row.proposal.drop.length} units go` : "");
     }
     const nested = isParent(row.name);
-    const summary = nested ? summaryText(childSummary(allRows(), row.name)) : "";
-    const chipStatus = row.status || summary.split(" ")[1] || "";
+    const counts = nested ? childSummary(allRows(), row.name) : {};
+    const summary = summaryText(counts);
+    const chipStatus = row.status || summaryStatus(counts);
     const chipClass = `pw-chip pw-${chipStatus.replace(" ", "-")}${summary ? " pw-summary" : ""}`;
     const chip = chipStatus ? el("span", { class: chipClass, text: row.status || summary,
       title: row.reason || row.status || summary }) : el("span");

@@ -1,7 +1,7 @@
 // @vitest-environment jsdom
 // The tree's fixed rows merged with per-group states; blocks summarise their children and open with the keys.
 import { describe, expect, it } from "vitest";
-import { childSummary, mergeRows, summaryText, treeKey } from "../src/tree.js";
+import { childSummary, mergeRows, summaryStatus, summaryText, treeKey } from "../src/tree.js";
 import widget from "../src/widget.js";
 import { fakeModel } from "./fake_model.js";
 
@@ -56,6 +56,8 @@ describe("childSummary / summaryText", () => {
     expect(summaryText({ accepted: 3, pending: 1 })).toBe("1 pending");
     expect(summaryText({ accepted: 3, locked: 2 })).toBe("2 locked");
     expect(summaryText({ ready: 4 })).toBe("");
+    expect(summaryStatus({ accepted: 3, pending: 1 })).toBe("pending");
+    expect(summaryStatus({ ready: 4 })).toBe("");
   });
 });
 

@@ -72,10 +72,6 @@ def layer_rows(session: Any) -> list[dict[str, Any]]:
     blocks = find_blocks(graph)
     block_of = innermost(blocks)
     by_name = {b.name: b for b in blocks}
-    depth = {b.name: 0 for b in blocks}
-    for b in blocks:  # outermost first, so a parent's depth is known
-        if b.parent is not None:
-            depth[b.name] = depth[b.parent] + 1
     members: dict[str | None, list[str]] = {}
     for node in graph.nodes:
         members.setdefault(block_of.get(node.name), []).append(node.name)
@@ -88,8 +84,7 @@ def layer_rows(session: Any) -> list[dict[str, Any]]:
     def emit(parent: str | None, level: int) -> None:
         for name in sorted(members.get(parent, []), key=first.__getitem__):
             if name in by_name:
-                b = by_name[name]
-                rows.append(_block_row(session, b, parent, level))
+                rows.append(_block_row(session, by_name[name], parent, level))
                 emit(name, level + 1)
             else:
                 rows.extend(_node_rows(session, graph.node(name), group_of.get(name), infos, parent, level))

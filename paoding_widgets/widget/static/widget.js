@@ -73,9 +73,12 @@ function childSummary(rows, name) {
   for (const r of rows) if (r.group && r.status && under(r)) counts[r.status] = (counts[r.status] || 0) + 1;
   return counts;
 }
+function summaryStatus(counts) {
+  return ["pending", "locked", "accepted", "skipped"].find((k) => counts[k]) || "";
+}
 function summaryText(counts) {
-  for (const k of ["pending", "locked", "accepted", "skipped"]) if (counts[k]) return `${counts[k]} ${k}`;
-  return "";
+  const k = summaryStatus(counts);
+  return k ? `${counts[k]} ${k}` : "";
 }
 function visibleRows(rows, expanded) {
   const byName = new Map(rows.map((r) => [r.name, r]));
@@ -315,8 +318,9 @@ function render({ model, el: root }) {
       canvas.title = `${row.name}: |weights| (inputs down, units across)` + (row.proposal ? `; proposal: ${row.proposal.drop.length} units go` : "");
     }
     const nested = isParent(row.name);
-    const summary = nested ? summaryText(childSummary(allRows(), row.name)) : "";
-    const chipStatus = row.status || summary.split(" ")[1] || "";
+    const counts = nested ? childSummary(allRows(), row.name) : {};
+    const summary = summaryText(counts);
+    const chipStatus = row.status || summaryStatus(counts);
     const chipClass = `pw-chip pw-${chipStatus.replace(" ", "-")}${summary ? " pw-summary" : ""}`;
     const chip = chipStatus ? el("span", {
       class: chipClass,
