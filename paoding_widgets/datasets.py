@@ -30,7 +30,6 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,6 @@ __all__ = [
     "DatasetUnavailable",
     "load_breast_cancer",
     "load_digits",
-    "load_digits_or_mnist",
     "load_mnist",
 ]
 
@@ -400,22 +398,3 @@ def load_breast_cancer(seed: int = 0, test_size: float = 0.25) -> Split:
         return np.clip((a - mean) / std, -5.0, 5.0).astype(np.float32)
 
     return (scale(x_tr), y_tr), (scale(x_te), y_te)
-
-
-def load_digits_or_mnist(n_train: int = 8000, n_test: int = 2000, seed: int = 0, test_size: float = 0.25) -> Split:
-    """MNIST if it can be had, else scikit-learn's 8x8 digits with a warning.
-
-    Callers must handle both shapes: MNIST images are ``(N, 28, 28)``, the
-    fallback's are ``(N, 8, 8)``.  ``n_train``/``n_test`` apply to MNIST only;
-    the fallback splits its 1,797 samples by ``test_size``.  A ``ValueError``
-    for too many requested samples is not caught.
-    """
-    try:
-        return load_mnist(n_train=n_train, n_test=n_test, seed=seed)
-    except DatasetUnavailable as exc:
-        warnings.warn(
-            f"MNIST unavailable, falling back to sklearn 8x8 digits (N, 8, 8): {exc}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return load_digits(seed=seed, test_size=test_size)
