@@ -390,17 +390,14 @@ class PruningSession:
         The model is snapshotted under the session lock, then evaluated outside
         it, so a slow evaluation (seconds on a ResNet50) never blocks an action.
         """
-        with self._lock:
-            version = self._pruner.store.version
-            cached = self.cached_metrics()
-            if cached is not None:
-                return cached
-            pruned = self._pruner.pruned_model()
-            width = self._pruner.output_bound_width()
-        with self._eval_lock:  # one evaluation at a time; the original's figures are computed once
-            hit = self._metrics_cache
-            if hit is not None and hit[0] == version:
-                return hit[1]
+        with self._eval_lock:  # one evaluation at a time: two views asking at once build and measure once
+            with self._lock:
+                version = self._pruner.store.version
+                cached = self.cached_metrics()
+                if cached is not None:
+                    return cached
+                pruned = self._pruner.pruned_model()
+                width = self._pruner.output_bound_width()
             box = self._pruner.input_range
             if self.eval_data is not None and self._original_robust is None and self.epsilons:
                 self._original_robust = robust_instances(self.model, *self.eval_data, self.epsilons, box)
