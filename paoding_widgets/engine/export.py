@@ -16,9 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-class ExportError(RuntimeError):
-    """A model could not be exported (with the converter's reason)."""
+from ..errors import ExportError
 
 
 def check_target(path: str | os.PathLike, overwrite: bool = False,

@@ -33,15 +33,12 @@ from ..engine.graph import UnitGroup
 from ..engine.pruner import Proposal, Pruner, check_fraction
 from ..engine.strategies import make_strategy
 from ..engine.weights import Patch
+from ..errors import SessionError
 from .events import Emitter, Event
 from .history import Entry, History, HistoryItem, SessionState
 
 READY, PENDING, ACCEPTED, SKIPPED, LOCKED = "ready", "pending", "accepted", "skipped", "locked"
 DONE, NOT_PRUNABLE = "done", "not prunable"
-
-
-class SessionError(ValueError):
-    """A session action was refused; the message names the layer or value."""
 
 
 @dataclass(frozen=True)

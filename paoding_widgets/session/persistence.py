@@ -30,14 +30,11 @@ from ..engine.export import atomic_path, check_target
 from ..engine.pruner import Proposal
 from ..engine.units import Candidates
 from ..engine.weights import ArrayPatch, Patch
+from ..errors import SessionFileError
 from .history import Entry, SessionState
 
 FORMAT = "paoding-widgets-session"
 VERSION = 1
-
-
-class SessionFileError(ValueError):
-    """A session file is damaged, foreign or from an unknown version."""
 
 
 class _Arrays:
