@@ -11,6 +11,7 @@ from paoding_widgets.datasets import load_digits
 from paoding_widgets.engine.evaluate import accuracy
 from paoding_widgets.engine.pruner import Pruner, check_fraction
 from paoding_widgets.engine.strategies import STRATEGIES, Strategy, make_strategy
+from paoding_widgets.errors import ConfigError
 
 NAMES = sorted(STRATEGIES)
 
@@ -49,13 +50,13 @@ def test_unknown_strategy_lists_the_names():
         Pruner(_mlp(), strategy="nope")
 
 
-@pytest.mark.parametrize("value", [0, 1, -0.1, "x", 1.5, None])
+@pytest.mark.parametrize("value", [0, 1, -0.1, "x", "0.3", 1.5, None, True, float("nan"), np.array([0.5])])
 def test_check_fraction_rejects(value):
-    with pytest.raises(ValueError, match="step"):
+    with pytest.raises(ConfigError, match="step"):
         check_fraction("step", value)
 
 
-@pytest.mark.parametrize("value", [0.05, 0.5, 0.999, "0.3"])
+@pytest.mark.parametrize("value", [0.05, 0.5, 0.999, np.float32(0.3)])
 def test_check_fraction_accepts(value):
     check_fraction("target", value)
 

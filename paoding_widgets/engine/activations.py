@@ -130,6 +130,29 @@ RULES: dict[str, ActivationRule] = {
 }
 
 
+# Keras activations that act on each unit alone: a unit of a layer using one can be removed
+# without changing the others.  softmax / log_softmax normalise over the units and are not here.
+PER_UNIT = {
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish",
+    "sigmoid", "hard_sigmoid", "tanh", "softplus", "softsign", "exponential",
+    "hard_silu", "hard_swish", "mish", "celu", "hard_tanh", "tanh_shrink", "soft_shrink",
+    "hard_shrink", "squareplus", "sparse_plus", "log_sigmoid",
+}
+
+
+def activation_name(act: object) -> str:
+    """The name of a Keras activation as found in a layer config (a string, a dict or a function)."""
+    if act is None:
+        return "linear"
+    if isinstance(act, str):
+        return act
+    if isinstance(act, dict):
+        inner = act.get("config", act)
+        name = inner.get("name", act.get("class_name", "?")) if isinstance(inner, dict) else act.get("class_name")
+        return str(name)
+    return str(getattr(act, "__name__", act))
+
+
 def rule_for(name: str) -> ActivationRule | None:
     """The interval rule of a Keras activation name, or None if unknown."""
     return RULES.get(name)

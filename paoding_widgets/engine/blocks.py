@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 
 from .graph import ModelGraph
 
-# Weightless one-input layers that may trail a join inside its block.
-TRAILING = {"Activation", "ReLU", "LeakyReLU", "ELU", "Softmax"}
-
 
 @dataclass
 class Block:
@@ -54,7 +51,7 @@ def find_blocks(graph: ModelGraph) -> list[Block]:
         region = _between(fork, j, preds, succs)
         if len(succs[j]) == 1:
             nxt = succs[j][0]
-            if nodes[nxt].type in TRAILING and not nodes[nxt].layer.weights and len(preds[nxt]) == 1:
+            if nodes[nxt].rule.trails_join and not nodes[nxt].layer.weights and len(preds[nxt]) == 1:
                 region.add(nxt)
         if len(region) > 1:
             found.append((fork, j, region))

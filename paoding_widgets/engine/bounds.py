@@ -21,26 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .activations import ActivationRule, relu_rule, rule_for, softmax_image
-from .graph import LayerNode, ModelGraph, _activation_name
+from ..errors import ConfigError
+from .activations import ActivationRule, softmax_image
+from .graph import LayerNode, ModelGraph
+from .rules import NoIntervalRule
 from .weights import WeightStore
 
 Interval = tuple[np.ndarray, np.ndarray]
 
-_LINEAR_WEIGHTED = {"Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
-                    "SeparableConv1D", "SeparableConv2D"}
-_MONOTONE_FREE = {  # weight-free layers that are monotone and positively linear or max-like
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-    "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D",
-    "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Flatten", "Reshape",
-    "Concatenate", "Add", "Average", "Maximum", "Minimum",
-}
-_MAX_LIKE = {"MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
-             "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Maximum", "Minimum"}
 _SQUASH = {"softmax", "sigmoid", "log_softmax"}
 
 
@@ -56,18 +44,43 @@ class Bounds:
         return self.out.get(tid)
 
 
-def parse_input_range(value: Any) -> tuple[Any, Any]:
-    """Normalise an input range: (lo, hi) scalars or arrays; lo <= hi checked."""
+def parse_input_range(value: Any, input_shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise an input range: (lo, hi) scalars or arrays broadcastable to one input; lo <= hi checked."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ConfigError(f"input_range must be a pair (low, high), got {value!r}")
     try:
         lo, hi = value
     except (TypeError, ValueError):
-        raise ValueError(f"input_range must be a pair (low, high), got {value!r}") from None
-    lo_a, hi_a = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+        raise ConfigError(f"input_range must be a pair (low, high), got {_short_repr(value)}") from None
+    try:
+        lo_a, hi_a = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"input_range bounds must be numbers or numeric arrays, got {_short_repr(value)}") from None
     if not (np.all(np.isfinite(lo_a)) and np.all(np.isfinite(hi_a))):
-        raise ValueError(f"input_range must be finite, got {value!r}")
-    if np.any(lo_a > hi_a):
-        raise ValueError(f"input_range low must not exceed high, got {value!r}")
+        raise ConfigError(f"input_range must be finite, got {_short_repr(value)}")
+    if input_shape is not None:
+        shape = tuple(1 if d is None else int(d) for d in input_shape)
+        for name, a in (("low", lo_a), ("high", hi_a)):
+            try:
+                np.broadcast_shapes(a.shape, shape)
+            except ValueError:
+                raise ConfigError(f"input_range {name} has shape {a.shape}, which does not broadcast to the "
+                                  f"model's input shape {tuple(input_shape)}") from None
+            if a.ndim > len(shape):
+                raise ConfigError(f"input_range {name} has shape {a.shape}: more axes than the model's input "
+                                  f"shape {tuple(input_shape)}")
+    try:
+        bad = np.any(lo_a > hi_a)
+    except ValueError:
+        raise ConfigError(f"input_range low {lo_a.shape} and high {hi_a.shape} do not broadcast together") from None
+    if bad:
+        raise ConfigError(f"input_range low must not exceed high, got {_short_repr(value)}")
     return lo_a, hi_a
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Propagator:
@@ -90,56 +103,21 @@ class Propagator:
             b.out[tid] = (np.broadcast_to(lo_r, shape).astype(np.float32),
                           np.broadcast_to(hi_r, shape).astype(np.float32))
         for node in self.graph.nodes:
-            if node.type == "InputLayer":
+            if not node.inputs:  # a model input
                 continue
             ins = [b.out.get(t) for t in node.inputs]
             if any(x is None for x in ins):
                 continue
             try:
-                res = self._value_node(node, ins, b)
-            except _Unsupported as exc:
+                res = node.rule.values(self, node, ins, b)  # type: ignore[arg-type]  # no None left in ins
+            except NoIntervalRule as exc:
                 b.missing[node.name] = str(exc)
+                continue
+            except Exception as exc:  # a rule that fails here stops the bounds at this layer, nothing more
+                b.missing[node.name] = f"{type(exc).__name__}: {exc}"
                 continue
             b.out[node.outputs[0]] = _sound(res)
         return b
-
-    def _value_node(self, node: LayerNode, ins: list[Interval], b: Bounds) -> Interval:
-        t = node.type
-        if t in _LINEAR_WEIGHTED:
-            (lo, hi), = ins
-            c, r = self._linear(node, (lo + hi) * 0.5, (hi - lo) * 0.5, bias=True)
-            pre = (c - r, c + r)
-            b.pre[node.name] = pre
-            return self._activate(node, pre)
-        if t == "BatchNormalization":
-            (lo, hi), = ins
-            s, sh = bn_affine(self.store, node)
-            a, z = lo * s + sh, hi * s + sh
-            return np.minimum(a, z), np.maximum(a, z)
-        if t in ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax"):
-            b.pre[node.name] = ins[0]
-            return self._activate(node, ins[0])
-        if t == "Subtract":
-            (l1, h1), (l2, h2) = ins
-            return l1 - h2, h1 - l2
-        if t == "Multiply":
-            lo, hi = ins[0]
-            for l2, h2 in ins[1:]:
-                cands = np.stack(np.broadcast_arrays(lo * l2, lo * h2, hi * l2, hi * h2))
-                lo, hi = cands.min(0), cands.max(0)
-            return lo, hi
-        if t == "Rescaling":
-            cfg = node.config
-            a = np.asarray(cfg.get("scale", 1.0), np.float32)
-            o = np.asarray(cfg.get("offset", 0.0), np.float32)
-            lo, hi = ins[0]
-            x, y = lo * a + o, hi * a + o
-            return np.minimum(x, y), np.maximum(x, y)
-        if t in _MONOTONE_FREE:
-            return self._call(node, [x[0] for x in ins]), self._call(node, [x[1] for x in ins])
-        if t == "LayerNormalization":
-            return layer_norm_range(self.store, node, self.graph.shapes[node.inputs[0]])
-        raise _Unsupported(f"no interval rule for {t}")
 
     # ---------------------------------------------------------------- deltas
     def deltas(self, base: Bounds, injections: dict[str, Interval], batch: int,
@@ -165,8 +143,8 @@ class Propagator:
             if inj is None and all(x is None for x in ins):
                 continue
             try:
-                res = self._delta_node(node, ins, inj, base, batch, logits)
-            except _Unsupported:
+                res = node.rule.deltas(self, node, ins, inj, base, batch, logits)
+            except NoIntervalRule:
                 return None
             if res is not None:
                 d[node.outputs[0]] = _sound(res)
@@ -184,47 +162,10 @@ class Propagator:
                 outs_hi.append(x[1].reshape(batch, -1))
         return np.concatenate(outs_lo, 1), np.concatenate(outs_hi, 1)
 
-    def _delta_node(self, node: LayerNode, ins: list[Interval | None], inj: Interval | None,
-                    base: Bounds, batch: int, logits: dict[str, Interval]) -> Interval | None:
-        t = node.type
-        if t in _LINEAR_WEIGHTED:
-            x = ins[0]
-            if x is not None:
-                c, r = self._linear(node, (x[0] + x[1]) * 0.5, (x[1] - x[0]) * 0.5, bias=False)
-                pre = (c - r, c + r)
-            else:
-                pre = (np.zeros((batch, *self.graph.shapes[node.outputs[0]][1:]), np.float32),) * 2
-            if inj is not None:
-                pre = (pre[0] + inj[0], pre[1] + inj[1])
-            return self._delta_activate(node, pre, base, logits)
-        if inj is not None:
-            raise _Unsupported(f"cannot inject into {t}")
-        if t == "BatchNormalization":
-            s, _ = bn_affine(self.store, node)
-            a, z = ins[0][0] * s, ins[0][1] * s
-            return np.minimum(a, z), np.maximum(a, z)
-        if t in ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax"):
-            return self._delta_activate(node, ins[0], base, logits)
-        if t in ("Concatenate", "Add", "Subtract", "Average"):
-            full = [x if x is not None else (np.zeros((batch, *self.graph.shapes[tid][1:]), np.float32),) * 2
-                    for x, tid in zip(ins, node.inputs)]
-            if t == "Subtract":
-                (l1, h1), (l2, h2) = full
-                return l1 - h2, h1 - l2
-            return self._call(node, [x[0] for x in full]), self._call(node, [x[1] for x in full])
-        if t == "LayerNormalization":  # any two outputs lie in the layer's fixed range: so does their difference
-            lo, hi = base.out[node.outputs[0]]
-            w = np.broadcast_to(hi - lo, (batch, *lo.shape[1:]))
-            return -w, w
-        if len(ins) == 1 and t in _MONOTONE_FREE:
-            lo, hi = ins[0]
-            if t in _MAX_LIKE:  # max(z + d) - max(z) lies within [min d, max d] of the window
-                return -self._call(node, [-lo]), self._call(node, [hi])
-            return self._call(node, [lo]), self._call(node, [hi])
-        raise _Unsupported(f"no perturbation rule for {t}")
-
-    def _delta_activate(self, node: LayerNode, pre: Interval, base: Bounds,
-                        logits: dict[str, Interval]) -> Interval:
+    # --------------------------------------------------------------- helpers for the rules
+    def delta_activate(self, node: LayerNode, pre: Interval, base: Bounds,
+                       logits: dict[str, Interval]) -> Interval:
+        """The change after the node's activation, given the change ``pre`` of its input."""
         if _squashes(node):
             logits[node.name] = pre
         name, rule = activation_of(node)
@@ -233,62 +174,30 @@ class Propagator:
                 # softmax is 1-Lipschitz per coordinate in the infinity norm of the logits change
                 m = np.maximum(np.abs(pre[0]), np.abs(pre[1])).max(-1, keepdims=True)
                 return -m * np.ones_like(pre[0]), m * np.ones_like(pre[1])
-            raise _Unsupported(f"activation {name}")
+            raise NoIntervalRule(f"activation {name}")
         if rule.name == "linear":
             return pre
         lo, hi = base.pre[node.name]
         return rule.delta(lo, hi, pre[0], pre[1])
 
-    # --------------------------------------------------------------- helpers
-    def _activate(self, node: LayerNode, pre: Interval) -> Interval:
+    def activate(self, node: LayerNode, pre: Interval) -> Interval:
+        """The image of ``pre`` under the node's activation."""
         name, rule = activation_of(node)
         if rule is not None:
             return rule.image(*pre)
         if name == "softmax":
             return softmax_image(*pre)
-        raise _Unsupported(f"activation {name}")
+        raise NoIntervalRule(f"activation {name}")
 
-    def _linear(self, node: LayerNode, c: np.ndarray, r: np.ndarray, bias: bool) -> Interval:
-        """Centre and radius through the layer's linear map (|W| for the radius)."""
-        import keras
+    def zeros(self, batch: int, tid: int) -> np.ndarray:
+        """A zero change for tensor ``tid`` over a batch of candidates."""
+        return np.zeros((batch, *self.graph.shapes[tid][1:]), np.float32)
 
-        w = lambda v: self.store.get(node.name, v)  # noqa: E731
-        t, cfg = node.type, node.config
-        if t == "Dense":
-            k = w("kernel")
-            oc, orad = c @ k, r @ np.abs(k)
-        else:
-            ops = keras.ops
-            kw = dict(strides=cfg["strides"], padding=cfg["padding"], data_format="channels_last",
-                      dilation_rate=cfg["dilation_rate"])
-            if t.startswith("Conv"):
-                k = w("kernel")
-                f = lambda x, k: ops.conv(x, k, **kw)  # noqa: E731
-                oc, orad = f(c, k), f(r, np.abs(k))
-            elif t.startswith("Depthwise"):
-                k = w("kernel")
-                oc, orad = ops.depthwise_conv(c, k, **kw), ops.depthwise_conv(r, np.abs(k), **kw)
-            else:
-                dk, pk = w("depthwise_kernel"), w("pointwise_kernel")
-                oc = ops.separable_conv(c, dk, pk, **kw)
-                orad = ops.separable_conv(r, np.abs(dk), np.abs(pk), **kw)
-            oc, orad = np.asarray(oc), np.asarray(orad)
-        if bias and w("bias") is not None:
-            oc = oc + w("bias")
-        return oc.astype(np.float32), orad.astype(np.float32)
-
-    def _call(self, node: LayerNode, xs: list[np.ndarray]) -> np.ndarray:
-        layer = node.layer
-        arg = xs if node.type in ("Concatenate", "Add", "Average", "Maximum", "Minimum") else xs[0]
-        if node.type == "Reshape":  # Reshape's target excludes the batch axis
-            return np.reshape(arg, (arg.shape[0], *self.graph.shapes[node.outputs[0]][1:]))
-        if node.type == "Flatten":
-            return np.reshape(arg, (arg.shape[0], -1))
-        return np.asarray(layer(arg, training=False) if _takes_training(node.type) else layer(arg))
-
-
-class _Unsupported(Exception):
-    pass
+    def call(self, node: LayerNode, xs: list[np.ndarray]) -> np.ndarray:
+        """Run the (weight-free, monotone) layer itself on arrays."""
+        arg: Any = xs if len(node.inputs) > 1 else xs[0]
+        out = node.layer(arg, training=False) if node.rule.takes_training else node.layer(arg)
+        return np.asarray(out)
 
 
 def _sound(iv: Interval) -> Interval:
@@ -299,67 +208,18 @@ def _sound(iv: Interval) -> Interval:
     return lo.astype(np.float32, copy=False), hi.astype(np.float32, copy=False)
 
 
-def _takes_training(t: str) -> bool:
-    return "Dropout" in t or t in ("GaussianNoise", "ActivityRegularization")
-
-
 def _squashes(node: LayerNode) -> bool:
     name, _ = activation_of(node)
     return name in _SQUASH
 
 
 def activation_of(node: LayerNode) -> tuple[str, ActivationRule | None]:
-    """The element-wise activation a node applies after its linear part."""
-    cfg = node.config
-    t = node.type
-    if t == "ReLU":
-        ms = cfg.get("max_value")
-        return "relu", relu_rule(cfg.get("negative_slope", 0.0) or 0.0,
-                                 None if ms is None else float(ms), cfg.get("threshold", 0.0) or 0.0)
-    if t == "LeakyReLU":
-        slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
-        return "leaky_relu", relu_rule(float(slope), name="leaky_relu")
-    if t == "ELU":
-        return "elu", rule_for("elu") if float(cfg.get("alpha", 1.0)) == 1.0 else None
-    if t == "Softmax":
-        return "softmax", None
-    if t in ("Dense", "Activation") or t in _LINEAR_WEIGHTED:
-        name = _activation_name(cfg.get("activation"))
-        return name, rule_for(name)
-    return "linear", rule_for("linear")
+    """The element-wise activation a node applies after its linear part (from its rule)."""
+    return node.rule.activation(node.config)
 
 
 def bn_affine(store: WeightStore, node: LayerNode) -> tuple[np.ndarray, np.ndarray]:
     """BatchNormalization (inference) as ``x * scale + shift`` per channel."""
-    cfg = node.config
-    mean, var = store.get(node.name, "moving_mean"), store.get(node.name, "moving_variance")
-    gamma = store.get(node.name, "gamma")
-    beta = store.get(node.name, "beta")
-    scale = (gamma if gamma is not None else 1.0) / np.sqrt(var + float(cfg.get("epsilon", 1e-3)))
-    shift = (beta if beta is not None else 0.0) - mean * scale
-    return scale.astype(np.float32), np.asarray(shift, np.float32)
+    from .rules import bn_affine as _bn
 
-
-def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple) -> Interval:
-    """Sound output interval of a LayerNormalization over the last axis, whatever its input.
-
-    A centred, normalised value has ``|x_i| <= sqrt(n - 1)`` over ``n``
-    features, so the output lies in ``beta -+ |gamma| sqrt(n)``:
-    loose, but finite, so the layers after it keep their bounds.
-    """
-    cfg = node.config
-    ndim = len(in_shape)
-    axes = cfg.get("axis", -1)
-    axes = [a % ndim for a in (axes if isinstance(axes, (list, tuple)) else [axes])]
-    if axes != [ndim - 1]:
-        raise _Unsupported("LayerNormalization over axes other than the last")
-    if cfg.get("rms_scaling"):  # Keras divides by the std without centring: unbounded as the spread -> 0
-        raise _Unsupported("LayerNormalization with rms_scaling has no input-independent range")
-    m = np.float32(np.sqrt(in_shape[-1]))
-    gamma = store.get(node.name, "gamma") if cfg.get("scale", True) else None
-    beta = store.get(node.name, "beta") if cfg.get("center", True) else None
-    g = np.abs(gamma) if gamma is not None else np.float32(1.0)
-    c = beta if beta is not None else np.float32(0.0)
-    shape = (1, *in_shape[1:])
-    return (np.broadcast_to(c - g * m, shape).astype(np.float32),
-            np.broadcast_to(c + g * m, shape).astype(np.float32))
+    return _bn(store, node)

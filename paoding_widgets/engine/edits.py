@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import EditError
 from .graph import ModelGraph, UnitGroup
 from .units import Candidates, UnitView, impact_key
 from .weights import Key, Patch, WeightStore
@@ -25,25 +26,25 @@ def validate(group: UnitGroup, store: WeightStore, cand: Candidates, graph: Mode
     alive = store.alive[group.id]
     drop = cand.drop
     if not (len(cand.keep) == len(drop) == len(cand.scale) == len(cand.shift)):
-        raise ValueError(f"{group.name}: keep, drop, scale and shift must have the same length")
+        raise EditError(f"{group.name}: keep, drop, scale and shift must have the same length")
     if not (np.all(np.isfinite(cand.scale)) and np.all(np.isfinite(cand.shift))):
-        raise ValueError(f"{group.name}: merge scale and shift must be finite numbers")
+        raise EditError(f"{group.name}: merge scale and shift must be finite numbers")
     if np.any((cand.keep < -1) | (cand.keep >= group.size)):
-        raise ValueError(f"{group.name}: kept unit index out of range 0..{group.size - 1}")
+        raise EditError(f"{group.name}: kept unit index out of range 0..{group.size - 1}")
     if graph is not None and np.any(cand.shift != 0) and not shift_is_exact(graph, group):
-        raise ValueError(f"{group.name}: a reader cannot absorb a constant exactly "
+        raise EditError(f"{group.name}: a reader cannot absorb a constant exactly "
                          "(no bias, or zero padding around its input)")
     if len(np.unique(drop)) != len(drop):
-        raise ValueError(f"{group.name}: a unit is removed twice in one edit")
+        raise EditError(f"{group.name}: a unit is removed twice in one edit")
     if np.any((drop < 0) | (drop >= group.size)):
-        raise ValueError(f"{group.name}: unit index out of range 0..{group.size - 1}")
+        raise EditError(f"{group.name}: unit index out of range 0..{group.size - 1}")
     if not np.all(alive[drop]):
-        raise ValueError(f"{group.name}: units {drop[~alive[drop]].tolist()} are already pruned")
+        raise EditError(f"{group.name}: units {drop[~alive[drop]].tolist()} are already pruned")
     kept = cand.keep[cand.keep >= 0]
     if np.any(np.isin(kept, drop)) or not np.all(alive[kept]):
-        raise ValueError(f"{group.name}: a merge folds into a unit that is pruned in the same edit")
+        raise EditError(f"{group.name}: a merge folds into a unit that is pruned in the same edit")
     if alive.sum() - len(drop) < 1:
-        raise ValueError(f"{group.name}: at least one unit must stay")
+        raise EditError(f"{group.name}: at least one unit must stay")
 
 
 def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Candidates,
@@ -81,7 +82,7 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
         if np.any(cand.shift != 0):
             bias = store.get(slot.layer, "bias")
             if bias is None:
-                raise ValueError(f"{slot.layer} has no bias to absorb a merge's constant part")
+                raise EditError(f"{slot.layer} has no bias to absorb a merge's constant part")
             rows = v[drop_rows.reshape(-1)].astype(np.float64)
             contrib = (np.repeat(cand.shift, slot.index.shape[1]).reshape(-1, *([1] * (v.ndim - 1))) * rows)
             add = contrib.reshape(-1, contrib.shape[-1]).sum(0)
@@ -100,13 +101,11 @@ def shift_is_exact(graph: ModelGraph, group: UnitGroup) -> bool:
     ZeroPadding layer on the way), since the padded border would not carry the constant.
     """
     for tid in group.tensors:
-        if any(n.type.startswith("ZeroPadding") for n in graph.consumers_of(tid)):
+        if any(n.rule.pads_zeros for n in graph.consumers_of(tid)):
             return False
     for slot in group.consumers:
         node = graph.node(slot.layer)
-        if node.config.get("use_bias", True) is False:
-            return False
-        if node.type != "Dense" and node.config.get("padding", "valid") != "valid":
+        if not node.rule.absorbs_constant(node.config) or "bias" not in node.var_shapes:
             return False
     return True
 

@@ -86,13 +86,12 @@ def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 
 def outputs_are_probabilities(model: Any) -> bool:
     """True when the last layer ends in softmax (or sigmoid): then the loss takes probabilities."""
-    from .graph import _activation_name, _config
+    from .graph import _config
+    from .rules import rule_for
 
     layer = model.layers[-1]
-    cfg = _config(layer)
-    if type(layer).__name__ == "Softmax":
-        return True
-    return _activation_name(cfg.get("activation")) in ("softmax", "sigmoid")
+    rule = rule_for(layer)
+    return rule is not None and rule.activation(_config(layer))[0] in ("softmax", "sigmoid")
 
 
 def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
@@ -158,23 +157,19 @@ def size_report(model: Any) -> SizeReport:
 
 def flops(model: Any) -> int:
     """Multiply-add count x 2 of Dense and convolution layers for one input."""
+    from .rules import rule_for
+
     total = 0
     for layer in model.layers:
-        t = type(layer).__name__
+        rule = rule_for(layer)
+        if rule is None:
+            continue
         try:
             out_shape = tuple(layer.output.shape)
         except (AttributeError, ValueError):
             continue
         positions = int(np.prod([d for d in out_shape[1:-1] if d is not None])) if len(out_shape) > 2 else 1
-        if t == "Dense":
-            total += positions * int(np.prod(layer.kernel.shape))
-        elif t in ("Conv1D", "Conv2D", "Conv3D"):
-            total += positions * int(np.prod(layer.kernel.shape))
-        elif t.startswith("DepthwiseConv"):
-            total += positions * int(np.prod(layer.kernel.shape))
-        elif t.startswith("SeparableConv"):
-            total += positions * (int(np.prod(layer.depthwise_kernel.shape))
-                                  + int(np.prod(layer.pointwise_kernel.shape)))
+        total += rule.flops(layer, positions)
     return 2 * total
 
 

@@ -29,46 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError, UnknownLayerError
+from .rules import LayerRule, OpaqueRule, rule_for
+
 Segment = tuple[int | None, int]
 Block = tuple[tuple[Segment, ...], int]
 Layout = tuple[Block, ...]
-
-# Layers that leave the channel layout unchanged and act on each channel alone.
-_LAYOUT_IDENTITY = {
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-    "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-}
-# Element-wise activations (per channel); softmax mixes channels and is opaque.
-ELEMENTWISE_ACTIVATIONS = {
-    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish",
-    "sigmoid", "hard_sigmoid", "tanh", "softplus", "softsign", "exponential",
-    "hard_silu", "hard_swish", "mish", "celu", "glu_free",
-}
-_JOINS = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-_CONVS = {"Conv1D", "Conv2D", "Conv3D"}
-_DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
-_SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
-# Layers whose per-unit transfer keeps a merge exact up to an affine map.
-_MERGE_CHAIN_OK = {
-    "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-    "Identity", "Activation", "ReLU", "LeakyReLU", "BatchNormalization",
-}
-# Per-channel layers that keep equal channels equal: transparent for merges.
-MERGE_TRANSPARENT = {
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-    "Cropping3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Flatten",
-    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-}
 
 
 @dataclass(frozen=True)
@@ -96,7 +62,6 @@ class UnitGroup:
     passthrough: list[Slot] = field(default_factory=list)
     consumers: list[Slot] = field(default_factory=list)
     tensors: list[int] = field(default_factory=list)
-    reshapes: list[str] = field(default_factory=list)  # Reshape layers whose target follows the size
     reasons: list[str] = field(default_factory=list)
     merge_chain: list[str] | None = None  # layers between producer and consumers (merge-able)
     merge_note: str = ""
@@ -143,6 +108,16 @@ class LayerNode:
     supported: bool = True
     reason: str = ""
     config: dict = field(default_factory=dict)  # the layer's get_config(), read once
+    rule: LayerRule = field(default_factory=lambda: OpaqueRule("no rule"))  # what the engine knows of its kind
+    var_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # variable name -> shape
+
+    def var_ndim(self, var: str) -> int:
+        """Rank of one of the layer's variables (KeyError names the layer and what it has)."""
+        try:
+            return len(self.var_shapes[var])
+        except KeyError:
+            raise UnknownLayerError(f"layer {self.name!r} ({self.type}) has no variable {var!r}; "
+                                    f"it has {sorted(self.var_shapes)}") from None
 
 
 class ModelGraph:
@@ -180,13 +155,13 @@ class ModelGraph:
             if isinstance(key, str) and any(s.layer == key for s in g.producers):
                 return g
         names = ", ".join(g.name for g in self.groups)
-        raise KeyError(f"no unit group {key!r}; groups are: {names}")
+        raise UnknownLayerError(f"no unit group {key!r}; groups are: {names}")
 
     def node(self, name: str) -> LayerNode:
         try:
             return self._by_name[name]
         except KeyError:
-            raise KeyError(f"no layer named {name!r} in the model") from None
+            raise UnknownLayerError(f"no layer named {name!r} in the model") from None
 
     def unsupported(self) -> list[LayerNode]:
         """Layers left intact because their type cannot be resized."""
@@ -218,7 +193,7 @@ class ModelGraph:
             inputs = list(model.inputs)
             outputs = list(model.outputs)
         except (AttributeError, ValueError) as exc:
-            raise ValueError(
+            raise ModelError(
                 f"model {getattr(model, 'name', model)!r} has no defined inputs; build it with "
                 "keras.Input(...) or call model.build(input_shape) first"
             ) from exc
@@ -234,17 +209,19 @@ class ModelGraph:
             for t in [*_flat(node.input_tensors), *_flat(node.output_tensors)]:
                 self.shapes[id(t)] = tuple(t.shape)
             ln = LayerNode(op.name, type(op).__name__, op, ins, outs, tuple(_flat(node.output_tensors)[0].shape),
-                           config=_config(op))
+                           config=_config(op), rule=_rule(op), var_shapes=_var_shapes(op))
             self.nodes.append(ln)
             self._by_name[ln.name] = ln
             if uses[id(op)] > 1:
                 ln.supported, ln.reason = False, f"layer is shared (called {uses[id(op)]} times)"
             self._visit(ln)
         for tid in self.output_ids:
-            self._poison(tid, "reaches the model output")
+            self.poison(tid, "reaches the model output")
         self._finish()
 
-    def _new_group(self, size: int, kind: str) -> int:
+    # ------------------------------------------------- builder API (used by the rules)
+    def new_group(self, size: int, kind: str) -> int:
+        """A new unit group of ``size`` channels ("dense": mergeable units, "conv": filters); its id."""
         gid = len(self._parent)
         self._parent.append(gid)
         self._pending.append(UnitGroup(gid, size, kind))
@@ -256,163 +233,50 @@ class ModelGraph:
             gid = self._parent[gid]
         return gid
 
-    def _union(self, a: int, b: int) -> None:
+    def union(self, a: int, b: int) -> None:
+        """Make two groups one (their channels are pruned together)."""
         ra, rb = self._find(a), self._find(b)
         if ra != rb:
             self._parent[rb] = ra
             A, B = self._pending[ra], self._pending[rb]
-            for attr in ("producers", "passthrough", "consumers", "tensors", "reshapes", "reasons"):
+            for attr in ("producers", "passthrough", "consumers", "tensors", "reasons"):
                 getattr(A, attr).extend(getattr(B, attr))
             if B.kind == "conv":
                 A.kind = "conv"
 
-    def _grp(self, gid: int) -> UnitGroup:
+    def pending(self, gid: int) -> UnitGroup:
+        """The group ``gid`` belongs to while the graph is being read (to add reasons)."""
         return self._pending[self._find(gid)]
 
-    def _groups_in(self, layout: Layout) -> list[int]:
+    def groups_in(self, layout: Layout) -> list[int]:
+        """Group ids present in a layout."""
         return [g for segs, _ in layout for g, _n in segs if g is not None]
 
-    def _poison(self, tid: int, reason: str) -> None:
-        for g in self._groups_in(self.layouts.get(tid, ())):
-            self._grp(g).reasons.append(reason)
+    def layout(self, tid: int) -> Layout:
+        """The channel layout of tensor ``tid`` (which group owns each position of its last axis)."""
+        return self.layouts[tid]
 
-    def _set(self, tid: int, layout: Layout) -> None:
+    def shape(self, tid: int) -> tuple:
+        """The Keras shape of tensor ``tid`` (batch axis first, None for unknown)."""
+        return self.shapes[tid]
+
+    def poison(self, tid: int, reason: str) -> None:
+        """Mark every group present in tensor ``tid`` as not prunable, with ``reason``."""
+        for g in self.groups_in(self.layouts.get(tid, ())):
+            self.pending(g).reasons.append(reason)
+
+    def set_layout(self, tid: int, layout: Layout) -> None:
+        """Record the layout of an output tensor."""
         self.layouts[tid] = layout
-        for g in self._groups_in(layout):
-            self._grp(g).tensors.append(tid)
+        for g in self.groups_in(layout):
+            self.pending(g).tensors.append(tid)
 
-    def _channel_layout(self, gid: int | None, n: int) -> Layout:
+    def channels(self, gid: int | None, n: int) -> Layout:
+        """The layout of ``n`` channels owned by one group (None: not prunable)."""
         return ((((gid, n),), 1),)
 
-    def _consume(self, ln: LayerNode, tid: int, var: str, axis: int) -> None:
-        """Register ``var``'s ``axis`` as reading the channels of tensor ``tid``."""
-        layout = self.layouts[tid]
-        base = 0
-        for segs, rep in layout:
-            width = sum(n for _, n in segs)
-            off = 0
-            for g, n in segs:
-                if g is not None:
-                    idx = base + np.arange(rep)[None, :] * width + off + np.arange(n)[:, None]
-                    self._grp(g).consumers.append(Slot(ln.name, var, axis, idx.astype(np.int64)))
-                off += n
-            base += rep * width
-
-    def _passthrough(self, ln: LayerNode, tid: int, var: str, axis: int) -> None:
-        segs, rep = self.layouts[tid][0]
-        off = 0
-        for g, n in segs:
-            if g is not None:
-                idx = (off + np.arange(n))[:, None].astype(np.int64)
-                self._grp(g).passthrough.append(Slot(ln.name, var, axis, idx))
-            off += n
-
-    def _opaque(self, ln: LayerNode, reason: str) -> None:
-        ln.supported, ln.reason = False, reason
-        for tid in ln.inputs:
-            self._poison(tid, f"feeds {ln.name} ({ln.type}), which cannot be resized: {reason}")
-        for tid in ln.outputs:
-            self._set(tid, self._channel_layout(None, _last(self.shapes[tid])))
-
-    def _visit(self, ln: LayerNode) -> None:  # noqa: C901 - one branch per layer family
-        layer, t = ln.layer, ln.type
-        ins, outs = ln.inputs, ln.outputs
-        if t == "InputLayer":
-            for tid in outs:
-                self._set(tid, self._channel_layout(None, _last(self.shapes[tid])))
-            return
-        if any(tid not in self.layouts for tid in ins):
-            self._opaque(ln, "input comes from outside the model graph")
-            return
-        if not ln.supported:  # shared layer
-            self._opaque(ln, ln.reason)
-            return
-        cfg = ln.config
-        if cfg.get("data_format", "channels_last") != "channels_last":
-            self._opaque(ln, "only channels_last layouts are supported")
-            return
-        src = ins[0] if ins else None
-        rank_in = len(self.shapes[src]) if src is not None else 0
-        out = outs[0]
-
-        if t == "Dense":
-            self._consume(ln, src, "kernel", 0)
-            g = self._new_group(int(cfg["units"]), "dense")
-            self._add_producer(ln, g, int(cfg["units"]), kernel_ndim=2)
-            self._set(out, self._channel_layout(g, int(cfg["units"])))
-        elif t in _CONVS:
-            if int(cfg.get("groups", 1)) != 1:
-                self._opaque(ln, f"grouped convolution (groups={cfg['groups']})")
-                return
-            nd = rank_in  # kernel rank == input rank (spatial dims + in + out)
-            self._consume(ln, src, "kernel", nd - 2)
-            n = int(cfg["filters"])
-            g = self._new_group(n, "conv")
-            self._add_producer(ln, g, n, kernel_ndim=nd)
-            self._set(out, self._channel_layout(g, n))
-        elif t in _DEPTHWISE or t in _SEPARABLE:
-            if int(cfg.get("depth_multiplier", 1)) != 1:
-                self._opaque(ln, f"depth_multiplier={cfg['depth_multiplier']} is not supported")
-                return
-            var = "kernel" if t in _DEPTHWISE else "depthwise_kernel"
-            self._passthrough(ln, src, var, rank_in - 2)
-            if t in _DEPTHWISE:
-                if cfg.get("use_bias", True):
-                    self._passthrough(ln, src, "bias", 0)
-                self._set(out, self.layouts[src])
-            else:
-                self._consume(ln, src, "pointwise_kernel", rank_in - 2)
-                n = int(cfg["filters"])
-                g = self._new_group(n, "conv")
-                self._add_producer(ln, g, n, kernel_ndim=rank_in, kernel="pointwise_kernel")
-                self._set(out, self._channel_layout(g, n))
-        elif t == "BatchNormalization":
-            axis = cfg["axis"]
-            axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-            if not isinstance(axis, int) or axis % rank_in != rank_in - 1:
-                self._opaque(ln, f"normalises axis {axis}, not the channel axis")
-                return
-            for w in layer.weights:
-                self._passthrough(ln, src, _var_name(w), 0)
-            self._set(out, self.layouts[src])
-        elif t == "Activation":
-            if _activation_name(cfg.get("activation")) not in ELEMENTWISE_ACTIVATIONS:
-                self._opaque(ln, f"activation {_activation_name(cfg.get('activation'))!r} mixes channels")
-                return
-            self._set(out, self.layouts[src])
-        elif t == "PReLU":
-            alpha = layer.weights[0]
-            if tuple(alpha.shape)[-1] != _last(self.shapes[src]) or len(self.layouts[src]) != 1:
-                self._opaque(ln, "PReLU alpha is not per channel")
-                return
-            self._passthrough(ln, src, _var_name(alpha), len(alpha.shape) - 1)
-            self._set(out, self.layouts[src])
-        elif t in _LAYOUT_IDENTITY:
-            if t.startswith("Global") and len(self.layouts[src]) != 1:
-                self._opaque(ln, "pools a flattened tensor")
-                return
-            self._set(out, self.layouts[src])
-        elif t == "Flatten":
-            self._set(out, self._flatten(src))
-        elif t == "Reshape":
-            self._reshape(ln, src, out)
-        elif t == "Concatenate":
-            self._concat(ln, cfg)
-        elif t in _JOINS:
-            self._join(ln)
-        elif t in ("Rescaling", "Normalization") and not self._groups_in(self.layouts[src]):
-            self._set(out, self.layouts[src])
-        else:
-            self._opaque(ln, _unsupported_reason(t))
-
-    def _add_producer(self, ln: LayerNode, g: int, n: int, kernel_ndim: int, kernel: str = "kernel") -> None:
-        idx = np.arange(n, dtype=np.int64)[:, None]
-        grp = self._grp(g)
-        grp.producers.append(Slot(ln.name, kernel, kernel_ndim - 1, idx))
-        if ln.config.get("use_bias", True):
-            grp.producers.append(Slot(ln.name, "bias", 0, idx))
-
-    def _flatten(self, src: int) -> Layout:
+    def flattened(self, src: int) -> Layout:
+        """The layout after flattening tensor ``src``: its channels once per spatial position."""
         shape = self.shapes[src]
         layout = self.layouts[src]
         if len(shape) <= 2:
@@ -421,45 +285,77 @@ class ModelGraph:
         (segs, r), = layout
         return ((segs, r * rep),)
 
-    def _reshape(self, ln: LayerNode, src: int, out: int) -> None:
-        sin, sout = self.shapes[src], self.shapes[out]
-        layout = self.layouts[src]
-        if len(sout) == 2 and len(sin) > 2:
-            self._set(out, self._flatten(src))
-            target = tuple(ln.config["target_shape"])
-            if -1 not in target:
-                for g in self._groups_in(layout):
-                    self._grp(g).reshapes.append(ln.name)
-        elif len(layout) == 1 and layout[0][1] == 1 and sin[-1] == sout[-1]:
-            self._set(out, layout)
-            for g in self._groups_in(layout):
-                self._grp(g).reshapes.append(ln.name)
-        else:
-            self._opaque(ln, f"reshape {sin[1:]} -> {sout[1:]} moves channels")
+    def consume(self, ln: LayerNode, tid: int, var: str, axis: int) -> None:
+        """Register ``var``'s ``axis`` as reading the channels of tensor ``tid`` (a reader's rows)."""
+        layout = self.layouts[tid]
+        base = 0
+        for segs, rep in layout:
+            width = sum(n for _, n in segs)
+            off = 0
+            for g, n in segs:
+                if g is not None:
+                    idx = base + np.arange(rep)[None, :] * width + off + np.arange(n)[:, None]
+                    self.pending(g).consumers.append(Slot(ln.name, var, axis, idx.astype(np.int64)))
+                off += n
+            base += rep * width
 
-    def _concat(self, ln: LayerNode, cfg: dict) -> None:
-        rank = len(self.shapes[ln.outputs[0]])
-        if int(cfg.get("axis", -1)) % rank != rank - 1:
-            self._opaque(ln, f"concatenates on axis {cfg.get('axis')}, not channels")
+    def passthrough(self, ln: LayerNode, tid: int, var: str, axis: int) -> None:
+        """Register ``var``'s ``axis`` as holding one entry per channel of ``tid`` (BatchNorm, depthwise)."""
+        segs, rep = self.layouts[tid][0]
+        off = 0
+        for g, n in segs:
+            if g is not None:
+                idx = (off + np.arange(n))[:, None].astype(np.int64)
+                self.pending(g).passthrough.append(Slot(ln.name, var, axis, idx))
+            off += n
+
+    def produce(self, ln: LayerNode, gid: int, var: str, axis: int) -> None:
+        """Register ``var``'s ``axis`` as holding the units of group ``gid`` (kernel columns, bias)."""
+        n = self.pending(gid).size
+        self.pending(gid).producers.append(Slot(ln.name, var, axis, np.arange(n, dtype=np.int64)[:, None]))
+
+    def opaque(self, ln: LayerNode, reason: str) -> None:
+        """Leave a layer whole: the groups it reads stay whole too, its outputs are not prunable."""
+        ln.supported, ln.reason = False, reason
+        for tid in ln.inputs:
+            self.poison(tid, f"feeds {ln.name} ({ln.type}), which cannot be resized: {reason}")
+        for tid in ln.outputs:
+            self.set_layout(tid, self.channels(None, _last(self.shapes[tid])))
+
+    def _visit(self, ln: LayerNode) -> None:
+        if not ln.inputs:  # the model's inputs
+            for tid in ln.outputs:
+                self.set_layout(tid, self.channels(None, _last(self.shapes[tid])))
             return
-        layouts = [self.layouts[t] for t in ln.inputs]
-        if rank == 2 or all(len(lay) == 1 and lay[0][1] == 1 for lay in layouts):
-            if rank == 2:
-                merged: Layout = tuple(b for lay in layouts for b in lay)
-                if all(rep == 1 for _, rep in merged):
-                    merged = ((tuple(s for segs, _ in merged for s in segs), 1),)
-            else:
-                merged = ((tuple(s for lay in layouts for s in lay[0][0]), 1),)
-            self._set(ln.outputs[0], merged)
-        else:
-            self._opaque(ln, "concatenates tensors with different channel layouts")
+        if any(tid not in self.layouts for tid in ln.inputs):
+            self.opaque(ln, "input comes from outside the model graph")
+            return
+        if not ln.supported:  # shared layer
+            self.opaque(ln, ln.reason)
+            return
+        if ln.config.get("data_format", "channels_last") != "channels_last":
+            self.opaque(ln, "only channels_last layouts are supported")
+            return
+        mark = (len(self.layouts), len(self._pending))
+        try:
+            ln.rule.read(self, ln)
+        except Exception as exc:  # a rule that cannot read this layer leaves it whole, never crashes
+            if len(self.layouts) != mark[0] or len(self._pending) != mark[1]:
+                raise ModelError(f"the rule {ln.rule!r} failed half-way through layer {ln.name!r}: {exc}") from exc
+            self.opaque(ln, f"its rule {ln.rule!r} could not read it ({type(exc).__name__}: {exc})")
+            return
+        missing = [t for t in ln.outputs if t not in self.layouts]
+        if missing:
+            for t in missing:
+                self.set_layout(t, self.channels(None, _last(self.shapes[t])))
 
-    def _join(self, ln: LayerNode) -> None:
+    def join(self, ln: LayerNode) -> None:
+        """Unite the groups at the same positions of the inputs (``Add``, ``Multiply``...)."""
         layouts = [self.layouts[t] for t in ln.inputs]
         shapes = [self.shapes[t] for t in ln.inputs]
         struct = [tuple((tuple(n for _, n in segs), rep) for segs, rep in lay) for lay in layouts]
         if len(set(struct)) != 1 or len({s[-1] for s in shapes}) != 1:
-            self._opaque(ln, "joins tensors whose channels do not line up")
+            self.opaque(ln, "joins tensors whose channels do not line up")
             return
         first = layouts[0]
         out_blocks = []
@@ -470,12 +366,12 @@ class ModelGraph:
                 real = [x for x in ids if x is not None]
                 if real and len(real) < len(ids):
                     for x in real:
-                        self._grp(x).reasons.append(f"joined by {ln.name} with channels that cannot be pruned")
+                        self.pending(x).reasons.append(f"joined by {ln.name} with channels that cannot be pruned")
                 for x in real[1:]:
-                    self._union(real[0], x)
+                    self.union(real[0], x)
                 new_segs.append((real[0] if real else None, n))
             out_blocks.append((tuple(new_segs), rep))
-        self._set(ln.outputs[0], tuple(out_blocks))
+        self.set_layout(ln.outputs[0], tuple(out_blocks))
 
     def _finish(self) -> None:
         roots = sorted({self._find(g) for g in range(len(self._parent))})
@@ -484,9 +380,8 @@ class ModelGraph:
             grp = self._pending[r]
             grp.id = remap[r]
             grp.tensors = list(dict.fromkeys(grp.tensors))
-            grp.reshapes = list(dict.fromkeys(grp.reshapes))
             grp.reasons = [x for x in grp.reasons if x]
-            if any(self.node(s.layer).type != "Dense" for s in grp.producers):
+            if any(self.node(s.layer).rule.unit_kind != "dense" for s in grp.producers):
                 grp.kind = "conv"
             self.groups.append(grp)
         # Rewrite layouts with final ids so views can map channels to groups.
@@ -506,7 +401,7 @@ class ModelGraph:
         and branches that read the units at different points rule merges out.
         """
         producers = list(dict.fromkeys(s.layer for s in grp.producers))
-        if self.node(producers[0]).type not in ("Dense", *_CONVS):
+        if not self.node(producers[0]).rule.mergeable:
             return None, "units of this layer type are pruned by removal"
         if len(producers) != 1:
             return None, "units are shared by several layers (joined); removal only"
@@ -517,7 +412,7 @@ class ModelGraph:
         tid = self.node(producers[0]).outputs[0]
         chain: list[str] = []
         while tid != target:
-            nxt = [n for n in self.consumers_of(tid) if n.type in _MERGE_CHAIN_OK | MERGE_TRANSPARENT]
+            nxt = [n for n in self.consumers_of(tid) if n.rule.merge_chain_ok]
             if len(nxt) != 1:
                 return None, "units pass through a branch before their readers; removal only"
             chain.append(nxt[0].name)
@@ -545,30 +440,25 @@ def _config(layer: Any) -> dict:
         return {}
 
 
-def _var_name(w: Any) -> str:
-    return str(w.path).rsplit("/", 1)[-1]
+def _var_shapes(layer: Any) -> dict[str, tuple[int, ...]]:
+    """Variable short name -> shape, in ``layer.weights`` order (see ``weights.layer_variable_names``)."""
+    from .weights import layer_variable_names
+
+    try:
+        return {n: tuple(int(d) for d in w.shape) for n, w in zip(layer_variable_names(layer), layer.weights)}
+    except Exception:  # an operation without weights, or a layer that is not built
+        return {}
 
 
-def _activation_name(act: Any) -> str:
-    if act is None:
-        return "linear"
-    if isinstance(act, str):
-        return act
-    if isinstance(act, dict):
-        return str(act.get("config", act).get("name", act.get("class_name", "?")))
-    return getattr(act, "__name__", str(act))
-
-
-def _unsupported_reason(type_name: str) -> str:
-    if type_name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM2D"):
-        return "recurrent layers are not pruned"
-    if "Attention" in type_name:
-        return "attention layers are not pruned"
-    if type_name in ("Functional", "Sequential", "Model"):
-        return "nested models are kept whole"
-    if type_name in ("Lambda", "TFOpLambda"):
-        return "arbitrary code (Lambda) cannot be resized safely"
-    return f"layer type {type_name} is not supported"
+def _rule(op: Any) -> LayerRule:
+    """The layer's rule, or an opaque rule saying why there is none."""
+    rule = rule_for(op)
+    if rule is not None:
+        return rule
+    t = type(op).__name__
+    if type(op).__module__.startswith("keras.src.ops"):
+        return OpaqueRule(f"Keras operation {t} (not a layer) has no pruning rule")
+    return OpaqueRule(f"layer type {t} has no pruning rule; teach it one with paoding_widgets.register_rule")
 
 
 def _topological_nodes(outputs: list) -> list[tuple[Any, Any]]:

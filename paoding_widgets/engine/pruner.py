@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError, ModelError
 from .bounds import Bounds, Propagator, parse_input_range
 from .edits import apply_edit, impact_increment, init_impact
 from .graph import ModelGraph, UnitGroup
-from .strategies import Strategy, make_strategy
+from .strategies import Strategy, check_options, make_strategy
 from .units import Candidates, UnitView
 from .weights import Patch, WeightStore
 
@@ -65,17 +66,17 @@ class Pruner:
     """
 
     def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str | Strategy = "impact",
-                 step: float = 0.05, target: float = 0.5, seed: int = 0, **strategy_options: float) -> None:
+                 step: float = 0.05, target: float = 0.5, seed: int = 0, **strategy_options: Any) -> None:
         self.model = model
         self.graph = ModelGraph(model)
         if not self.graph.prunable_groups:
-            raise ValueError(f"model {model.name!r} has no prunable layer:\n{self.graph.report()}")
-        self.input_range = parse_input_range(input_range)
+            raise ModelError(f"model {model.name!r} has no prunable layer:\n{self.graph.report()}")
+        self.input_range = parse_input_range(input_range, tuple(model.inputs[0].shape[1:]))
         check_fraction("step", step)
         check_fraction("target", target)
         self.step, self.target = float(step), float(target)
         self.strategy = make_strategy(strategy, **strategy_options)
-        self.strategy_options = dict(strategy_options)
+        self.strategy_options = check_options(self.strategy.name, strategy_options) if strategy_options else {}
         self.rng = np.random.default_rng(seed)
         self.store = WeightStore.from_model(model, {g.id: g.size for g in self.graph.groups})
         init_impact(self.graph, self.store)
@@ -191,18 +192,16 @@ class Pruner:
 
     def edited_model(self) -> Any:
         """A full-size clone of the model carrying the edited weights."""
-        import keras
+        from .surgery import clone
 
-        clone = keras.models.clone_model(self.model)
-        self.store.load_into(clone)
-        return clone
+        model = clone(self.model)
+        self.store.load_into(model)
+        return model
 
 
 def check_fraction(name: str, value: float) -> None:
-    """Raise a clear error unless ``0 < value < 1``."""
-    try:
-        ok = 0.0 < float(value) < 1.0
-    except (TypeError, ValueError):
-        ok = False
+    """Raise a clear error unless ``value`` is a number with ``0 < value < 1`` (no strings, no bools)."""
+    ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+          and 0.0 < float(value) < 1.0)
     if not ok:
-        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
+        raise ConfigError(f"{name} must be a number strictly between 0 and 1, got {value!r}")

@@ -14,11 +14,13 @@ L1 criterion there.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import ConfigError
 from .edits import shift_is_exact
 from .scores import disjoint_pairs, saliency_matrix, scaled_match
 from .units import Candidates, UnitView
@@ -216,11 +218,45 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def make_strategy(spec: str | Strategy, **options: float) -> Strategy:
-    """A strategy from its name (with options) or an instance."""
+# Limits of the numeric options (inclusive); every option is a plain number or bool, so settings stay JSON.
+_RANGES: dict[str, tuple[float, float]] = {"pool": (1.0, 1000.0), "alpha": (0.0, 1e6), "beta": (0.0, 1e6)}
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate a strategy's options against its constructor: known names, plain finite numbers, booleans.
+
+    Returns them as plain Python values (NumPy scalars become numbers).
+    """
+    cls = STRATEGIES[name]
+    params = {k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise ConfigError(f"strategy {name!r} has no option {key!r}; its options are: {known}")
+        want = str(params[key].annotation)
+        if isinstance(value, np.generic):
+            value = value.item()
+        if want == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"strategy {name!r} option {key!r} must be true or false, got {value!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"strategy {name!r} option {key!r} must be a finite number, got {value!r}")
+            lo, hi = _RANGES.get(key, (-math.inf, math.inf))
+            if not lo <= value <= hi:
+                raise ConfigError(f"strategy {name!r} option {key!r} must be within {lo:g}..{hi:g}, got {value!r}")
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def make_strategy(spec: str | Strategy, **options: Any) -> Strategy:
+    """A strategy from its name (with validated options) or an instance."""
     if isinstance(spec, Strategy):
+        if options:
+            raise ConfigError("options go with a strategy name, not with a strategy instance")
         return spec
-    try:
-        return STRATEGIES[spec](**options)
-    except KeyError:
-        raise ValueError(f"unknown strategy {spec!r}; choose one of: {', '.join(STRATEGIES)}") from None
+    if not isinstance(spec, str) or spec not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {spec!r}; choose one of: {', '.join(STRATEGIES)}")
+    return STRATEGIES[spec](**check_options(spec, options))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SurgeryError
 from .graph import ModelGraph
 from .weights import WeightStore, layer_variable_names
 
@@ -40,45 +41,62 @@ def alive_width(graph: ModelGraph, store: WeightStore, tid: int) -> int:
 
 
 def new_configs(graph: ModelGraph, store: WeightStore) -> dict[str, dict]:
-    """Layer configs that change with the group sizes."""
+    """Layer configs that change with the group sizes (each rule says how its config follows its width)."""
     out: dict[str, dict] = {}
-    for g in graph.groups:
-        alive = int(store.alive[g.id].sum())
-        if alive == g.size:
+    for node in graph.nodes:
+        if not node.outputs or node.outputs[0] not in graph.layouts:
             continue
-        for s in g.producers:
-            node = graph.node(s.layer)
-            cfg = out.setdefault(s.layer, node.layer.get_config())
-            cfg["units" if node.type == "Dense" else "filters"] = alive
-        for name in g.reshapes:
-            node = graph.node(name)
-            cfg = out.setdefault(name, node.layer.get_config())
-            target = list(cfg["target_shape"])
-            target[-1] = alive_width(graph, store, node.outputs[0])
-            cfg["target_shape"] = tuple(target)
+        layout = graph.layouts[node.outputs[0]]
+        if not any(g is not None and not store.alive[g].all() for segs, _ in layout for g, _n in segs):
+            continue
+        cfg = node.rule.resized_config(node.config, alive_width(graph, store, node.outputs[0]))
+        if cfg is not None:
+            out[node.name] = cfg
     return out
 
 
-def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
-    """Build the smaller model; same layer names, same graph, same outputs."""
+def clone(model: Any, configs: dict[str, dict] | None = None) -> Any:
+    """A structural copy of ``model`` with fresh weights, some layers rebuilt from ``configs``.
+
+    Weight-free layers whose config does not change (a ``Lambda``, a Keras
+    operation) are reused as they are, so a model the user built in memory
+    clones even where ``from_config`` would refuse it in safe mode.
+    """
     import keras
 
-    configs = new_configs(graph, store)
-    deletions = dead_positions(graph, store)
+    configs = configs or {}
 
-    def clone(layer: Any) -> Any:
+    def one(layer: Any) -> Any:
         cfg = configs.get(layer.name)
         if cfg is None:
+            if not getattr(layer, "weights", None):
+                return layer
             cfg = layer.get_config()
-        return layer.__class__.from_config(cfg)
+        try:
+            return layer.__class__.from_config(cfg)
+        except Exception as exc:
+            raise SurgeryError(f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config: "
+                               f"{type(exc).__name__}: {exc}") from exc
 
-    model = graph.model
-    new = keras.models.clone_model(model, clone_function=clone)
+    new = keras.models.clone_model(model, clone_function=one)
     if getattr(new, "compiled", False):
         # clone_model recompiles a compiled source, building a fresh optimizer whose state would triple
         # the exported file; a pruned model ships without training state (compile it to train).
         new.compiled = False
         new.optimizer = None
+    return new
+
+
+def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
+    """Build the smaller model; same layer names, same graph, same outputs.
+
+    Layers whose config changes, or that own weights, are rebuilt from their
+    config; weight-free layers whose config does not change (a ``Lambda``, a
+    custom activation) are reused as they are -- the user's own in-memory
+    model is trusted, and ``from_config`` would refuse a Lambda in safe mode.
+    """
+    new = clone(graph.model, new_configs(graph, store))
+    deletions = dead_positions(graph, store)
     for layer in new.layers:
         if not layer.weights:
             continue
@@ -91,5 +109,5 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
         try:
             layer.set_weights(arrays)
         except ValueError as exc:
-            raise RuntimeError(f"surgery produced wrong shapes for layer {layer.name!r}: {exc}") from exc
+            raise SurgeryError(f"surgery produced wrong shapes for layer {layer.name!r}: {exc}") from exc
     return new

@@ -17,15 +17,12 @@ from functools import cached_property
 import numpy as np
 
 from .activations import ActivationRule, rule_for
-from .bounds import Bounds, Propagator, activation_of, bn_affine
-from .graph import MERGE_TRANSPARENT, ModelGraph, UnitGroup
+from .bounds import Bounds, Propagator, activation_of
+from .graph import ModelGraph, UnitGroup
 from .scores import difference_interval, impact_score, tight_difference
 from .weights import WeightStore
 
 IMPACT_LAYER = "__impact__"
-# Per-channel layers a unit's signal passes unchanged in kind (pooling keeps equal channels equal).
-_TRANSPARENT = MERGE_TRANSPARENT | {"Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-                                   "ActivityRegularization", "Identity"}
 
 
 def impact_key(group: UnitGroup, consumer: str) -> tuple[str, str]:
@@ -99,7 +96,8 @@ class UnitView:
     @cached_property
     def u(self) -> np.ndarray:
         """Incoming weights, one column per unit (fan-in, n) of the first producer."""
-        k = self.store[(self.producer, "kernel")]
+        node = self.graph.node(self.producer)
+        k = self.store[(self.producer, node.rule.kernel_var or "kernel")]
         return k.reshape(-1, k.shape[-1])
 
     @cached_property
@@ -150,14 +148,15 @@ class UnitView:
         rule: ActivationRule | None = None
         nodes = [self.graph.node(self.producer)] + [self.graph.node(x) for x in self.group.merge_chain]
         for i, node in enumerate(nodes):
-            if node.type == "BatchNormalization":
-                s, t = bn_affine(self.store, node)
+            aff = node.rule.affine(self.store, node) if i > 0 and node.rule.channel_affine else None
+            if aff is not None:
+                s, t = aff
                 if rule is None:
                     p, p0 = p * s, p0 * s + t
                 else:
                     q, q0 = q * s, q0 * s + t
                 continue
-            if i > 0 and node.type in _TRANSPARENT:
+            if i > 0 and node.rule.transparent:
                 continue
             name, r = activation_of(node)
             if r is None:

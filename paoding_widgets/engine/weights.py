@@ -13,6 +13,7 @@ values), redoing swaps them back.  History memory is the touched positions once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 Key = tuple[str, str]  # (layer name, variable name)
+_AUTO_NAME = re.compile(r"variable(_\d+)?")
 
 
 def variable_name(w: Any) -> str:
@@ -34,6 +36,9 @@ def layer_variable_names(layer: Any) -> list[str]:
     variables are told apart by position (paths differ between clones).
     """
     names = [variable_name(w) for w in layer.weights]
+    # Variables created without a name get a global counter ("variable_18"), which differs in every
+    # clone of the model: those are named by their position instead.
+    names = [f"variable:{i}" if _AUTO_NAME.fullmatch(n) else n for i, n in enumerate(names)]
     if len(set(names)) == len(names):
         return names
     return [f"{i}:{n}" for i, n in enumerate(names)]
