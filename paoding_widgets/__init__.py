@@ -11,6 +11,7 @@ from __future__ import annotations
 from .demos import list_demos, load_demo
 from .engine import (
     STRATEGIES,
+    LayerRule,
     Metrics,
     ModelGraph,
     Proposal,
@@ -18,15 +19,18 @@ from .engine import (
     Strategy,
     evaluate,
     make_strategy,
+    register_rule,
     save_keras,
     save_tflite,
 )
+from .errors import PaodingError
 from .session import LayerInfo, PruningSession, SessionError, SessionFileError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "STRATEGIES", "Metrics", "ModelGraph", "Proposal", "Pruner", "Strategy", "evaluate",
+    "STRATEGIES", "LayerRule", "Metrics", "ModelGraph", "PaodingError", "register_rule", "Proposal", "Pruner",
+    "Strategy", "evaluate",
     "make_strategy", "save_keras", "save_tflite", "__version__",
     "LayerInfo", "PruningSession", "SessionError", "SessionFileError", "list_demos", "load_demo",
 ]

@@ -9,10 +9,11 @@ from .evaluate import Metrics, evaluate
 from .export import ExportError, save_keras, save_tflite
 from .graph import ModelGraph, UnitGroup
 from .pruner import Proposal, Pruner
+from .rules import LayerRule, register_rule, rule_for
 from .strategies import STRATEGIES, Strategy, make_strategy
 from .weights import Patch, WeightStore
 
 __all__ = [
-    "ExportError", "Metrics", "ModelGraph", "Patch", "Proposal", "Pruner", "STRATEGIES", "Strategy",
-    "UnitGroup", "WeightStore", "evaluate", "make_strategy", "save_keras", "save_tflite",
+    "ExportError", "LayerRule", "Metrics", "ModelGraph", "Patch", "Proposal", "Pruner", "STRATEGIES", "Strategy",
+    "UnitGroup", "WeightStore", "evaluate", "make_strategy", "register_rule", "rule_for", "save_keras", "save_tflite",
 ]

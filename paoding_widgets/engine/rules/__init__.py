@@ -49,5 +49,5 @@ def supported_kinds_markdown() -> str:
         rows.setdefault(rule.description or rule.reason, []).append(name)
     lines = ["| layer kinds | what pruning does with them |", "|---|---|"]
     for desc, names in sorted(rows.items(), key=lambda kv: kv[1][0]):
-        lines.append(f"| {', '.join(f'`{n}`' for n in names)} | {desc} |")
+        lines.append(f"| {', '.join(f'`{n}`' for n in names)} | {desc.replace('|', chr(92) + '|')} |")
     return "\n".join(lines) + "\n"

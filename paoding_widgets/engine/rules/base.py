@@ -179,12 +179,15 @@ class RuleRegistry:
 
     def __init__(self) -> None:
         self._builtin: dict[str, LayerRule] = {}
+        self._builtin_ops: dict[str, LayerRule] = {}  # Keras operations (``x + y`` in a functional model)
         self._by_class: dict[type, LayerRule] = {}
         self._by_name: dict[str, LayerRule] = {}
 
-    def builtin(self, names: str | tuple[str, ...], rule: LayerRule) -> LayerRule:
+    def builtin(self, names: str | tuple[str, ...], rule: LayerRule, op: bool = False) -> LayerRule:
+        """Register a built-in rule for Keras layer classes (``op``: Keras operations) of these names."""
+        table = self._builtin_ops if op else self._builtin
         for name in (names,) if isinstance(names, str) else names:
-            self._builtin[name] = rule
+            table[name] = rule
         return rule
 
     def register(self, layer_class: type | str, rule: LayerRule) -> None:
@@ -216,13 +219,15 @@ class RuleRegistry:
                 return rule
             if c.__module__.startswith(_KERAS_LAYER_MODULES):
                 rule = self._builtin.get(c.__name__)
-                if rule is not None:
-                    return rule
+            elif c.__module__.startswith("keras.src.ops."):
+                rule = self._builtin_ops.get(c.__name__)
+            if rule is not None:
+                return rule
         return None
 
     def kinds(self) -> list[tuple[str, LayerRule]]:
         """Built-in kinds and their rules, by name (for the generated list of supported layers)."""
-        return sorted(self._builtin.items())
+        return sorted([*self._builtin.items(), *((f"{k} (operation)", r) for k, r in self._builtin_ops.items())])
 
 
 REGISTRY = RuleRegistry()

@@ -114,17 +114,29 @@ def _conv_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
 class ConvRule(DenseRule):
     """``Conv1D/2D/3D``: filters are the kernel's last axis; readers' input-channel slices follow."""
 
-    description = "filters removed (scale-based L1 by default; merged by `certified`); groups=1 only"
+    description = ("filters removed (scale-based L1 by default; merged by `certified`); a grouped conv with one "
+                   "group per channel (depthwise, as in ConvNeXt) carries channels through; other groups left whole")
     unit_kind = "conv"
     size_key = "filters"
 
     def read(self, graph: ModelGraph, node: LayerNode) -> None:
         cfg = node.config
-        if int(cfg.get("groups", 1)) != 1:
-            graph.opaque(node, f"grouped convolution (groups={cfg['groups']})")
-            return
         src, out = node.inputs[0], node.outputs[0]
         nd = node.var_ndim(self.kernel_var)
+        groups = int(cfg.get("groups", 1))
+        if groups != 1:
+            if groups == int(cfg[self.size_key]) == _last(graph.shape(src)):  # depthwise written as a grouped conv
+                why = self.check_activation(graph, node)
+                if why:
+                    graph.opaque(node, why)
+                    return
+                graph.passthrough(node, src, self.kernel_var, nd - 1)
+                if "bias" in node.var_shapes:
+                    graph.passthrough(node, src, "bias", 0)
+                graph.set_layout(out, graph.layout(src))
+                return
+            graph.opaque(node, f"grouped convolution (groups={groups})")
+            return
         n = int(cfg[self.size_key])
         graph.consume(node, src, self.kernel_var, nd - 2)
         gid = graph.new_group(n, self.unit_kind or "conv")
@@ -143,6 +155,11 @@ class ConvRule(DenseRule):
         kw = _conv_kwargs(node.config)
         return (np.asarray(keras.ops.conv(c, k, **kw), np.float32),
                 np.asarray(keras.ops.conv(r, np.abs(k), **kw), np.float32))
+
+    def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
+        if int(config.get("groups", 1)) == 1:
+            return super().resized_config(config, width)
+        return {**config, self.size_key: width, "groups": width} if int(config["groups"]) != width else None
 
     def absorbs_constant(self, config: dict[str, Any]) -> bool:
         # zero padding would not carry a constant channel to the border
@@ -496,12 +513,14 @@ class ConcatenateRule(LayerRule):
         graph.set_layout(out, merged)
 
     def values(self, prop: Propagator, node: LayerNode, ins: list[Interval], bounds: Bounds) -> Interval:
-        return prop.call(node, [x[0] for x in ins]), prop.call(node, [x[1] for x in ins])
+        return _concat([x[0] for x in ins]), _concat([x[1] for x in ins])
 
     def deltas(self, prop: Propagator, node: LayerNode, ins: list[Interval | None], inject: Interval | None,
                base: Bounds, batch: int, logits: dict[str, Interval]) -> Interval | None:
+        if inject is not None:
+            raise NoIntervalRule(f"cannot inject into {node.type}")
         full = _fill(prop, ins, node.inputs, batch)
-        return prop.call(node, [x[0] for x in full]), prop.call(node, [x[1] for x in full])
+        return _concat([x[0] for x in full]), _concat([x[1] for x in full])
 
 
 class JoinRule(LayerRule):
@@ -509,13 +528,31 @@ class JoinRule(LayerRule):
 
     description = "joined channels become one coupled group (pruned together in every branch)"
     op = "add"  # add, subtract, multiply, average, maximum, minimum
+    operation = False  # a Keras operation (``x + y``): exactly two tensors of one shape, no constants
 
     def __init__(self, op: str = "add", **overrides: Any) -> None:
         super().__init__(**overrides)
         self.op = op
 
     def read(self, graph: ModelGraph, node: LayerNode) -> None:
+        if self.operation:
+            shapes = {graph.shape(t) for t in node.inputs}
+            if len(node.inputs) != 2 or len(shapes) != 1:
+                graph.opaque(node, f"operation {node.type} with a constant or broadcast operand")
+                return
         graph.join(node)
+
+    def combine(self, xs: list[np.ndarray]) -> np.ndarray:
+        """The join itself, on arrays (monotone for add, average, maximum, minimum)."""
+        if self.op == "add":
+            return np.sum(np.broadcast_arrays(*xs), axis=0)
+        if self.op == "average":
+            return np.mean(np.broadcast_arrays(*xs), axis=0)
+        if self.op == "maximum":
+            return np.maximum.reduce(np.broadcast_arrays(*xs))
+        if self.op == "minimum":
+            return np.minimum.reduce(np.broadcast_arrays(*xs))
+        raise NoIntervalRule(f"{self.op} is not monotone")
 
     def values(self, prop: Propagator, node: LayerNode, ins: list[Interval], bounds: Bounds) -> Interval:
         if self.op == "subtract":
@@ -527,7 +564,7 @@ class JoinRule(LayerRule):
                 cands = np.stack(np.broadcast_arrays(lo * l2, lo * h2, hi * l2, hi * h2))
                 lo, hi = cands.min(0), cands.max(0)
             return lo, hi
-        return prop.call(node, [x[0] for x in ins]), prop.call(node, [x[1] for x in ins])
+        return self.combine([x[0] for x in ins]), self.combine([x[1] for x in ins])
 
     def deltas(self, prop: Propagator, node: LayerNode, ins: list[Interval | None], inject: Interval | None,
                base: Bounds, batch: int, logits: dict[str, Interval]) -> Interval | None:
@@ -537,7 +574,7 @@ class JoinRule(LayerRule):
         if self.op == "subtract":
             (l1, h1), (l2, h2) = full
             return l1 - h2, h1 - l2
-        return prop.call(node, [x[0] for x in full]), prop.call(node, [x[1] for x in full])
+        return self.combine([x[0] for x in full]), self.combine([x[1] for x in full])
 
 
 class RescalingRule(LayerRule):
@@ -643,6 +680,12 @@ def _short(w: Any) -> str:
     return str(w.path).rsplit("/", 1)[-1]
 
 
+def _concat(xs: list[np.ndarray]) -> np.ndarray:
+    """Concatenate on the channel axis, broadcasting the batch axis (bounds have batch 1, changes P)."""
+    n = max(x.shape[0] for x in xs)
+    return np.concatenate([np.broadcast_to(x, (n, *x.shape[1:])) for x in xs], axis=-1)
+
+
 def _fill(prop: Propagator, ins: list[Interval | None], tids: list[int], batch: int) -> list[Interval]:
     out = []
     for x, tid in zip(ins, tids):
@@ -687,6 +730,9 @@ def _register_builtins() -> None:
     r("Concatenate", ConcatenateRule())
     for op in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
         r(op, JoinRule(op.lower()))
+    for op in ("Add", "Subtract", "Multiply", "Maximum", "Minimum"):  # x + y etc. in a functional model
+        r(op, JoinRule(op.lower(), operation=True, description="`x + y`-style joins of two same-shape tensors: "
+                                                                  "coupled like the layers"), op=True)
     r("Rescaling", RescalingRule())
     r("Normalization", NormalizationRule())
     r("LayerNormalization", LayerNormRule())
