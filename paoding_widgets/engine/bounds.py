@@ -150,8 +150,8 @@ class Propagator:
                 d[node.outputs[0]] = _sound(res)
         outs_lo, outs_hi = [], []
         for tid in self.graph.output_ids:
-            node = self.graph.producer_of(tid)
-            x = logits.get(node.name) if at_logits and node is not None and _squashes(node) else d.get(tid)
+            last = self.graph.producer_of(tid)
+            x = logits.get(last.name) if at_logits and last is not None and _squashes(last) else d.get(tid)
             shape = self.graph.shapes[tid][1:]
             if x is None:
                 z = np.zeros((batch, int(np.prod(shape))), np.float32)

@@ -193,7 +193,7 @@ class Certified(Strategy):
 
     def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
         m = max(k, int(math.ceil(self.pool * k)))
-        t = view.transfer
+        t = view.merge_transfer
         if self.rescale and t.rescalable:
             ue, be = view.effective_u
             w = np.concatenate([view.rms_input_weight(), np.ones(1, np.float32)])

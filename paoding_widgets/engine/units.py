@@ -16,7 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
-from .activations import ActivationRule, rule_for
+from ..errors import EditError
+from .activations import RULES, ActivationRule
 from .bounds import Bounds, Propagator, activation_of
 from .graph import ModelGraph, UnitGroup
 from .scores import difference_interval, impact_score, tight_difference
@@ -34,7 +35,7 @@ def impact_key(group: UnitGroup, consumer: str) -> tuple[str, str]:
 class Transfer:
     """``x = q * f(p * z + p0) + q0`` per unit, ``z`` the producer's linear output."""
 
-    rule: ActivationRule | None
+    rule: ActivationRule
     p: np.ndarray
     p0: np.ndarray
     q: np.ndarray
@@ -42,7 +43,7 @@ class Transfer:
 
     @property
     def rescalable(self) -> bool:
-        return self.rule is not None and self.rule.homogeneous
+        return self.rule.homogeneous
 
 
 @dataclass
@@ -166,7 +167,15 @@ class UnitView:
             if rule is not None:
                 return None  # two non-linearities in a row: no per-unit closed form
             rule = r
-        return Transfer(rule or rule_for("linear"), p, p0, q, q0)
+        return Transfer(rule or RULES["linear"], p, p0, q, q0)
+
+    @property
+    def merge_transfer(self) -> Transfer:
+        """The transfer of a mergeable group (merges are only proposed where there is one)."""
+        t = self.transfer
+        if t is None:
+            raise EditError(f"{self.group.name}: units cannot be merged ({self.group.merge_note or 'no per-unit map'})")
+        return t
 
     @cached_property
     def read_tensor(self) -> int:
@@ -196,7 +205,7 @@ class UnitView:
     @cached_property
     def effective_u(self) -> tuple[np.ndarray, np.ndarray]:
         """``(p * u, p * b + p0)``: the pre-activation each unit's non-linearity sees."""
-        t = self.transfer
+        t = self.merge_transfer
         return self.u * t.p[None, :], self.b * t.p + t.p0
 
     def rms_input_weight(self) -> np.ndarray:
@@ -218,7 +227,7 @@ class UnitView:
         xa = (np.where(cand.keep >= 0, xb[0][keep], 0.0), np.where(cand.keep >= 0, xb[1][keep], 0.0))
         lo, hi = difference_interval(xa, (xb[0][cand.drop], xb[1][cand.drop]), cand.scale, cand.shift)
         if tight and self.mergeable and self.input_box is not None and np.all(cand.keep >= 0):
-            t = self.transfer
+            t = self.merge_transfer
             ue, be = self.effective_u
             a, bq = cand.keep, cand.drop
             s = cand.scale * t.q[a] / t.q[bq]  # pre-activation scale behind the reader-side scale

@@ -118,7 +118,7 @@ class WeightStore:
         return self.arrays.get((layer, var))
 
     # ------------------------------------------------------------- mutation
-    def write(self, key: Key, axis: int, positions: np.ndarray, values: np.ndarray, patch: Patch) -> None:
+    def write(self, key: Key, axis: int, positions: np.ndarray, values: np.ndarray | float, patch: Patch) -> None:
         """Set ``arr[..., positions, ...] = values`` along ``axis``, recording it."""
         arr = self.arrays[key]
         positions = np.asarray(positions, dtype=np.int64)
