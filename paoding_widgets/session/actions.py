@@ -115,6 +115,7 @@ class ActionsMixin(SessionBase):
                 name = strategy or s["strategy"]
                 options = validate.plain_options(strategy_options)
                 opts = options if strategy is not None else {**s["options"], **options}
+                opts = validate.strategy_options(name, opts)
                 try:
                     make_strategy(name, **opts)
                 except (TypeError, ValueError) as exc:

@@ -92,7 +92,7 @@ class PruningSession(RunMixin, MetricsMixin):
         step, target = validate.fraction("step", step), validate.fraction("target", target)
         self.seed = validate.seed(seed)
         self.epsilons = validate.epsilons(epsilons)
-        options = validate.plain_options(strategy_options)
+        options = validate.strategy_options(strategy, strategy_options)
         try:
             self._pruner = Pruner(model, input_range, strategy, step, target, self.seed, **options)
         except (PaodingError, TypeError, ValueError) as exc:
@@ -259,7 +259,7 @@ def _check_settings(session: PruningSession, s: Any) -> None:
     validate.fraction("step", s["step"])
     validate.fraction("target", s["target"])
     try:
-        make_strategy(s["strategy"], **validate.plain_options(s["options"]))
+        make_strategy(s["strategy"], **validate.strategy_options(s["strategy"], s["options"]))
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SessionError):
             raise

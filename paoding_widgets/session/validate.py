@@ -77,6 +77,35 @@ def plain_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: plain_option(k, v) for k, v in options.items()}
 
 
+def strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Plain options whose types match the strategy's defaults (a bool for a bool, a number for a number).
+
+    Unknown names are left to the engine's own error (it lists the known ones).
+    """
+    import inspect
+
+    from ..engine.strategies import STRATEGIES
+
+    out = plain_options(options)
+    cls = STRATEGIES.get(strategy)
+    if cls is None:
+        return out
+    params = inspect.signature(cls.__init__).parameters
+    for name, value in out.items():
+        if name not in params or params[name].default is inspect.Parameter.empty:
+            continue
+        default = params[name].default
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "True or False"
+        elif isinstance(default, (int, float)):
+            ok, want = is_number(value), "a number"
+        else:
+            ok, want = isinstance(value, type(default)), type(default).__name__
+        if not ok:
+            raise SessionError(f"strategy {strategy!r} option {name} must be {want}, got {value!r}")
+    return out
+
+
 def epsilons(values: Any) -> tuple[float, ...]:
     """FGSM step sizes: at most :data:`MAX_EPSILONS` finite, non-negative numbers."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
