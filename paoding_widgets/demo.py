@@ -48,8 +48,13 @@ def train_digits_model(kind: str = "mlp", seed: int = 0, epochs: int | None = No
 def run_demo(kind: str = "mlp", strategies: Sequence[str] = ("impact", "certified"), target: float = 0.5,
              step: float = 0.05, seed: int = 0, n_robust: int = 500,
              log: Callable[[str], None] = print) -> list[DemoRow]:
-    """Train, prune with each strategy, evaluate; returns one row per model."""
+    """Train, prune with each strategy, evaluate; returns one row per model.
+
+    Pruning runs the session's loop (``PruningSession(...).run()``, headless): the
+    same loop the widget and the command line run.
+    """
     from .engine.pruner import Pruner
+    from .session import PruningSession
 
     model, _, (xte, yte) = train_digits_model(kind, seed, log=log)
     box = (0.0, 1.0)
@@ -61,12 +66,14 @@ def run_demo(kind: str = "mlp", strategies: Sequence[str] = ("impact", "certifie
                                       reference.output_bound_width()), 0.0)]
     for name in strategies:
         t = time.perf_counter()
-        pruner = Pruner(model, input_range=box, strategy=name, step=step, target=target, seed=seed)
-        iters = pruner.run()
-        pruned = pruner.pruned_model()
+        session = PruningSession(model, input_range=box, strategy=name, step=step, target=target, seed=seed,
+                                 n_probes=16)  # the demo measures with its own probes
+        result = session.run()
+        pruned = session.pruned_model()
         dt = time.perf_counter() - t
+        pruner = session.pruner
         per_group = ", ".join(f"{s['name']} {s['pruned']}/{s['total']}" for s in pruner.summary() if s["prunable"])
-        log(f"{name}: {iters} iterations, {pruner.share_pruned():.0%} of hidden units pruned in {dt:.2f}s "
+        log(f"{name}: {result.iterations} iterations, {result.share_pruned:.0%} of hidden units pruned in {dt:.2f}s "
             f"({per_group})")
         rows.append(DemoRow(name, _eval(pruned, model, xte, yte, xr, yr, base_robust, probes,
                                         pruner.output_bound_width()), dt))

@@ -1,12 +1,14 @@
-"""The kernel-side session: layer states, iterations, undo/redo, persistence.
+"""The kernel-side session: layer states, iterations, runs, undo/redo, persistence.
 
 Knows nothing of widgets; views subscribe to its events.
 """
 
-from .core import LayerInfo, PruningSession, RunHandle, RunResult, SessionError
+from ..errors import SessionError, SessionFileError
+from .core import LayerInfo, PruningSession
 from .events import Event
 from .history import HistoryItem
-from .persistence import SessionFileError
+from .running import RunHandle, RunResult
+from .snapshot import SessionSnapshot
 
 __all__ = ["Event", "HistoryItem", "LayerInfo", "PruningSession", "RunHandle", "RunResult", "SessionError",
-           "SessionFileError"]
+           "SessionFileError", "SessionSnapshot"]

@@ -13,8 +13,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..engine.pruner import Proposal
-from ..engine.weights import Patch
+from ..engine.weights import ArrayPatch, Patch, WeightStore
 
 
 @dataclass
@@ -83,3 +85,44 @@ class History:
     def nbytes(self) -> int:
         """Memory held by the weight patches (the bulk of the history)."""
         return sum(e.patch.nbytes for e in self.entries)
+
+
+# ------------------------------------------------------------------ patches, all or nothing
+def move_patch(store: WeightStore, patch: Patch, revert: bool) -> None:
+    """Revert (or re-apply) one patch; if any part fails, the parts done are put back first.
+
+    ``WeightStore.revert``/``apply`` stop where an array write fails, leaving the
+    store half-moved; undo/redo must be all or nothing.  Swapping an
+    :class:`ArrayPatch` is its own inverse, so unwinding swaps the done parts again.
+    (A transactional ``WeightStore.apply/revert`` would make this function unnecessary.)
+    """
+    parts = list(reversed(patch.arrays)) if revert else list(patch.arrays)
+    alive = list(reversed(patch.alive)) if revert else list(patch.alive)
+    masks = {g: store.alive[g].copy() for g, _, _ in alive if g in store.alive}  # small: one bool per unit
+    done: list[ArrayPatch] = []
+    try:
+        for part in parts:
+            part.swap(store.arrays)
+            done.append(part)
+        for g, units, value in alive:
+            store.alive[g][units] = (not value) if revert else value
+    except BaseException:
+        for part in reversed(done):
+            part.swap(store.arrays)
+        for g, mask in masks.items():
+            store.alive[g][...] = mask
+        raise
+    finally:
+        store.version += 1
+        for part in done:
+            store.changed[part.key] = store.version
+
+
+def copy_patch(patch: Patch) -> Patch:
+    """An independent copy (undo/redo swap values inside patches in place)."""
+    return Patch([ArrayPatch(a.key, a.axis, a.positions.copy(), a.values.copy()) for a in patch.arrays],
+                 [(int(g), np.array(u, copy=True), bool(v)) for g, u, v in patch.alive])
+
+
+def copy_entry(e: Entry) -> Entry:
+    return Entry(e.kind, e.label, copy_patch(e.patch), e.before.copy(), e.after.copy(), copy.deepcopy(e.info))

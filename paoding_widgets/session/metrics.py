@@ -1,0 +1,74 @@
+"""Results of a session: metrics of the current weights, the pruned model, exports.
+
+Why here: evaluation is slow (seconds on a ResNet50) and must never block an
+action, so the model is snapshotted under the session lock and evaluated
+outside it; results are cached per weights version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.evaluate import Metrics, robust_instances
+from ..engine.export import save_keras, save_tflite
+from .base import SessionBase
+
+
+class MetricsMixin(SessionBase):
+    """``metrics``, ``cached_metrics``, ``pruned_model``, ``export``, ``export_tflite``."""
+
+    def metrics(self) -> Metrics:
+        """Size of the physically pruned model, accuracy / robustness with eval data, fidelity.
+
+        The model is snapshotted under the session lock, then evaluated outside
+        it, so a slow evaluation never blocks an action.  Without eval data the
+        accuracy and robustness fields are None / empty.
+        """
+        with self._eval_lock:  # one evaluation at a time: two views asking at once build and measure once
+            with self._lock:
+                version = self._pruner.store.version
+                cached = self.cached_metrics()
+                if cached is not None:
+                    return cached
+                pruned = self._pruner.pruned_model()
+                width = self._pruner.output_bound_width()
+            box = self._pruner.input_range
+            data = self.eval_data
+            if data is not None and self._original_robust is None and self.epsilons:
+                self._original_robust = robust_instances(self.model, data[0], data[1], self.epsilons, box)
+            m = _evaluate(pruned, self.model, data, self.epsilons, box, self._original_robust,
+                         self._probes, width, self._original_probe_classes())
+            with self._lock:
+                if self._metrics_cache is None or self._metrics_cache[0] < version:
+                    self._metrics_cache = (version, m)
+        return m
+
+    def cached_metrics(self) -> Metrics | None:
+        """The metrics of the current weights if already computed, else None (never computes)."""
+        hit = self._metrics_cache
+        return hit[1] if hit is not None and hit[0] == self._pruner.store.version else None
+
+    def pruned_model(self) -> Any:
+        """A physically smaller ``keras.Model`` with the current edits."""
+        with self._lock:
+            return self._pruner.pruned_model()
+
+    def export(self, path: str, overwrite: bool = False) -> str:
+        """Save the pruned model as ``.keras`` (atomic; never over the source model)."""
+        return str(save_keras(self.pruned_model(), path, overwrite, protected=(self.source_path,)))
+
+    def export_tflite(self, path: str, quantize: str | None = "float16", overwrite: bool = False) -> str:
+        return str(save_tflite(self.pruned_model(), path, quantize, overwrite, protected=(self.source_path,)))
+
+
+def _evaluate(*args: Any) -> Metrics:
+    """``engine.evaluate.evaluate``, looked up on :mod:`.core` at call time.
+
+    tests/test_widget.py slows evaluation down by patching ``session.core.evaluate``
+    (from before the split); once it patches ``session.metrics._evaluate`` this can call
+    the engine directly.
+    """
+    from . import core
+
+    result: Metrics = core.evaluate(*args)
+    return result
