@@ -66,6 +66,16 @@ def box_inputs(model, n: int, lo: float = 0.0, hi: float = 1.0, seed: int = 0) -
     return rng.uniform(lo, hi, (n, *shape)).astype(np.float32)
 
 
+def run_to_target(pruner, target: float | None = None, callback=None, max_iterations: int = 1000) -> int:
+    """Iterate an engine ``Pruner`` until nothing is left to prune (engine tests without a session)."""
+    for i in range(max_iterations):
+        if not pruner.iterate(target):
+            return i
+        if callback is not None:
+            callback(i + 1, pruner.share_pruned())
+    return max_iterations
+
+
 def run(model, x) -> np.ndarray:
     return np.asarray(model(x, training=False))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import (
+from conftest import (  # noqa: I001
     L,
     box_inputs,
     build_cnn_bn_flatten,
@@ -17,6 +17,7 @@ from conftest import (
     build_residual,
     build_squeeze_excite,
     randomize,
+    run_to_target,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -498,5 +499,5 @@ def test_layer_normalization_bounds_hold_for_any_input_and_keep_later_layers_pru
     y = np.asarray(keras.Model(model.inputs, ln.output)(x))
     assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
     assert np.isfinite(pruner.output_bound_width())
-    pruner.run()
+    run_to_target(pruner)
     assert {s["name"]: s["pruned"] for s in pruner.summary()}["d1"] == 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import L, box_inputs, build_mlp, build_residual, run
+from conftest import L, box_inputs, build_mlp, build_residual, run, run_to_target
 
 from paoding_widgets.datasets import load_digits
 from paoding_widgets.engine.evaluate import accuracy
@@ -71,7 +71,7 @@ def test_pruner_rejects_bad_fractions(mlp_model, kw):
 def test_strategy_reaches_exact_target_mlp(mlp_model, name):
     pruner = Pruner(mlp_model, input_range=(0, 1), strategy=name, step=0.1, target=0.5, seed=1)
     shares = []
-    iterations = pruner.run(callback=lambda i, share: shares.append((i, share)))
+    iterations = run_to_target(pruner, callback=lambda i, share: shares.append((i, share)))
     groups = {g.name: g for g in pruner.graph.groups}
     assert pruner.pruned_units(groups["h20"]) == 10
     assert pruner.pruned_units(groups["h16"]) == 8
@@ -92,7 +92,7 @@ def test_strategy_reaches_exact_target_mlp(mlp_model, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_strategy_reaches_exact_target_cnn(residual_model, name):
     pruner = Pruner(residual_model, input_range=(0, 1), strategy=name, step=0.25, target=0.5, seed=3)
-    pruner.run()
+    run_to_target(pruner)
     for g in pruner.graph.groups:
         expected = int(np.floor(0.5 * g.size + 0.5)) if g.prunable else 0
         assert pruner.pruned_units(g) == expected, g.name
@@ -103,7 +103,7 @@ def test_target_override_and_single_proposal_counts(mlp_model):
     props = pruner.propose()
     assert {p.name: len(p.drop) for p in props.values()} == {"h20": 2, "h16": 2}
     assert all(p.action == "remove" for p in props.values())
-    pruner.run(target=0.25)
+    run_to_target(pruner, target=0.25)
     groups = {g.name: g for g in pruner.graph.groups}
     assert pruner.pruned_units(groups["h20"]) == 5 and pruner.pruned_units(groups["h16"]) == 4
     # a step bigger than what remains is clipped to the target
@@ -137,8 +137,8 @@ def test_merge_strategies_propose_merges_for_dense_and_removals_for_filters(resi
 def test_same_seed_is_reproducible(mlp_model, name):
     a = Pruner(mlp_model, strategy=name, step=0.1, target=0.5, seed=7)
     b = Pruner(mlp_model, strategy=name, step=0.1, target=0.5, seed=7)
-    a.run()
-    b.run()
+    run_to_target(a)
+    run_to_target(b)
     assert a.store.equal(b.store)
 
 
@@ -147,7 +147,7 @@ def test_seed_matters_for_stochastic_strategies(mlp_model, name, options):
     """The seed drives the choice (stochastic: scores scaled up so that annealing rejects some pairs)."""
     def pruned(seed):
         p = Pruner(mlp_model, strategy=name, step=0.1, target=0.5, seed=seed, **options)
-        p.run()
+        run_to_target(p)
         return tuple(tuple(np.flatnonzero(~p.store.alive[g.id]).tolist()) for g in p.graph.prunable_groups)
 
     runs = {seed: pruned(seed) for seed in range(6)}
@@ -158,7 +158,7 @@ def test_seed_matters_for_stochastic_strategies(mlp_model, name, options):
 def test_stochastic_same_seed_same_units_default_options(mlp_model):
     def pruned(seed):
         p = Pruner(mlp_model, strategy="stochastic", step=0.1, target=0.5, seed=seed)
-        p.run()
+        run_to_target(p)
         return [np.flatnonzero(~p.store.alive[g.id]).tolist() for g in p.graph.prunable_groups]
 
     assert pruned(11) == pruned(11)
@@ -167,7 +167,7 @@ def test_stochastic_same_seed_same_units_default_options(mlp_model):
 def test_certified_rescale_option_is_exact_after_surgery():
     model = build_mlp(n_in=8, hidden=(16, 12), n_out=3, bn=True, seed=42)
     pruner = Pruner(model, strategy="certified", step=0.25, target=0.5, rescale=True)
-    pruner.run()
+    run_to_target(pruner)
     x = box_inputs(model, 32, seed=4)
     np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x),
                                rtol=1e-4, atol=1e-4)
@@ -195,7 +195,7 @@ def digits_mlp():
 
 def _pruned_accuracy(model, data, strategy, target=0.5, seed=0):
     pruner = Pruner(model, input_range=(0, 1), strategy=strategy, step=0.1, target=target, seed=seed)
-    pruner.run()
+    run_to_target(pruner)
     return accuracy(pruner.pruned_model(), *data)
 
 

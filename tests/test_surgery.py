@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import (
+from conftest import (  # noqa: I001
     L,
     box_inputs,
     build_cnn_bn_flatten,
@@ -20,6 +20,7 @@ from conftest import (
     build_squeeze_excite,
     randomize,
     run,
+    run_to_target,
     weights_copy,
     weights_equal,
 )
@@ -50,7 +51,7 @@ def pruned(request):
     model = BUILDERS[request.param]()
     before = weights_copy(model)
     pruner = Pruner(model, input_range=(0, 1), strategy="impact", step=0.25, target=0.5, seed=0)
-    iterations = pruner.run()
+    iterations = run_to_target(pruner)
     return request.param, model, before, pruner, iterations, pruner.pruned_model(), pruner.edited_model()
 
 
@@ -102,7 +103,7 @@ def test_original_model_untouched(pruned):
 def test_squeeze_excite_reshape_target_follows_gate():
     model = build_squeeze_excite()
     pruner = Pruner(model, input_range=(0, 1), strategy="magnitude", step=0.25, target=0.5)
-    pruner.run()
+    run_to_target(pruner)
     small = pruner.pruned_model()
     c1 = pruner.graph.group("c1")
     # the gate is multiplied channel-wise with c1: they share one group
@@ -138,7 +139,7 @@ def test_nested_submodel_is_kept_whole_and_the_rest_is_pruned():
     assert [n.name for n in pruner.graph.unsupported()] == ["inner"]
     assert not pruner.graph.group("mid").prunable
     assert [g.name for g in pruner.graph.prunable_groups] == ["pre", "post"]
-    pruner.run()
+    run_to_target(pruner)
     x = box_inputs(model, 16, seed=6)
     edited = pruner.edited_model()
     small = pruner.pruned_model()
@@ -160,7 +161,7 @@ def test_multi_input_multi_output_model():
     pruner = Pruner(model, input_range=(0, 1), strategy="impact", step=0.25, target=0.5)
     assert {g.name for g in pruner.graph.prunable_groups} == {"a", "b", "h", "h2"}
     assert not pruner.graph.group("o1").prunable and not pruner.graph.group("o2").prunable
-    pruner.run()
+    run_to_target(pruner)
     rng = np.random.default_rng(7)
     xs = [rng.random((16, 6), dtype=np.float32), rng.random((16, 4), dtype=np.float32)]
     small, edited = pruner.pruned_model(), pruner.edited_model()
@@ -176,7 +177,7 @@ def test_a_compiled_source_gives_a_pruned_model_without_training_state(tmp_path)
     model = build_mlp(n_in=64, hidden=(96, 64))
     model.compile("adam", "mse")
     p = Pruner(model, input_range=(0.0, 1.0), strategy="baseline", step=0.1, target=0.3)
-    p.run()
+    run_to_target(p)
     small = p.pruned_model()
     assert not small.compiled and small.optimizer is None
     assert model.compiled and model.optimizer is not None, "the user's model keeps its compilation"

@@ -138,20 +138,13 @@ class Pruner:
         return apply_edit(self.graph, self.store, g, proposal.candidates, increment=inc)
 
     def iterate(self, target: float | None = None) -> list[Patch]:
-        """Propose for every group and apply everything (one automated iteration)."""
+        """Propose for every group and apply everything (one automated iteration).
+
+        The loop over iterations -- stop conditions, cancel, history -- is the
+        session's (:meth:`PruningSession.run`), the one pruning loop.
+        """
         proposals = self.propose(target=target)
         return [self.apply(p) for p in proposals.values()]
-
-    def run(self, target: float | None = None, callback: Callable[[int, float], None] | None = None,
-            max_iterations: int = 10_000) -> int:
-        """Iterate until every group reaches the target; returns the iteration count."""
-        for i in range(max_iterations):
-            patches = self.iterate(target)
-            if not patches:
-                return i
-            if callback is not None:
-                callback(i + 1, self.share_pruned())
-        return max_iterations
 
     def output_bound_width(self) -> float:
         """Mean width of the certified output intervals (logits) over the input box.
