@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import (  # noqa: I001
+from conftest import (
     L,
     box_inputs,
     build_cnn_bn_flatten,
