@@ -315,3 +315,50 @@ def test_supported_kinds_list_is_generated_from_the_registry():
         assert f"`{name}`" in table
     doc = (ROOT / "docs" / "layers.md").read_text()
     assert table in doc, "docs/layers.md is stale: regenerate with python -m paoding_widgets.engine.rules"
+
+
+# ------------------------------------------------------------------ the same models through a session
+def _lambda_model():
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((8,))
+    x = L.Dense(16, activation="relu", name="h1")(inp)
+    x = L.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = L.Dense(12, activation="relu", name="h2")(x)
+    return randomize(keras.Model(inp, L.Dense(3, name="out")(x)))
+
+
+def test_lambda_model_session_metrics_export_and_save_load(tmp_path):
+    from paoding_widgets import PruningSession, SessionFileError
+
+    s = PruningSession(_lambda_model(), step=0.25, target=0.5)
+    s.run()
+    assert s.layer("h2").units_alive < s.layer("h2").units_total
+    m = s.metrics()
+    assert m.agreement is not None and m.size.params < s.model.count_params()
+    out = s.export(str(tmp_path / "small.keras"))
+    assert pathlib.Path(out).stat().st_size > 0
+    s.save(str(tmp_path / "s.paoding"))
+    with pytest.raises(SessionFileError, match="safe_mode=False"):
+        PruningSession.load(str(tmp_path / "s.paoding"))  # files from disk stay in safe mode
+    back = PruningSession.load(str(tmp_path / "s.paoding"), safe_mode=False)  # the user trusts their file
+    assert back.pruner.store.equal(s.pruner.store)
+    back.goto(0)
+    assert all(back.layer(n).units_alive == back.layer(n).units_total for n in ("h2",))
+
+
+def test_convnext_session_prunes_exports_and_resumes(tmp_path):
+    from paoding_widgets import PruningSession
+
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=10)
+    s = PruningSession(model, input_range=(0.0, 255.0), strategy="magnitude", step=0.1, target=0.1, n_probes=8)
+    s.step()
+    assert 0.09 < s.share_pruned() < 0.11  # per-layer rounding of 10 %
+    small = s.pruned_model()
+    x = box_inputs(model, 2, 0.0, 255.0)
+    assert float(np.abs(run(small, x) - run(s.pruner.edited_model(), x)).max()) < 1e-4
+    s.export(str(tmp_path / "convnext_small.keras"))
+    reloaded = keras.models.load_model(tmp_path / "convnext_small.keras", compile=False)
+    assert reloaded.count_params() == small.count_params() < model.count_params()
+    s.save(str(tmp_path / "convnext.paoding"))
+    back = PruningSession.load(str(tmp_path / "convnext.paoding"))
+    assert back.pruner.store.equal(s.pruner.store) and back.history.position == 1

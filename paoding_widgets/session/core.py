@@ -234,11 +234,15 @@ class PruningSession(RunMixin, MetricsMixin):
         return str(save_session(self.snapshot(), self.model, path, overwrite))
 
     @classmethod
-    def load(cls, path: str) -> PruningSession:
-        """Resume a saved session exactly, undo history included."""
+    def load(cls, path: str, safe_mode: bool = True, custom_objects: dict[str, Any] | None = None) -> PruningSession:
+        """Resume a saved session exactly, undo history included.
+
+        ``safe_mode=False`` loads a model that holds Python code (a ``Lambda``):
+        only for files you trust.  ``custom_objects`` names your own layer classes.
+        """
         from .persistence import load_session
 
-        return load_session(path, cls)
+        return load_session(path, cls, safe_mode, custom_objects)
 
     # ------------------------------------------------------------ internals
     def _layer_info(self, g: UnitGroup) -> LayerInfo:

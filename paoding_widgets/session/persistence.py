@@ -148,8 +148,13 @@ def _jsonable(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------ load
-def load_session(path: str, cls: Any = None) -> Any:
-    """Read, check and resume a session file (``cls``: the session class, default PruningSession)."""
+def load_session(path: str, cls: Any = None, safe_mode: bool = True,
+                 custom_objects: dict[str, Any] | None = None) -> Any:
+    """Read, check and resume a session file (``cls``: the session class, default PruningSession).
+
+    The model inside is loaded in Keras' safe mode unless the caller trusts the
+    file (``safe_mode=False``, needed for a model with a Python ``Lambda``).
+    """
     import keras
 
     if cls is None:
@@ -165,8 +170,13 @@ def load_session(path: str, cls: Any = None) -> Any:
             with tempfile.TemporaryDirectory() as tmp:
                 zf.extract("model.keras", tmp)
                 try:
-                    model = keras.models.load_model(Path(tmp) / "model.keras", compile=False)
+                    model = keras.models.load_model(Path(tmp) / "model.keras", compile=False, safe_mode=safe_mode,
+                                                    custom_objects=custom_objects)
                 except Exception as exc:  # keras raises many types for a bad file
+                    if safe_mode and "safe_mode" in str(exc):
+                        raise SessionFileError(
+                            f"{p}: its model holds code (a Python Lambda), which safe mode does not load; if you "
+                            "trust this file, load it with PruningSession.load(path, safe_mode=False)") from exc
                     raise SessionFileError(f"{p} is damaged: its model.keras does not load ({exc})") from exc
             weights = r.npz(zf, "weights.npz")
             arrays = _Arrays(r.npz(zf, "arrays.npz"), str(p))
