@@ -2,29 +2,44 @@
 
 Why: the README's main job must be one command on a fresh machine (``demo``),
 and practitioners prune saved models from scripts (``prune``).  Both drive the
-same engine/session as the notebook.  Bad input exits non-zero with one line
-saying why; no input or existing output file is ever overwritten without
-``--force`` (and the input model never).
+same engine/session as the notebook.  Every failure -- bad arguments, bad
+files, a refused action, a full disk, anything unexpected -- exits with status
+2 and exactly one line ``paoding-widgets: error: <why>`` on stderr, never a
+traceback; no existing output file is overwritten without ``--force``, and no
+input (the model, the eval data) ever.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from .errors import PaodingError
+
+PROG = "paoding-widgets"
+MODEL_SUFFIXES = (".keras", ".h5")
 
 
-class CliError(Exception):
+class CliError(PaodingError, Exception):
     """A one-line reason to exit with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine.strategies import STRATEGIES
 
-    p = argparse.ArgumentParser(prog="paoding-widgets", description="Data-free pruning of Keras models (PAODING).")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog=PROG, description="Data-free pruning of Keras models (PAODING).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="train a small digits model, prune it data-free, print a before/after table")
     d.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     d.add_argument("--strategy", nargs="+", choices=sorted(STRATEGIES), default=["impact", "certified"])
@@ -33,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
 
     r = sub.add_parser("prune", help="prune a saved .keras model data-free and save the smaller model")
-    r.add_argument("model", help="the input .keras model (never modified)")
+    r.add_argument("model", help="the input .keras (or legacy .h5) model (never modified)")
     r.add_argument("--out", required=True, help="output .keras path")
     r.add_argument("--target", type=float, default=0.5, help="share of each layer's units to prune (default 0.5)")
     r.add_argument("--step", type=float, default=0.05, help="share pruned per iteration (default 0.05)")
@@ -42,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lock", nargs="+", default=[], metavar="NAME", help="layers to leave untouched")
     r.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="the legal input box (default 0 1)")
-    r.add_argument("--eval", metavar="DATA.npz", help="test data: an .npz with arrays x and y")
+    r.add_argument("--eval", metavar="DATA.npz",
+                   help="test data: an .npz (numpy.savez) with arrays x (inputs) and y (integer labels)")
     r.add_argument("--tflite", metavar="OUT.tflite", help="also write a float16 TFLite model")
     r.add_argument("--session", metavar="RUN.paoding", help="also save the session (resumable, with undo)")
     r.add_argument("--force", action="store_true", help="replace existing output files")
@@ -52,14 +68,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "demo":
             return _demo(args)
         return _prune(args)
     except CliError as exc:
-        print(f"paoding-widgets: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except PaodingError as exc:  # a refusal from the session or engine: its message says why
+        return _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only folder, a file vanishing under us
+        return _fail(_os_error(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as exc:  # anything else is our bug; still one line, never a traceback
+        return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
+    return 2
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"cannot write{where}: no space left on device"
+    return f"cannot write{where}: {exc.strerror or _first_line(exc)}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -77,8 +118,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Every output path is valid before any work is done."""
-    src = Path(args.model).resolve()
+    """Every output path is valid before any work is done; no output is an input."""
+    inputs = {Path(args.model).resolve(): "the input model"}
+    if args.eval:
+        inputs[Path(args.eval).resolve()] = "the --eval data"
     paths = [(args.out, ".keras", "--out"), (args.tflite, ".tflite", "--tflite"),
              (args.session, None, "--session")]
     seen: set[Path] = set()
@@ -86,11 +129,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if path is None:
             continue
         p = Path(path).resolve()
-        if p == src:
-            raise CliError(f"{flag} {path} is the input model; choose another path (the input is never overwritten)")
+        if p in inputs:
+            raise CliError(f"{flag} {path} is {inputs[p]}; choose another path (inputs are never overwritten)")
         if p in seen:
             raise CliError(f"{flag} {path} is used for two outputs")
         seen.add(p)
+        if p.is_dir():
+            raise CliError(f"{flag} {path} is a directory; give a file name")
         if suffix and p.suffix != suffix:
             raise CliError(f"{flag} must end in {suffix}, got {path}")
         if p.exists() and not args.force:
@@ -100,17 +145,54 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _load_eval(path: str) -> tuple[Any, Any]:
+    """x and y from an .npz (numpy.savez) file; one-line reasons for anything else."""
+    import zipfile
+
     import numpy as np
 
+    expected = "an .npz file (numpy.savez) with arrays x (inputs) and y (labels)"
+    if Path(path).suffix != ".npz":
+        raise CliError(f"--eval {path}: expected {expected}")
+    if not Path(path).is_file():
+        raise CliError(f"--eval {path}: no such file; expected {expected}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CliError(f"--eval {path} holds one array, not an .npz archive; expected {expected}")
+        with z:
             keys = set(z.files)
             for xk, yk in (("x", "y"), ("x_test", "y_test")):
                 if {xk, yk} <= keys:
                     return z[xk], z[yk]
-    except (OSError, ValueError) as exc:
-        raise CliError(f"--eval {path}: cannot read it as .npz ({exc})") from exc
-    raise CliError(f"--eval {path} must hold arrays 'x' and 'y', found {sorted(keys)}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CliError(f"--eval {path}: cannot read it ({_first_line(exc)}); expected {expected}") from exc
+    raise CliError(f"--eval {path} must hold arrays 'x' and 'y', found {sorted(keys) or 'none'}")
+
+
+def _check_eval(path: str, x: Any, y: Any, model: Any) -> tuple[Any, Any]:
+    """The eval data fits the model: inputs of its shape, one label per input, labels within its classes."""
+    import numpy as np
+
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or len(x) == 0:
+        raise CliError(f"--eval {path} is empty: x has no inputs")
+    if y.ndim == 0 or len(y) != len(x):
+        raise CliError(f"--eval {path}: {len(x)} inputs but {y.size if y.ndim == 0 else len(y)} labels in y")
+    if not np.issubdtype(x.dtype, np.number):
+        raise CliError(f"--eval {path}: x must be numeric, got dtype {x.dtype}")
+    n_classes = model.outputs[0].shape[-1]
+    if y.ndim == 2 and n_classes is not None and y.shape[1] == n_classes:  # one-hot
+        y = y.argmax(-1)
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)
+                           or (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
+                               and np.all(y == np.round(y)))):
+        raise CliError(f"--eval {path}: y must be integer class labels (or one-hot rows), "
+                       f"got dtype {y.dtype} and shape {y.shape}")
+    y = y.astype(np.int64)
+    if n_classes is not None and (y.min() < 0 or y.max() >= max(int(n_classes), 2)):
+        raise CliError(f"--eval {path}: labels must be in 0..{max(int(n_classes), 2) - 1} for a model with "
+                       f"{n_classes} outputs, found {int(y.min())}..{int(y.max())}")
+    return x, y
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -125,8 +207,10 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(f"--input-range LOW must not exceed HIGH, got {args.input_range[0]} {args.input_range[1]}")
     if not Path(args.model).is_file():
         raise CliError(f"no model file at {args.model}")
+    if Path(args.model).suffix not in MODEL_SUFFIXES:
+        raise CliError(f"the model must be a .keras (or legacy .h5) file, got {args.model}")
     _check_outputs(args)
-    eval_data = _load_eval(args.eval) if args.eval else None
+    raw_eval = _load_eval(args.eval) if args.eval else None
 
     import keras
 
@@ -135,7 +219,8 @@ def _prune(args: argparse.Namespace) -> int:
     try:
         model = keras.models.load_model(args.model, compile=False)
     except Exception as exc:  # keras raises many types for a bad file
-        raise CliError(f"cannot load {args.model} as a Keras model: {str(exc).splitlines()[0]}") from exc
+        raise CliError(f"cannot load {args.model} as a Keras model: {_first_line(exc)}") from exc
+    eval_data = _check_eval(args.eval, *raw_eval, model) if raw_eval is not None else None
     try:
         session = PruningSession(model, tuple(args.input_range), args.strategy, args.step, args.target, args.seed,
                                  eval_data=eval_data, source_path=args.model)
@@ -147,18 +232,30 @@ def _prune(args: argparse.Namespace) -> int:
         if bar:
             bar.close()
         after = session.metrics()
-        session.export(args.out, overwrite=args.force)
+        _write(args.out, lambda: session.export(args.out, overwrite=args.force))
         if args.tflite:
-            session.export_tflite(args.tflite, overwrite=args.force)
+            _write(args.tflite, lambda: session.export_tflite(args.tflite, overwrite=args.force))
         if args.session:
-            session.save(args.session, overwrite=args.force)
-    except SessionError as exc:
+            _write(args.session, lambda: session.save(args.session, overwrite=args.force))
+    except (SessionError, FileExistsError, IsADirectoryError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
     print(f"pruned {result.share_pruned:.1%} of prunable units in {result.iterations} iterations "
           f"(stopped: {result.reason}); wrote {args.out}")
     print(_before_after(before, after))
     print(_layer_table(session))
     return 0
+
+
+def _write(path: str, write: Any) -> None:
+    """Run one output's write; an OS failure (a full disk) names the file (nothing half-written is left)."""
+    try:
+        write()
+    except (FileExistsError, IsADirectoryError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CliError(f"cannot write {path}: no space left on device") from exc
+        raise CliError(f"cannot write {path}: {exc.strerror or _first_line(exc)}") from exc
 
 
 class ProgressBar:

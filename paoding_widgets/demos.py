@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -53,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import datasets
+from . import datasets, files
 
 if TYPE_CHECKING:
     from .session import PruningSession
@@ -178,11 +176,7 @@ def list_demos() -> dict[str, str]:
 def cache_dir() -> Path:
     """Where trained demos are kept: ``$PAODING_DEMO_CACHE``, else
     ``$XDG_CACHE_HOME/paoding_widgets/demos`` (default ``~/.cache/paoding_widgets/demos``)."""
-    env = os.environ.get("PAODING_DEMO_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "paoding_widgets" / "demos"
+    return files.cache_dir("demos", env="PAODING_DEMO_CACHE")
 
 
 def load_demo(name: str, seed: int = 0, source: str = "auto", retrain: bool = False,
@@ -450,15 +444,7 @@ def _store(model: Any, manifest: dict[str, Any], model_path: Path, manifest_path
     try:
         model_path.parent.mkdir(parents=True, exist_ok=True)
         save_keras(model, model_path, overwrite=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{manifest_path.name}.tmp-", dir=manifest_path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(manifest, fh, indent=1)
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is not secret
-            os.replace(tmp, manifest_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        files.atomic_write(manifest_path, json.dumps(manifest, indent=1))
     except (OSError, ValueError) as exc:  # read-only or full disk, a directory in the way, ...
         return _Saved(f"{type(exc).__name__}: {exc}")
     return _Saved()

@@ -91,7 +91,7 @@ def test_pairwise_distances_match_loop(seed):
     ref = loop_distances(u)
     assert d.shape == (9, 9)
     # Gram-matrix distances in float32 lose ~sqrt(eps) * ||u|| near zero
-    atol = 1e-3 * np.linalg.norm(u, axis=0).max()
+    atol = float(1e-3 * np.linalg.norm(u, axis=0).max())  # pytest 9: approx takes plain floats
     np.testing.assert_allclose(d, ref, rtol=1e-4, atol=atol)
     np.testing.assert_allclose(d, d.T, atol=atol)
     assert d[1, 4] == pytest.approx(0.0, abs=atol)
@@ -126,7 +126,7 @@ def test_saliency_matrix_matches_loop(bias_aware):
             dist = np.linalg.norm(u[:, i].astype(np.float64) - u[:, j])
             term = loop_bias_term(b)[i, j] if bias_aware else 0.0
             ref[i, j] = (dist + term) * v_norm[j]
-    atol = 1e-3 * np.linalg.norm(u, axis=0).max() * v_norm.max()
+    atol = float(1e-3 * np.linalg.norm(u, axis=0).max())  # pytest 9: approx takes plain floats * v_norm.max()
     np.testing.assert_allclose(s, ref, rtol=1e-4, atol=atol)
 
 
@@ -145,12 +145,12 @@ def test_scaled_match_matches_loop(weighted):
             if best > 0:
                 assert s[a, b] == pytest.approx(best, rel=1e-4)
                 direct = np.linalg.norm(uw[:, b] - best * uw[:, a])
-                assert res[a, b] == pytest.approx(direct, rel=1e-3, abs=1e-3 * np.linalg.norm(uw[:, b]))
+                assert res[a, b] == pytest.approx(direct, rel=1e-3, abs=float(1e-3 * np.linalg.norm(uw[:, b])))
             else:
                 assert np.isnan(s[a, b]) and np.isinf(res[a, b])
     assert s[0, 3] == pytest.approx(2.5, rel=1e-5)
     # float32 Gram residuals lose ~sqrt(eps) * ||u_b|| near zero
-    assert res[0, 3] == pytest.approx(0.0, abs=1e-3 * np.linalg.norm(uw[:, 3]))
+    assert res[0, 3] == pytest.approx(0.0, abs=float(1e-3 * np.linalg.norm(uw[:, 3])))
     assert np.isnan(s[1, 7]) and np.isinf(res[1, 7])
 
 

@@ -3,7 +3,8 @@
 A person's session: run the notebook, propose, accept one layer, skip one, lock
 one, propose again (the locked layer gets no proposal), undo, run to target,
 cancel a run, export, switch to the dark theme -- checking the page and the
-kernel-side session after each step.  Screenshots go to ``artifacts/e2e/``.
+kernel-side session after each step; then a second view of the same session
+cancels a run the first one started.  Screenshots go to ``artifacts/e2e/``.
 """
 
 from __future__ import annotations
@@ -284,6 +285,56 @@ def test_a_person_prunes_with_the_widget(page, lab):
     assert bg not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)")
     shot(page, "08_dark_theme")
     assert kernel(page, "print(len(session.layers))") == 3
+
+
+SLOW_RUN = """\
+import time
+_propose = session.pruner.propose
+def _slow_propose(*a, **k):  # a run of ~50 iterations of 0.3 s: long enough to cancel by hand
+    time.sleep(0.3)
+    return _propose(*a, **k)
+session.pruner.propose = _slow_propose
+session.goto(0)
+session.configure(step=0.01, target=0.5, strategy="magnitude")
+print(1)
+"""
+
+
+def test_cancel_from_a_second_view_stops_the_run(page, lab):
+    """Two views of one session: a run started in the first is cancelled from the second (by keyboard)."""
+    if not page.locator(f".pw-row[data-layer='{H1}']").count():
+        open_widget(page, "lab_second_view")
+    assert kernel(page, "print(int(session.running))") == 0
+    kernel(page, SLOW_RUN)
+    page.evaluate(ADD_AND_RUN_CELL, "second_view = session.widget()\nsecond_view")
+    page.wait_for_function("document.querySelectorAll('.pw-root').length >= 2", timeout=120_000)
+    first, second = page.locator(".pw-root").nth(0), page.locator(".pw-root").nth(1)
+    second.locator(f".pw-row[data-layer='{H1}']").wait_for(timeout=120_000)
+    runs_before = len([x for x in kernel(page, STATE)["labels"] if x.startswith("run:")])
+
+    first.locator(".pw-run").click()
+    # both views learn of the run from the session (the second never sent anything)
+    for root in (first, second):
+        root.locator(".pw-cancel:not([disabled])").wait_for(timeout=30_000)
+    assert kernel(page, STATE)["running"] is True
+    assert first.locator(".pw-run").is_disabled() and second.locator(".pw-run").is_disabled()
+    shot(page, "09_two_views_running")
+
+    second.locator(".pw-cancel").focus()
+    page.keyboard.press("Space")  # the keyboard works the toolbar too
+    page.wait_for_function("() => [...document.querySelectorAll('.pw-root .pw-run')].every(b => !b.disabled)",
+                           timeout=60_000)
+    st = kernel(page, STATE)
+    runs = [x for x in st["labels"] if x.startswith("run:")]
+    assert len(runs) == runs_before + 1 and "cancelled" in runs[-1], st["labels"]
+    assert not st["running"] and st["share"] < 0.5
+    assert kernel(page, "import json; print(json.dumps(session.state))") == "idle"
+    for root in (first, second):  # both views idle, both show the cancelled run
+        assert root.locator(".pw-cancel").is_disabled()
+        assert root.locator(".pw-hist").last.inner_text().startswith("run:")
+        assert "cancelled" in root.locator(".pw-hist").last.inner_text()
+    shot(page, "10_cancelled_from_second_view")
+    kernel(page, "session.pruner.propose = _propose; second_view.close(); print(1)")
 
 
 # ---------------------------------------------------------------------- Notebook 7

@@ -11,42 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from ..files import atomic_path, check_target  # one implementation for the package; re-exported here
 
+__all__ = ["atomic_path", "check_target", "save_keras", "save_tflite", "tflite_bytes"]
 
-def check_target(path: str | os.PathLike, overwrite: bool = False,
-                 protected: tuple[str | os.PathLike | None, ...] = ()) -> Path:
-    """Validate an output path: parent exists, no clobbering, not a protected file."""
-    p = Path(path).expanduser().resolve()
-    for src in protected:
-        if src is not None and Path(src).expanduser().resolve() == p:
-            raise FileExistsError(f"refusing to write over the input model itself: {p}")
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{p} exists; pass overwrite=True (CLI: --force) to replace it")
-    if p.is_dir():
-        raise IsADirectoryError(f"{p} is a directory, not a file path")
-    if not p.parent.is_dir():
-        raise FileNotFoundError(f"directory {p.parent} does not exist")
-    return p
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path in the target's directory, renamed onto it on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def save_keras(model: Any, path: str | os.PathLike, overwrite: bool = False,

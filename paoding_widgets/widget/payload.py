@@ -1,7 +1,8 @@
 """What the widget sends over the wire, computed from a session (no widget code).
 
 Why: the view must stay thin and the wire small.  These pure functions turn a
-:class:`~paoding_widgets.session.PruningSession` into JSON rows for the layer
+session -- read only through its :class:`~paoding_widgets.session.readonly.SessionView` --
+into JSON rows for the layer
 tree and fixed-size uint8 heatmaps (sent as binary buffers, never JSON lists),
 so they can be tested without a browser and measured for payload size.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from ..session.readonly import GroupInfo, NodeInfo, SessionView
 
 HEATMAP_ROWS = 12  # inline heatmap: input features (downsampled) x units (downsampled)
 HEATMAP_COLS = 48
@@ -49,45 +52,43 @@ def heatmap(kernel: np.ndarray, rows: int = HEATMAP_ROWS, cols: int = HEATMAP_CO
     return to_uint8(downsample(np.abs(unit_matrix(kernel)), rows, cols))
 
 
-NESTED = ("Functional", "Sequential", "Model")
-
-
 def layer_rows(session: Any) -> list[dict[str, Any]]:
     """The tree's rows: what does not change while pruning (structure, names, shapes, reasons).
 
-    Rows come in display order, each after its parent: blocks (see
-    :mod:`~paoding_widgets.engine.blocks`) and nested models are parents.
-    What moves with each action (status, units alive, the open proposal) is
-    in :func:`layer_states`, keyed by ``row["group"]``, so an update resends
-    only that small dict.
+    ``session`` is a :class:`~paoding_widgets.session.readonly.SessionView` (or a
+    session, viewed through one).  Rows come in display order, each after its
+    parent: blocks (see :mod:`~paoding_widgets.engine.blocks`) and nested models
+    are parents.  What moves with each action (status, units alive, the open
+    proposal) is in :func:`layer_states`, keyed by ``row["group"]``, so an update
+    resends only that small dict.
     """
-    from ..engine.blocks import find_blocks, innermost
+    from ..engine.blocks import innermost
 
-    graph = session.graph
-    infos = {info.name: info for info in session.layers}
-    group_of: dict[str, Any] = {}
-    for g in graph.groups:
-        for s in g.producers:
-            group_of.setdefault(s.layer, g)
-    blocks = find_blocks(graph)
+    view = SessionView.of(session)
+    infos = {info.name: info for info in view.layers}
+    group_of: dict[str, GroupInfo] = {}
+    for g in view.groups:
+        for layer in g.producers:
+            group_of.setdefault(layer, g)
+    blocks = list(view.blocks)
     block_of = innermost(blocks)
     by_name = {b.name: b for b in blocks}
     members: dict[str | None, list[str]] = {}
-    for node in graph.nodes:
+    for node in view.nodes:
         members.setdefault(block_of.get(node.name), []).append(node.name)
     for b in blocks:
         members.setdefault(b.parent, []).append(b.name)
-    first = {n.name: i for i, n in enumerate(graph.nodes)}
+    first: dict[str, float] = {n.name: float(i) for i, n in enumerate(view.nodes)}
     first.update({b.name: min(first[m] for m in b.members) - 0.5 for b in blocks})
     rows: list[dict[str, Any]] = []
 
     def emit(parent: str | None, level: int) -> None:
         for name in sorted(members.get(parent, []), key=first.__getitem__):
             if name in by_name:
-                rows.append(_block_row(session, by_name[name], parent, level))
+                rows.append(_block_row(view, by_name[name], parent, level))
                 emit(name, level + 1)
             else:
-                rows.extend(_node_rows(session, graph.node(name), group_of.get(name), infos, parent, level))
+                rows.extend(_node_rows(view, view.node(name), group_of.get(name), infos, parent, level))
 
     emit(None, 0)
     return rows
@@ -96,7 +97,7 @@ def layer_rows(session: Any) -> list[dict[str, Any]]:
 def layer_states(session: Any) -> dict[str, dict[str, Any]]:
     """Per unit group: status, units alive and the open proposal (what an action changes)."""
     return {info.name: {"status": info.status, "units_alive": info.units_alive, "proposal": _proposal(info)}
-            for info in session.layers}
+            for info in SessionView.of(session).layers}
 
 
 def merge_rows(rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,38 +105,32 @@ def merge_rows(rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) ->
     return [{**r, **states[r["group"]]} if r.get("group") in states else dict(r) for r in rows]
 
 
-def _params(layer: Any) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in layer.weights))
-
-
-def _node_rows(session: Any, node: Any, g: Any, infos: dict[str, Any], parent: str | None,
+def _node_rows(view: SessionView, node: NodeInfo, g: GroupInfo | None, infos: dict[str, Any], parent: str | None,
                depth: int) -> list[dict[str, Any]]:
     info = infos.get(g.name) if g is not None else None
     row: dict[str, Any] = {
         "name": node.name, "type": node.type, "shape": _shape(node.output_shape), "depth": depth, "parent": parent,
-        "params": _params(node.layer), "group": g.name if g is not None else None,
+        "params": node.params, "group": g.name if g is not None else None,
         "units_total": info.units_total if info else None,
         "reason": (info.reason if info else node.reason) or "",
-        "heatmap": g is not None and heatmap_key(session, node.name) in session.pruner.store.arrays,
+        "heatmap": g is not None and view.has_kernel(node.name),
     }
     if info is None:  # no group: nothing here ever changes (grouped rows take theirs from layer_states)
         row.update(status="unsupported" if not node.supported else "", units_alive=None, proposal=None)
     rows = [row]
-    if node.type in NESTED:
-        for inner in node.layer.layers:
-            rows.append({"name": f"{node.name}/{inner.name}", "type": type(inner).__name__,
-                         "shape": "", "depth": depth + 1, "parent": node.name,
-                         "params": _params(inner), "group": None,
-                         "status": "", "units_alive": None, "units_total": None,
-                         "reason": "inside a nested model (kept whole)", "heatmap": False, "proposal": None})
+    for inner in node.inner:
+        rows.append({"name": f"{node.name}/{inner.name}", "type": inner.type,
+                     "shape": "", "depth": depth + 1, "parent": node.name,
+                     "params": inner.params, "group": None,
+                     "status": "", "units_alive": None, "units_total": None,
+                     "reason": "inside a nested model (kept whole)", "heatmap": False, "proposal": None})
     return rows
 
 
-def _block_row(session: Any, block: Any, parent: str | None, depth: int) -> dict[str, Any]:
-    graph = session.graph
+def _block_row(view: SessionView, block: Any, parent: str | None, depth: int) -> dict[str, Any]:
     fork = f"from {block.fork} " if block.fork else ""
-    return {"name": block.name, "type": "Block", "shape": _shape(graph.node(block.members[-1]).output_shape),
-            "depth": depth, "parent": parent, "params": sum(_params(graph.node(m).layer) for m in block.members),
+    return {"name": block.name, "type": "Block", "shape": _shape(view.node(block.members[-1]).output_shape),
+            "depth": depth, "parent": parent, "params": sum(view.node(m).params for m in block.members),
             "group": None, "status": "", "units_alive": None, "units_total": None,
             "reason": f"{len(block.members)} layers {fork}to {block.join}", "heatmap": False, "proposal": None}
 
@@ -146,13 +141,14 @@ def heatmaps(session: Any, names: list[str] | None = None,
 
     ``rows`` are the tree rows when the caller already has them (saves rebuilding them).
     """
+    view = SessionView.of(session)
     wanted = None if names is None else set(names)
-    rows = [r for r in (rows if rows is not None else layer_rows(session))
+    rows = [r for r in (rows if rows is not None else layer_rows(view))
             if r["heatmap"] and (wanted is None or r["name"] in wanted)]
-    header = {"names": [], "shapes": []}
+    header: dict[str, Any] = {"names": [], "shapes": []}
     buffers: list[bytes] = []
     for r in rows:
-        img = heatmap(session.pruner.store[heatmap_key(session, r["name"])])
+        img = heatmap(view.kernel(r["name"]))
         header["names"].append(r["name"])
         header["shapes"].append(list(img.shape))
         buffers.append(img.tobytes())
@@ -165,23 +161,14 @@ def detail(session: Any, name: str, kind: str = "weights") -> tuple[dict[str, An
     The header carries the value range and how many units/inputs each pixel
     covers, so the front end can name the value and unit under the pointer.
     """
-    kernel = session.pruner.store.arrays.get(heatmap_key(session, name))  # KeyError names an unknown layer
-    if kernel is None:
+    view = SessionView.of(session)
+    view.node(name)  # KeyError names an unknown layer
+    if not view.has_kernel(name):
         raise ValueError(f"layer {name!r} has no weights to show")
     if kind == "weights":
-        m = np.abs(unit_matrix(kernel))
+        m = np.abs(unit_matrix(view.kernel(name)))
     elif kind == "saliency":
-        from ..engine.scores import saliency_matrix
-
-        group = session.graph.group(name)
-        if not group.prunable:
-            raise ValueError(f"layer {name!r} is not prunable ({group.reason}); no saliency to show")
-        view = session.pruner.view(group)
-        m = saliency_matrix(view.u, view.b, view.v_norm)
-        m = np.where(np.isfinite(m), m, 0.0)
-        alive = view.alive
-        m[~alive, :] = 0
-        m[:, ~alive] = 0
+        m = view.saliency(name)
     else:
         raise ValueError(f"detail kind must be 'weights' or 'saliency', got {kind!r}")
     small = downsample(m, DETAIL_SIZE, DETAIL_SIZE)
@@ -189,15 +176,6 @@ def detail(session: Any, name: str, kind: str = "weights") -> tuple[dict[str, An
     header = {"name": name, "kind": kind, "shape": list(img.shape), "source_shape": list(m.shape),
               "max": float(np.abs(small).max()) if small.size else 0.0}
     return header, [img.tobytes()]
-
-
-def heatmap_key(session: Any, name: str) -> tuple[str, str]:
-    """The store array a layer's heatmap is drawn from."""
-    return name, _kernel_var(session.graph.node(name).type)
-
-
-def _kernel_var(layer_type: str) -> str:
-    return "pointwise_kernel" if layer_type.startswith("Separable") else "kernel"
 
 
 def _shape(shape: tuple) -> str:

@@ -11,6 +11,8 @@ import math
 from typing import Any
 
 from ..engine.strategies import STRATEGIES
+from ..errors import PaodingError
+from ..session.readonly import SessionView
 
 ACTIONS = {
     "hello": (), "propose": (), "accept_all": (), "step": (), "undo": (), "redo": (), "cancel": (),
@@ -19,12 +21,16 @@ ACTIONS = {
 }
 
 
-class WireError(ValueError):
+class WireError(PaodingError, ValueError):
     """A front-end message was refused."""
 
 
 def validate(content: Any, session: Any) -> dict[str, Any]:
-    """A checked copy of an action message, or WireError saying what is wrong."""
+    """A checked copy of an action message, or WireError saying what is wrong.
+
+    ``session`` is the widget's :class:`~paoding_widgets.session.readonly.SessionView` (or a session).
+    """
+    view = SessionView.of(session)
     if not isinstance(content, dict) or content.get("type") != "action":
         raise WireError(f"unknown message {str(content)[:80]!r}")
     action = content.get("action")
@@ -36,14 +42,14 @@ def validate(content: Any, session: Any) -> dict[str, Any]:
             raise WireError(f"action {action!r} needs {field!r}")
     if "layer" in ACTIONS[action]:
         layer = content["layer"]
-        names = {n.name for n in session.graph.nodes} | {g.name for g in session.graph.groups}
-        if not isinstance(layer, str) or layer not in names:
+        if not isinstance(layer, str) or layer not in view.names:
             raise WireError(f"unknown layer {str(layer)[:60]!r}")
         out["layer"] = layer
     if action == "goto":
         n = content["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(session.history.entries):
-            raise WireError(f"history position must be an integer in 0..{len(session.history.entries)}, got {n!r}")
+        length = view.history_length
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= length:
+            raise WireError(f"history position must be an integer in 0..{length}, got {n!r}")
         out["n"] = n
     if action == "configure":
         out["settings"] = _settings(content["settings"])

@@ -1,0 +1,223 @@
+"""SessionView: the narrow, read-only face of a session that views (the widget) use.
+
+Why: a view must show the session without reaching into its internals (the
+weight store, the graph, the history).  Everything the widget and its wire
+payload read goes through this class, so the session can change how it keeps
+its state without breaking any view, and a view cannot write through what it
+reads: structure comes as frozen records, kernels as read-only NumPy views.
+Actions are not here: a view calls the session's public methods for those.
+
+Structure (the model's layers, unit groups and blocks) never changes during a
+session, so it is read once and kept; state (layer infos, history, metrics,
+running) is read from the session on every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..engine.blocks import Block
+    from ..engine.evaluate import Metrics
+    from .core import LayerInfo, PruningSession
+    from .history import HistoryItem
+
+NESTED_TYPES = ("Functional", "Sequential", "Model")
+
+
+@dataclass(frozen=True)
+class InnerLayer:
+    """A layer inside a nested model (kept whole: never pruned)."""
+
+    name: str
+    type: str
+    params: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One top-level layer of the model, as a tree shows it."""
+
+    name: str
+    type: str
+    output_shape: tuple[int | None, ...]
+    supported: bool
+    reason: str  # why the graph cannot follow this layer ("" if it can)
+    params: int
+    inner: tuple[InnerLayer, ...] = ()  # layers of a nested model
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One unit group's fixed facts (its changing state is in :attr:`SessionView.layers`)."""
+
+    name: str
+    kind: str
+    prunable: bool
+    reason: str
+    size: int
+    producers: tuple[str, ...]  # the layers whose units (outputs) the group is
+
+
+class SessionView:
+    """Read-only access to a :class:`~.core.PruningSession` for views.
+
+    ``SessionView.of(x)`` accepts a session or a view (so helpers can take either).
+    """
+
+    def __init__(self, session: PruningSession) -> None:
+        self._session = session
+        graph = session.graph
+        self._nodes = tuple(_node_info(n) for n in graph.nodes)
+        self._node_by_name = {n.name: n for n in self._nodes}
+        self._groups = tuple(GroupInfo(g.name, g.kind, bool(g.prunable), g.reason or "", int(g.size),
+                                       tuple(dict.fromkeys(s.layer for s in g.producers)))
+                             for g in graph.groups)
+        self._names = frozenset(self._node_by_name) | frozenset(g.name for g in self._groups)
+        self._blocks: tuple[Block, ...] | None = None
+        self._kernel_keys = {n.name: (n.name, _kernel_var(n.type)) for n in self._nodes}
+
+    @classmethod
+    def of(cls, x: Any) -> SessionView:
+        return x if isinstance(x, SessionView) else cls(x)
+
+    @property
+    def session(self) -> PruningSession:
+        """The session itself (for its actions; read state through this view)."""
+        return self._session
+
+    # ------------------------------------------------------------ structure (fixed)
+    @property
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        """Top-level layers in model order."""
+        return self._nodes
+
+    def node(self, name: str) -> NodeInfo:
+        """One layer by name (KeyError if unknown)."""
+        return self._node_by_name[name]
+
+    @property
+    def groups(self) -> tuple[GroupInfo, ...]:
+        return self._groups
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """Residual / branching blocks of the graph, outermost first (computed once)."""
+        if self._blocks is None:
+            from ..engine.blocks import find_blocks
+
+            self._blocks = tuple(find_blocks(self._session.graph))
+        return self._blocks
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every layer and unit-group name an action may name."""
+        return self._names
+
+    # ------------------------------------------------------------ weights (read-only views)
+    def has_kernel(self, name: str) -> bool:
+        """Whether a layer has a kernel to draw."""
+        key = self._kernel_keys.get(name)
+        return key is not None and key in self._session.pruner.store.arrays
+
+    def kernel(self, name: str) -> np.ndarray:
+        """The layer's current kernel as a read-only view (no copy; KeyError if it has none)."""
+        key = self._kernel_keys.get(name)
+        if key is None or key not in self._session.pruner.store.arrays:
+            raise KeyError(f"layer {name!r} has no kernel")
+        v = self._session.pruner.store.arrays[key].view()
+        v.flags.writeable = False
+        return v
+
+    def kernel_version(self, name: str) -> int:
+        """The weight version that last wrote the layer's kernel (0: never), for redrawing only what changed."""
+        key = self._kernel_keys.get(name)
+        return self._session.pruner.store.changed.get(key, 0) if key is not None else 0
+
+    def saliency(self, name: str) -> np.ndarray:
+        """The pairwise saliency matrix of a prunable group's units (dead units' rows and columns 0)."""
+        from ..engine.scores import saliency_matrix
+        from ..errors import SessionError
+
+        s = self._session
+        with s._lock:  # a consistent reading while a run may be writing
+            group = s.graph.group(name)
+            if not group.prunable:
+                raise SessionError(f"layer {name!r} is not prunable ({group.reason}); no saliency to show")
+            view = s.pruner.view(group)
+            m = saliency_matrix(view.u, view.b, view.v_norm)
+            m = np.where(np.isfinite(m), m, 0.0)
+            alive = view.alive
+        m[~alive, :] = 0
+        m[:, ~alive] = 0
+        return m
+
+    # ------------------------------------------------------------ state (live)
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """Every unit group's current state (status, units alive, open proposal)."""
+        return self._session.layers
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self._session.settings
+
+    @property
+    def running(self) -> bool:
+        return self._session.running
+
+    @property
+    def state(self) -> str:
+        """``"idle"`` or ``"running"``."""
+        state = getattr(self._session, "state", None)
+        if isinstance(state, str):
+            return state
+        return "running" if self._session.running else "idle"
+
+    @property
+    def history_items(self) -> list[HistoryItem]:
+        return self._session.history_items
+
+    @property
+    def position(self) -> int:
+        """How many history entries are applied (0: the original model)."""
+        return self._session.history.position
+
+    @property
+    def history_length(self) -> int:
+        return len(self._session.history.entries)
+
+    @property
+    def revision(self) -> tuple[int, int]:
+        """(history position, weights version): changes with every edit, undo or redo."""
+        return self._session.revision
+
+    def share_pruned(self) -> float:
+        return self._session.share_pruned()
+
+    def cached_metrics(self) -> Metrics | None:
+        """The current state's metrics if already computed (never computes)."""
+        return self._session.cached_metrics()
+
+    def metrics(self) -> Metrics:
+        """The current state's metrics (computes them: seconds on a large model)."""
+        return self._session.metrics()
+
+
+def _params(layer: Any) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in layer.weights))
+
+
+def _node_info(node: Any) -> NodeInfo:
+    inner: tuple[InnerLayer, ...] = ()
+    if node.type in NESTED_TYPES:
+        inner = tuple(InnerLayer(x.name, type(x).__name__, _params(x)) for x in node.layer.layers)
+    return NodeInfo(node.name, node.type, tuple(node.output_shape), bool(node.supported), node.reason or "",
+                    _params(node.layer), inner)
+
+
+def _kernel_var(layer_type: str) -> str:
+    return "pointwise_kernel" if layer_type.startswith("Separable") else "kernel"
