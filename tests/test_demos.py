@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_to_target
 
 from paoding_widgets import datasets, demos
 from paoding_widgets.demos import DemoDataWarning, list_demos, load_demo, train_demo, weights_digest
@@ -183,7 +184,7 @@ def test_digits_cnn_works_on_the_8x8_fallback(cache: Path) -> None:
     assert demo.x_train.shape[1:] == (8, 8, 1) and demo.path is None and not cache.exists()
     pruner = Pruner(demo.model, demo.input_range, target=0.5)
     assert {g.name for g in pruner.graph.prunable_groups} == {"conv2d", "conv2d_1", "dense"}
-    pruner.run()
+    run_to_target(pruner)
     assert pruner.pruned_model().get_layer("conv2d").kernel.shape[-1] == 16
 
 

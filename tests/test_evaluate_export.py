@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import L, box_inputs, build_cnn_bn_flatten, build_mlp, run
+from conftest import L, box_inputs, build_cnn_bn_flatten, build_mlp, run, run_to_target
 
 from paoding_widgets.datasets import load_breast_cancer, load_digits
 from paoding_widgets.engine.evaluate import (
@@ -171,7 +171,7 @@ def test_flops_conv_and_dense():
 def test_pruned_model_has_fewer_flops():
     model = build_cnn_bn_flatten()
     pruner = Pruner(model, strategy="magnitude", step=0.5, target=0.5)
-    pruner.run()
+    run_to_target(pruner)
     small = pruner.pruned_model()
     assert size_report(small).flops < size_report(model).flops
     assert size_report(small).params == small.count_params() < model.count_params()
@@ -206,7 +206,7 @@ def test_save_keras_refuses_protected_path_even_with_overwrite(tmp_path):
 def test_save_keras_writes_loadable_model(tmp_path):
     model = build_cnn_bn_flatten()
     pruner = Pruner(model, strategy="magnitude", step=0.25, target=0.25)
-    pruner.run()
+    run_to_target(pruner)
     small = pruner.pruned_model()
     target = save_keras(small, tmp_path / "small.keras")
     assert target.exists() and target.name == "small.keras"

@@ -9,7 +9,7 @@ decide which proposals to apply.  It knows nothing of widgets or history.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 

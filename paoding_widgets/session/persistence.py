@@ -34,11 +34,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..engine.export import atomic_path, check_target
 from ..engine.pruner import Proposal
 from ..engine.units import Candidates
 from ..engine.weights import ArrayPatch, Patch
 from ..errors import SessionError, SessionFileError
+from ..files import atomic_path, check_target
 from .base import STATUSES
 from .history import Entry, SessionState
 from .snapshot import SessionSnapshot

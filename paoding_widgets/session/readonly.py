@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from .core import LayerInfo, PruningSession
     from .history import HistoryItem
 
-NESTED_TYPES = ("Functional", "Sequential", "Model")
-
-
 @dataclass(frozen=True)
 class InnerLayer:
     """A layer inside a nested model (kept whole: never pruned)."""
@@ -78,7 +75,8 @@ class SessionView:
                              for g in graph.groups)
         self._names = frozenset(self._node_by_name) | frozenset(g.name for g in self._groups)
         self._blocks: tuple[Block, ...] | None = None
-        self._kernel_keys = {n.name: (n.name, _kernel_var(n.type)) for n in self._nodes}
+        # the variable each layer's rule says holds its units (heatmaps are drawn from it)
+        self._kernel_keys = {n.name: (n.name, n.rule.kernel_var) for n in graph.nodes if n.rule.kernel_var}
 
     @classmethod
     def of(cls, x: Any) -> SessionView:
@@ -208,16 +206,13 @@ class SessionView:
 
 
 def _params(layer: Any) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in layer.weights))
+    return int(sum(int(np.prod(w.shape)) for w in getattr(layer, "weights", ())))  # operations have none
 
 
 def _node_info(node: Any) -> NodeInfo:
     inner: tuple[InnerLayer, ...] = ()
-    if node.type in NESTED_TYPES:
+    if node.rule.nested:
         inner = tuple(InnerLayer(x.name, type(x).__name__, _params(x)) for x in node.layer.layers)
     return NodeInfo(node.name, node.type, tuple(node.output_shape), bool(node.supported), node.reason or "",
                     _params(node.layer), inner)
 
-
-def _kernel_var(layer_type: str) -> str:
-    return "pointwise_kernel" if layer_type.startswith("Separable") else "kernel"
