@@ -47,6 +47,8 @@ def test_prune_writes_smaller_model_table_session_and_tflite(saved, tmp_path):
     small = keras.models.load_model(out)
     assert small.get_layer("h1").units == 8 and small.get_layer("h2").units == 10  # h2 locked
     assert tfl.stat().st_size > 0 and sess.stat().st_size > 0
+    modes = {f.suffix: f.stat().st_mode & 0o777 for f in (out, tfl, sess)}
+    assert len(set(modes.values())) == 1 and modes[".keras"] & 0o044, modes  # all like an ordinary file
     assert model.read_bytes() == before  # the input is untouched
     from paoding_widgets import PruningSession
 
