@@ -299,6 +299,12 @@ class ModelGraph:
                 off += n
             base += rep * width
 
+    def read_units(self, ln: LayerNode, gid: int, var: str, axis: int) -> None:
+        """Register ``var``'s ``axis`` as reading group ``gid``'s units directly, inside one layer
+        (an attention layer's output projection reads its own heads)."""
+        n = self.pending(gid).size
+        self.pending(gid).consumers.append(Slot(ln.name, var, axis, np.arange(n, dtype=np.int64)[:, None]))
+
     def passthrough(self, ln: LayerNode, tid: int, var: str, axis: int) -> None:
         """Register ``var``'s ``axis`` as holding one entry per channel of ``tid`` (BatchNorm, depthwise)."""
         segs, rep = self.layouts[tid][0]
@@ -309,10 +315,15 @@ class ModelGraph:
                 self.pending(g).passthrough.append(Slot(ln.name, var, axis, idx))
             off += n
 
-    def produce(self, ln: LayerNode, gid: int, var: str, axis: int) -> None:
-        """Register ``var``'s ``axis`` as holding the units of group ``gid`` (kernel columns, bias)."""
+    def produce(self, ln: LayerNode, gid: int, var: str, axis: int, index: np.ndarray | None = None) -> None:
+        """Register ``var``'s ``axis`` as holding the units of group ``gid`` (kernel columns, bias).
+
+        ``index[c]`` lists the positions of unit ``c`` along the axis (default: position ``c``;
+        an LSTM unit owns one column per gate).
+        """
         n = self.pending(gid).size
-        self.pending(gid).producers.append(Slot(ln.name, var, axis, np.arange(n, dtype=np.int64)[:, None]))
+        idx = np.arange(n, dtype=np.int64)[:, None] if index is None else np.asarray(index, np.int64).reshape(n, -1)
+        self.pending(gid).producers.append(Slot(ln.name, var, axis, idx))
 
     def opaque(self, ln: LayerNode, reason: str) -> None:
         """Leave a layer whole: the groups it reads stay whole too, its outputs are not prunable."""
@@ -344,7 +355,7 @@ class ModelGraph:
                 raise ModelError(f"the rule {ln.rule!r} failed half-way through layer {ln.name!r}: {exc}") from exc
             self.opaque(ln, f"its rule {ln.rule!r} could not read it ({type(exc).__name__}: {exc})")
             return
-        missing = [t for t in ln.outputs if t not in self.layouts]
+        missing = [t for t in ln.outputs if t not in self.layouts]  # extra outputs a rule did not describe
         if missing:
             for t in missing:
                 self.set_layout(t, self.channels(None, _last(self.shapes[t])))
@@ -405,6 +416,8 @@ class ModelGraph:
             return None, "units of this layer type are pruned by removal"
         if len(producers) != 1:
             return None, "units are shared by several layers (joined); removal only"
+        if not all(self.node(s.layer).rule.merge_reader for s in grp.consumers):
+            return None, "units are read by a layer that cannot absorb a merge (attention, recurrent); removal only"
         read_at = {tid for s in grp.consumers for tid in self.node(s.layer).inputs if tid in grp.tensors}
         if len(read_at) != 1:
             return None, "units are read at several points; removal only"

@@ -41,15 +41,10 @@ def alive_width(graph: ModelGraph, store: WeightStore, tid: int) -> int:
 
 
 def new_configs(graph: ModelGraph, store: WeightStore) -> dict[str, dict]:
-    """Layer configs that change with the group sizes (each rule says how its config follows its width)."""
+    """Layer configs that change with the group sizes (each layer's rule says how)."""
     out: dict[str, dict] = {}
     for node in graph.nodes:
-        if not node.outputs or node.outputs[0] not in graph.layouts:
-            continue
-        layout = graph.layouts[node.outputs[0]]
-        if not any(g is not None and not store.alive[g].all() for segs, _ in layout for g, _n in segs):
-            continue
-        cfg = node.rule.resized_config(node.config, alive_width(graph, store, node.outputs[0]))
+        cfg = node.rule.resize(graph, store, node)
         if cfg is not None:
             out[node.name] = cfg
     return out

@@ -5,6 +5,7 @@ teach the engine your own layer with :func:`register_rule`.  See
 ``docs/layers.md`` for the generated list of built-in kinds and an example.
 """
 
+from . import attention, extra, recurrent
 from .base import (
     REGISTRY,
     LayerRule,
@@ -33,6 +34,11 @@ from .builtin import (
     bn_affine,
     layer_norm_range,
 )
+
+# kinds kept in modules of their own register after the built-in table
+attention.register()
+extra.register()
+recurrent.register()
 
 __all__ = [
     "REGISTRY", "ActivationLayerRule", "BatchNormRule", "ChannelAffineRule", "ConcatenateRule", "ConvRule",

@@ -71,6 +71,10 @@ class LayerRule:
     kernel_var: str | None = None
     #: Units of this kind may be merged into one another (else only removed).
     mergeable: bool = False
+    #: Reads its input channels through a kernel whose last axis is its own output channels (Dense,
+    #: convolutions), so a change of an input channel can be injected into its pre-activation and merges
+    #: can fold rows: readers that are not (attention, recurrent layers) allow removal only.
+    merge_reader: bool = False
     #: Per channel and keeps equal channels equal (pooling, padding, dropout): merges pass through.
     transparent: bool = False
     #: A weightless per-unit activation layer (ReLU, Activation): merges fold through it.
@@ -136,6 +140,22 @@ class LayerRule:
         raise NoIntervalRule(f"no perturbation rule for {node.type}")
 
     # ------------------------------------------------------------ surgery, cost
+    def resize(self, graph: ModelGraph, store: WeightStore, node: LayerNode) -> dict[str, Any] | None:
+        """The config of the smaller layer (None: unchanged).
+
+        By default the layer's size follows its output's surviving channels
+        (:meth:`resized_config`); a rule whose units live inside the layer
+        (attention heads) overrides this.
+        """
+        if not node.outputs or node.outputs[0] not in graph.layouts:
+            return None
+        layout = graph.layouts[node.outputs[0]]
+        if all(g is None or store.alive[g].all() for segs, _ in layout for g, _n in segs):
+            return None
+        width = sum(rep * sum(n if g is None else int(store.alive[g][:n].sum()) for g, n in segs)
+                    for segs, rep in layout)
+        return self.resized_config(node.config, width)
+
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
         """The config of the smaller layer whose output keeps ``width`` channels (None: unchanged)."""
         return None

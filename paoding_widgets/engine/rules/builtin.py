@@ -31,6 +31,7 @@ class LinearRule(LayerRule):
     """A layer computing ``act(linear(x) + bias)``: bounds by centre/radius through the linear map."""
 
     kernel_var = "kernel"
+    merge_reader = True
 
     def activation(self, config: dict[str, Any]) -> tuple[str, ActivationRule | None]:
         name = activation_name(config.get("activation"))
@@ -82,9 +83,13 @@ class DenseRule(LinearRule):
     size_key = "units"
     mergeable = True
 
+    def units(self, config: dict[str, Any]) -> int:
+        """The number of units the config declares."""
+        return int(config[self.size_key])
+
     def read(self, graph: ModelGraph, node: LayerNode) -> None:
         src, out = node.inputs[0], node.outputs[0]
-        n = int(node.config[self.size_key])
+        n = self.units(node.config)
         graph.consume(node, src, self.kernel_var, 0)
         gid = graph.new_group(n, self.unit_kind or "dense")
         graph.produce(node, gid, self.kernel_var, node.var_ndim(self.kernel_var) - 1)
@@ -737,10 +742,11 @@ def _register_builtins() -> None:
     r("Normalization", NormalizationRule())
     r("LayerNormalization", LayerNormRule())
     r(("Functional", "Sequential", "Model"), NestedModelRule())
-    recurrent = OpaqueRule("recurrent layers are not pruned")
-    r(("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"), recurrent)
-    r(("MultiHeadAttention", "GroupedQueryAttention", "Attention", "AdditiveAttention"),
-      OpaqueRule("attention layers are not pruned"))
+    r(("RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"),
+      OpaqueRule("this recurrent layer kind is not pruned (SimpleRNN, LSTM and GRU are)"))
+    r(("GroupedQueryAttention", "Attention", "AdditiveAttention"),
+      OpaqueRule("this attention kind is not pruned (MultiHeadAttention heads are)"))
+    r("GroupNormalization", OpaqueRule("normalises groups of channels together: removing one changes the others"))
     r("Lambda", OpaqueRule("arbitrary code (Lambda) cannot be resized safely"))
 
 

@@ -1,0 +1,237 @@
+"""Attention heads, recurrent units, embeddings, EinsumDense, transposed convolutions; more applications."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import L, randomize, run, run_to_target
+
+from paoding_widgets.engine.graph import ModelGraph
+from paoding_widgets.engine.pruner import Pruner
+from paoding_widgets.engine.units import Candidates
+
+
+def _remove(pruner: Pruner, group: str, units: list[int]):
+    g = pruner.graph.group(group)
+    n = len(units)
+    cand = Candidates(np.full(n, -1, np.int64), np.asarray(units, np.int64), np.zeros(n, np.float32),
+                      np.zeros(n, np.float32))
+    from paoding_widgets.engine.edits import apply_edit
+
+    return apply_edit(pruner.graph, pruner.store, g, cand)
+
+
+def _seq_inputs(model, n=8, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (n, *model.inputs[0].shape[1:])).astype(np.float32)
+
+
+# ------------------------------------------------------------------ recurrent
+def _rnn_model(kind: str, return_sequences: bool, seed: int = 0, **kw):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 5))
+    layer = getattr(L, kind)(7, return_sequences=return_sequences, name="rnn", **kw)
+    x = layer(inp)
+    if return_sequences:
+        x = L.GlobalAveragePooling1D()(x)
+    x = L.Dense(6, activation="relu", name="h")(x)
+    return randomize(keras.Model(inp, L.Dense(3, name="out")(x)), seed)
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("seq", [False, True])
+def test_a_silent_recurrent_unit_is_removed_without_changing_outputs(kind, seq):
+    model = _rnn_model(kind, seq)
+    rnn = model.get_layer("rnn")
+    k, rk, b = (np.array(w) for w in rnn.get_weights())
+    u, gates = 7, k.shape[1] // 7
+    cols = [3 + j * u for j in range(gates)]
+    rk[3, :] = 0.0  # unit 3 feeds nothing back...
+    rnn.set_weights([k, rk, b])
+    h = model.get_layer("h")
+    hk, hb = h.get_weights()
+    hk[3, :] = 0.0  # ...and nothing forward
+    h.set_weights([hk, hb])
+    x = _seq_inputs(model)
+    before = run(model, x)
+    pruner = Pruner(model, strategy="magnitude")
+    group = pruner.graph.group("rnn")
+    assert group.prunable and group.size == u
+    assert any(s.var == "kernel" and s.index[3].tolist() == cols for s in group.producers)
+    _remove(pruner, "rnn", [3])
+    small = pruner.pruned_model()
+    assert small.get_layer("rnn").units == u - 1
+    np.testing.assert_allclose(run(small, x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_recurrent_pruning_is_exact_after_surgery_and_undo_is_bit_exact(kind):
+    model = _rnn_model(kind, True, seed=3, **({"reset_after": False} if kind == "GRU" else {}))
+    pruner = Pruner(model, strategy="impact", step=0.25, target=0.5)
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    assert not pruner.store.alive[pruner.graph.group("rnn").id].all()
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)
+
+
+def test_lstm_states_are_outputs_of_the_same_units():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((5, 4))
+    seq, h, c = L.LSTM(6, return_sequences=True, return_state=True, name="rnn")(inp)
+    x = L.Concatenate()([L.GlobalAveragePooling1D()(seq), h, c])
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(L.Dense(5, activation="relu", name="d")(x))))
+    pruner = Pruner(model, strategy="magnitude", step=0.34, target=0.34)
+    run_to_target(pruner)
+    x = _seq_inputs(model)
+    assert pruner.pruned_model().get_layer("rnn").units == 4
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+
+
+def test_recurrent_bounds_hold_and_a_relu_recurrence_stops_them():
+    model = _rnn_model("LSTM", True)
+    pruner = Pruner(model)
+    node = pruner.graph.node("rnn")
+    lo, hi = pruner.bounds().out[node.outputs[0]]
+    y = np.asarray(keras.Model(model.inputs, model.get_layer("rnn").output)(_seq_inputs(model, 64)))
+    assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
+    relu = _rnn_model("SimpleRNN", False, activation="relu")
+    assert "rnn" in Pruner(relu).bounds().missing
+
+
+def test_bidirectional_is_left_whole_with_a_reason():
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((5, 4))
+    x = L.Dense(6, name="pre")(inp)
+    x = L.Bidirectional(L.LSTM(3), name="bi")(x)
+    model = keras.Model(inp, L.Dense(2)(L.Dense(4, activation="relu", name="d")(x)))
+    graph = ModelGraph(model)
+    assert not graph.node("bi").supported and "not pruned" in graph.node("bi").reason
+    assert not graph.group("pre").prunable and graph.group("d").prunable
+
+
+# ------------------------------------------------------------------ attention
+def _attention_model(seed: int = 0, heads: int = 4):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 12))
+    x = L.Dense(12, name="pre")(inp)
+    a = L.MultiHeadAttention(num_heads=heads, key_dim=5, name="mha")(x, x)
+    x = L.GlobalAveragePooling1D()(a)
+    x = L.Dense(8, activation="relu", name="ffn")(x)
+    return randomize(keras.Model(inp, L.Dense(3, name="out")(x)), seed)
+
+
+def test_a_zero_head_is_removed_without_changing_outputs():
+    model = _attention_model()
+    mha = model.get_layer("mha")
+    ws = [np.array(w) for w in mha.get_weights()]
+    # [query k, b, key k, b, value k (12, H, 5), value b (H, 5), output k (H, 5, 12), b]: head 2's values are 0,
+    # so whatever it attends to it adds nothing
+    ws[4][:, 2, :] = 0.0
+    ws[5][2, :] = 0.0
+    mha.set_weights(ws)
+    x = _seq_inputs(model)
+    before = run(model, x)
+    pruner = Pruner(model, strategy="magnitude")
+    heads = pruner.graph.group("mha")
+    assert heads.prunable and heads.size == 4 and heads.kind == "conv"
+    _remove(pruner, "mha", [2])
+    small = pruner.pruned_model()
+    assert small.get_layer("mha").num_heads == 3
+    np.testing.assert_allclose(run(small, x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["impact", "certified", "magnitude"])
+def test_attention_model_prunes_heads_and_inputs_exactly(strategy):
+    model = _attention_model(seed=5)
+    pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    small = pruner.pruned_model()
+    assert small.get_layer("mha").num_heads == 2
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)
+
+
+def test_attention_bounds_contain_sampled_outputs():
+    model = _attention_model(seed=7)
+    pruner = Pruner(model)
+    lo, hi = pruner.bounds().out[pruner.graph.node("mha").outputs[0]]
+    y = np.asarray(keras.Model(model.inputs, model.get_layer("mha").output)(_seq_inputs(model, 64, seed=1)))
+    assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
+
+
+# ------------------------------------------------------------------ embedding, EinsumDense, transposed conv
+def test_embedding_and_einsum_dense_prune_exactly():
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((7,), dtype="int32")
+    e = L.Embedding(40, 10, name="emb")(tokens)
+    e = L.EinsumDense("abc,cd->abd", output_shape=(7, 9), bias_axes="d", activation="relu", name="ein")(e)
+    model = randomize(keras.Model(tokens, L.Dense(3, name="out")(L.Flatten()(e))))
+    graph = ModelGraph(model)
+    assert graph.group("emb").prunable and graph.group("ein").merge_chain is not None  # a Dense on the last axis
+    odd_in = keras.Input((7, 5))
+    odd = L.EinsumDense("abc,cd->abd", output_shape=(7, 4), bias_axes="b", name="odd")(odd_in)
+    odd_graph = ModelGraph(keras.Model(odd_in, L.Dense(2)(L.Flatten()(odd))))
+    assert not odd_graph.node("odd").supported and "not a Dense" in odd_graph.node("odd").reason
+    pruner = Pruner(model, strategy="certified", step=0.25, target=0.5)
+    x = np.random.default_rng(0).integers(0, 40, (16, 7))
+    before_table = pruner.store[("emb", "embeddings")].copy()
+    lo, hi = pruner.bounds().out[graph.node("emb").outputs[0]]
+    assert np.allclose(lo[0, 0], before_table.min(0)) and np.allclose(hi[0, 0], before_table.max(0))
+    run_to_target(pruner)
+    small = pruner.pruned_model()
+    assert small.get_layer("emb").output_dim == 5 and tuple(small.get_layer("ein").kernel.shape) == (5, 4)  # 5 of 9 go
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_convolution_filters_prune_exactly_with_sound_bounds():
+    keras.utils.set_random_seed(6)
+    img = keras.Input((6, 6, 3))
+    c = L.Conv2DTranspose(8, 3, strides=2, activation="relu", name="ct")(img)
+    c = L.Conv2D(5, 3, activation="relu", name="c2")(c)
+    model = randomize(keras.Model(img, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(c))))
+    pruner = Pruner(model, strategy="impact", step=0.25, target=0.5)
+    lo, hi = pruner.bounds().out[pruner.graph.node("ct").outputs[0]]
+    x = _seq_inputs(model, 32)
+    y = np.asarray(keras.Model(model.inputs, model.get_layer("ct").output)(x))
+    assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
+    run_to_target(pruner)
+    small = pruner.pruned_model()
+    assert small.get_layer("ct").filters == 4
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ real architectures with random weights
+APPS = {"EfficientNetV2B0": (64, 64, 3), "DenseNet121": (64, 64, 3), "Xception": (71, 71, 3),
+        "NASNetMobile": (64, 64, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_application_opens_prunes_one_iteration_and_shrinks_exactly(name):
+    model = getattr(keras.applications, name)(weights=None, input_shape=APPS[name], classes=10)
+    pruner = Pruner(model, input_range=(0.0, 255.0), strategy="magnitude", step=0.1, target=0.1)
+    assert len(pruner.graph.prunable_groups) >= 20
+    for g in pruner.graph.groups:  # the rest is reported, with a reason
+        assert g.prunable or g.reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for p in pruner.propose().values():
+            pruner.apply(p)
+    small = pruner.pruned_model()
+    assert small.count_params() < model.count_params()
+    x = np.random.default_rng(0).uniform(0, 255, (2, *APPS[name])).astype(np.float32)
+    ref = run(pruner.edited_model(), x)
+    np.testing.assert_allclose(run(small, x), ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
