@@ -124,16 +124,29 @@ def test_renamed_layers_detected_by_type():
     assert _by_name(graph, "dense_fake").prunable and _by_name(graph, "conv_fake").prunable
 
 
-def test_lstm_is_unsupported_and_poisons_its_input_group():
+def test_lstm_units_are_a_group_and_its_readers_input_is_removal_only():
     inp = keras.Input((5, 4))
     x = L.Dense(6, activation="relu", name="pre")(inp)
     x = L.LSTM(7, name="rnn")(x)
     x = L.Dense(8, activation="relu", name="post")(x)
     out = L.Dense(2, name="head")(x)
     graph = ModelGraph(keras.Model(inp, out))
+    assert graph.unsupported() == []
+    rnn, pre = _by_name(graph, "rnn"), _by_name(graph, "pre")
+    assert rnn.prunable and rnn.kind == "conv" and rnn.size == 7  # hidden units, removed
+    assert pre.prunable and pre.merge_chain is None and "recurrent" in pre.merge_note  # the LSTM cannot absorb merges
+    assert _by_name(graph, "post").prunable
+
+
+def test_a_convlstm_is_unsupported_and_poisons_its_input_group():
+    inp = keras.Input((3, 6, 6, 2))
+    x = L.Dense(4, activation="relu", name="pre")(inp)
+    x = L.ConvLSTM2D(3, 3, name="rnn")(x)
+    x = L.Flatten()(x)
+    out = L.Dense(2, name="head")(L.Dense(5, activation="relu", name="post")(x))
+    graph = ModelGraph(keras.Model(inp, out))
     unsupported = graph.unsupported()
     assert [n.name for n in unsupported] == ["rnn"]
-    assert unsupported[0].reason  # a non-empty explanation
     assert "recurrent" in unsupported[0].reason.lower()
     pre = _by_name(graph, "pre")
     assert not pre.prunable and "rnn" in pre.reason
