@@ -60,7 +60,7 @@ def prune(demo: Any, strategy: str, target: float) -> tuple[Any, float, str]:
     pruned = s.pruned_model()
     summary = ", ".join(f"{g['name']} {g['total'] - g['pruned']}/{g['total']}" for g in s.pruner.summary()
                         if g["prunable"])
-    return pruned, time.perf_counter() - t, f"{result.share_pruned:.0%} of hidden units pruned ({summary})"
+    return pruned, time.perf_counter() - t, f"{result.share_pruned:.0%} of hidden units pruned (units kept: {summary})"
 
 
 def int8_weight_error(model: Any) -> float:
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         md += ["## How pruning and quantisation interact\n",
                "Accuracy on the 2,000 test digits of the float model and of its int8 files; `agree` is the "
                "int8 file's top-1 agreement with its float source on the same digits; `w err` the mean "
-               "per-channel int8 weight error of the float model; size of the smallest int8 file (TFLite).\n",
+               "per-channel int8 weight error of the float model; size of the TFLite dynamic-range int8 file, and how "
+               "many times smaller it is than the original float32 `.keras`.\n",
                "| model | strategy | target | float acc | keras-int8 | tflite-int8 | onnx-int8 | agree (tflite / onnx) "
                "| w err | tflite-int8 KiB | x smaller |",
                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
