@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     acc = {row.name: row.accuracy for row in r.rows}
                     agree = {row.name: row.agreement_source for row in r.rows}
                     tfl = r.row("pruned + tflite-int8")
-                    rec = {"model": kind, "strategy": strategy, "target": target, "summary": summary,
+                    rec: dict[str, Any] = {"model": kind, "strategy": strategy, "target": target, "summary": summary,
                            "float_accuracy": acc["pruned"], "keras_int8": acc["pruned + keras-int8"],
                            "tflite_int8": acc["pruned + tflite-int8"], "onnx_int8": acc["pruned + onnx-int8"],
                            "agree_tflite": agree["pruned + tflite-int8"], "agree_onnx": agree["pruned + onnx-int8"],
