@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval", metavar="DATA.npz",
                    help="test data: an .npz (numpy.savez) with arrays x (inputs) and y (integer labels)")
     r.add_argument("--tflite", metavar="OUT.tflite", help="also write a float16 TFLite model")
+    r.add_argument("--deploy", metavar="DIR",
+                   help="also quantise and export the pruned model for deployment (Keras int8/int4, TFLite "
+                        "float16/int8, ONNX, ONNX int8; full-integer TFLite with --eval), run every file and "
+                        "print a size / accuracy / agreement table (needs pip install 'paoding-widgets[deploy]')")
     r.add_argument("--session", metavar="RUN.paoding", help="also save the session (resumable, with undo)")
     r.add_argument("--force", action="store_true", help="replace existing output files")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -308,6 +312,7 @@ def _prune(args: argparse.Namespace) -> int:
             _write(args.tflite, lambda: session.export_tflite(args.tflite, overwrite=args.force))
         if args.session:
             _write(args.session, lambda: session.save(args.session, overwrite=args.force))
+        report = session.deploy(args.deploy, overwrite=args.force) if args.deploy else None
     except (SessionError, FileExistsError, IsADirectoryError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
     pruned = sum(i.units_total - i.units_alive for i in session.layers if i.status != "not prunable")
@@ -318,6 +323,9 @@ def _prune(args: argparse.Namespace) -> int:
           f"{result.iterations} iterations (stopped: {_REASONS.get(result.reason, result.reason)}); wrote {args.out}")
     print(_before_after(before, after))
     print(_layer_table(session))
+    if report is not None:
+        print(f"\ndeployment files in {args.deploy} (each one run and compared with the Keras model):")
+        print(report.table())
     return 0
 
 

@@ -130,3 +130,14 @@ def test_cli_start_is_quiet(saved, tmp_path):
     proc = cli("prune", str(model), "--out", str(tmp_path / "q.keras"), "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cuInit" not in proc.stderr and "oneDNN" not in proc.stderr and "absl" not in proc.stderr
+
+
+def test_prune_deploy_writes_runs_and_tabulates_every_format(saved, tmp_path):
+    pytest.importorskip("onnxruntime")
+    model, ev = saved
+    out, ddir = tmp_path / "small.keras", tmp_path / "deploy"
+    proc = cli("prune", str(model), "--out", str(out), "--step", "0.25", "--eval", str(ev), "--deploy", str(ddir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(p.name for p in ddir.iterdir())
+    assert any(n.endswith(".onnx") for n in written) and any(n.endswith(".tflite") for n in written), written
+    assert "pruned + tflite-int8" in proc.stdout and "original" in proc.stdout

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from .history import History, HistoryItem, SessionState, copy_entry
 from .metrics import MetricsMixin
 from .running import RunHandle, RunMixin, RunResult
 from .snapshot import SessionSnapshot, check_snapshot, store_digest, store_restore, store_snapshot
+
+if TYPE_CHECKING:
+    from ..engine.deploy import DeployReport
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,24 @@ class PruningSession(RunMixin, MetricsMixin):
         return session
 
     # ------------------------------------------------------------ files
+    def deploy(self, out_dir: str, formats: Sequence[str] | None = None, overwrite: bool = False,
+               calibration_data: np.ndarray | None = None, **kwargs: Any) -> DeployReport:
+        """Prune -> quantise -> export -> verify: the pruned model in each deployment format, every file run.
+
+        Returns a table (``.table()``): original, pruned, pruned + int8 ... -- size on disk, accuracy and
+        robustness kept (with eval data), agreement with the original. ``formats`` from
+        :data:`~paoding_widgets.engine.deploy.FORMATS` (default: Keras, Keras int8/int4, TFLite float16 and
+        int8, ONNX and ONNX int8; full-integer TFLite too when there is data to calibrate on -- ours is
+        never invented). Files are written atomically into ``out_dir``, never over an existing file
+        unless ``overwrite``.
+        """
+        from ..engine.deploy import deploy
+
+        return deploy(self.pruned_model(), out_dir, original=self.model, eval_data=self.eval_data,
+                      input_range=self._pruner.input_range, formats=formats, calibration_data=calibration_data,
+                      epsilons=self.epsilons, probes=self._probes, protected=(self.source_path,),
+                      overwrite=overwrite, **kwargs)
+
     def save(self, path: str, overwrite: bool = False) -> str:
         """Write the whole session (model, weights, states, history) to one file (refused during a run)."""
         from .persistence import save_session
