@@ -106,15 +106,55 @@ def test_recurrent_bounds_hold_and_a_relu_recurrence_stops_them():
     assert "rnn" in Pruner(relu).bounds().missing
 
 
-def test_bidirectional_is_left_whole_with_a_reason():
+@pytest.mark.parametrize("mode", ["concat", "sum", "mul"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_bidirectional_directions_prune_exactly(kind, mode):
     keras.utils.set_random_seed(2)
     inp = keras.Input((5, 4))
     x = L.Dense(6, name="pre")(inp)
+    x = L.Bidirectional(getattr(L, kind)(6, return_sequences=True), merge_mode=mode, name="bi")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(L.Dense(4, activation="relu", name="d")(x))), 2)
+    pruner = Pruner(model, strategy="magnitude", step=0.34, target=0.34)
+    groups = [g for g in pruner.graph.groups if "bi" in g.layers and any(s.layer == "bi" for s in g.producers)]
+    assert len(groups) == (2 if mode == "concat" else 1) and all(g.prunable for g in groups)
+    assert pruner.graph.group("pre").prunable and pruner.graph.group("pre").merge_chain is None
+    run_to_target(pruner)
+    small = pruner.pruned_model()
+    bi = small.get_layer("bi")
+    assert bi.forward_layer.units == 4 and bi.backward_layer.units == 4
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_whose_input_shrinks_alone_is_rebuilt_for_it():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((5, 4))
+    x = L.Dense(6, name="pre")(inp)
     x = L.Bidirectional(L.LSTM(3), name="bi")(x)
-    model = keras.Model(inp, L.Dense(2)(L.Dense(4, activation="relu", name="d")(x)))
-    graph = ModelGraph(model)
-    assert not graph.node("bi").supported and "not pruned" in graph.node("bi").reason
-    assert not graph.group("pre").prunable and graph.group("d").prunable
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(x)), 3)
+    pruner = Pruner(model, strategy="magnitude", step=0.5, target=0.5)
+    bi = [g for g in pruner.graph.groups if any(s.layer == "bi" for s in g.producers)]
+    for p in pruner.propose(groups=[pruner.graph.group("pre")]).values():  # only the Dense before it
+        pruner.apply(p)
+    small = pruner.pruned_model()
+    assert small.get_layer("bi").forward_layer.units == 3 and all(pruner.store.alive[g.id].all() for g in bi)
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv3d_and_conv1d_prune_exactly():
+    keras.utils.set_random_seed(8)
+    vol = keras.Input((5, 5, 5, 2))
+    v = L.Conv3D(6, 2, activation="relu", name="c3")(vol)
+    v = L.Conv3D(4, 2, activation="relu", name="c3b")(v)
+    model = randomize(keras.Model(vol, L.Dense(2, name="out")(L.Flatten()(v))), 8)
+    pruner = Pruner(model, strategy="certified", step=0.5, target=0.5)
+    run_to_target(pruner)
+    x = _seq_inputs(model, 6)
+    small = pruner.pruned_model()
+    assert small.get_layer("c3").filters == 3 and small.get_layer("c3b").filters == 2
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ attention

@@ -742,7 +742,7 @@ def _register_builtins() -> None:
     r("Normalization", NormalizationRule())
     r("LayerNormalization", LayerNormRule())
     r(("Functional", "Sequential", "Model"), NestedModelRule())
-    r(("RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"),
+    r(("RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"),
       OpaqueRule("this recurrent layer kind is not pruned (SimpleRNN, LSTM and GRU are)"))
     r(("GroupedQueryAttention", "Attention", "AdditiveAttention"),
       OpaqueRule("this attention kind is not pruned (MultiHeadAttention heads are)"))
