@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import random
 import time
@@ -212,7 +213,8 @@ def load_demo(name: str, seed: int = 0, source: str = "auto", retrain: bool = Fa
 
     epochs = recipe.epochs_for(demo.data_source)
     _say(log, f"{name}: training once on {len(demo.x_train):,} samples of {demo.data_source}, {epochs} epochs "
-              f"(about {_TYPICAL_SECONDS.get(name, 20)} s on 2 cores); later runs load the cached model")
+              f"(about {10 if demo.data_source == DIGITS_SOURCE else _TYPICAL_SECONDS.get(name, 20)} s on 2 cores); "
+              "later runs load the cached model")
     seconds = _fit(demo, recipe, seed, epochs, key, log)
     saved = _store(demo.model, demo.manifest, model_path, manifest_path)
     demo.path = model_path if saved else None
@@ -286,6 +288,8 @@ def _load_data(recipe: _Recipe, seed: int, source: str) -> tuple[Arrays, Arrays,
         return train, test, CANCER_SOURCE
     if source not in ("auto", "mnist", "sklearn"):
         raise ValueError(f"source for {recipe.name} must be 'auto', 'mnist' or 'sklearn', got {source!r}")
+    if source == "auto" and os.environ.get("PAODING_DIGITS") == "sklearn":  # a classroom offline, or a test
+        source = "sklearn"
     if source == "sklearn":
         train, test = datasets.load_digits(seed=seed)
         return train, test, DIGITS_SOURCE
@@ -356,6 +360,8 @@ def _train(recipe: _Recipe, x: np.ndarray, y: np.ndarray, seed: int, epochs: int
         """One short line per epoch, so a first run is never silent for long."""
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if (epoch + 1) % max(1, epochs // 4) and epoch + 1 != epochs:  # about four lines in all
+                return
             acc = (logs or {}).get("accuracy")
             _say(log, f"  epoch {epoch + 1}/{epochs}" + (f", training accuracy {acc:.1%}" if acc is not None else ""))
 
