@@ -77,7 +77,7 @@ def run_to_target(pruner, target: float | None = None, callback=None, max_iterat
 
 
 def run(model, x) -> np.ndarray:
-    return np.asarray(model(x, training=False))
+    return keras.ops.convert_to_numpy(model(x, training=False))  # a NumPy array on every backend
 
 
 # ---------------------------------------------------------------------- builders

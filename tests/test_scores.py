@@ -318,8 +318,8 @@ def test_value_bounds_are_not_trivially_wide():
     # a degenerate box gives (nearly) exact values
     x = np.full((1, 8), 0.3, np.float32)
     point = Propagator(graph, store).values((0.3, 0.3)).of(graph.output_ids[0])
-    np.testing.assert_allclose(point[0], np.asarray(model(x)), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(point[1], np.asarray(model(x)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(point[0], keras.ops.convert_to_numpy(model(x)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(point[1], keras.ops.convert_to_numpy(model(x)), rtol=1e-4, atol=1e-4)
 
 
 def test_value_bounds_per_feature_input_range():
@@ -333,7 +333,7 @@ def test_value_bounds_per_feature_input_range():
     rng = np.random.default_rng(23)
     x = lo + rng.random((500, 6), dtype=np.float32) * (hi - lo)
     x = np.concatenate([x, lo[None], hi[None]])
-    y = np.asarray(model(x))
+    y = keras.ops.convert_to_numpy(model(x))
     assert np.all(y >= out_lo - 1e-4) and np.all(y <= out_hi + 1e-4)
     # the per-feature box is inside (-1, 2): its bounds are at least as tight as that box's
     wide = Propagator(graph, store).values((-1.0, 2.0)).of(graph.output_ids[0])
@@ -359,7 +359,7 @@ def _logits(model, x):
         inner = keras.Model(model.inputs[0], last.input)
         z = np.asarray(inner(x, training=False))
         return z @ last.kernel.numpy() + last.bias.numpy()
-    return np.asarray(model(x, training=False))
+    return keras.ops.convert_to_numpy(model(x, training=False))
 
 
 def _check_delta_soundness(model, layer, cand_all, input_range=(0.0, 1.0), tight=True, n=200):
@@ -496,7 +496,7 @@ def test_layer_normalization_bounds_hold_for_any_input_and_keep_later_layers_pru
         return
     lo, hi = b.out[graph.node("ln").outputs[0]]
     x = np.random.default_rng(1).uniform(-50, 50, (4000, 8)).astype(np.float32)  # far outside the box too
-    y = np.asarray(keras.Model(model.inputs, ln.output)(x))
+    y = keras.ops.convert_to_numpy(keras.Model(model.inputs, ln.output)(x))
     assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
     assert np.isfinite(pruner.output_bound_width())
     run_to_target(pruner)

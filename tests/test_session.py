@@ -36,7 +36,7 @@ def model():
 @pytest.fixture(scope="module")
 def eval_data(model):
     x = box_inputs(model, 200, seed=1)
-    return x, np.asarray(model(x, training=False)).argmax(1)
+    return x, keras.ops.convert_to_numpy(model(x, training=False)).argmax(1)
 
 
 def make(model, **kw) -> PruningSession:

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import box_inputs, build_gap, build_mlp
+from conftest import box_inputs, build_gap, build_mlp, run
 
 from paoding_widgets.session import PruningSession, SessionError, SessionFileError
 
@@ -25,7 +25,7 @@ def model():
 @pytest.fixture(scope="module")
 def eval_data(model):
     x = box_inputs(model, 100, seed=2)
-    return x, np.asarray(model(x, training=False)).argmax(1).astype(np.int32)
+    return x, run(model, x).argmax(1).astype(np.int32)
 
 
 def make(model, **kw) -> PruningSession:
@@ -94,7 +94,7 @@ def test_round_trip_resumes_exactly(model, eval_data, tmp_path):
     assert (mb.size, mb.accuracy, mb.agreement, mb.robust) == (ma.size, ma.accuracy, ma.agreement, ma.robust)
     # the loaded model is the original one
     x = box_inputs(model, 32, seed=9)
-    np.testing.assert_array_equal(np.asarray(loaded.model(x)), np.asarray(model(x)))
+    np.testing.assert_array_equal(run(loaded.model, x), run(model, x))
     # the pending proposal is still acceptable, with the same result
     s.accept("dense_1")
     loaded.accept("dense_1")

@@ -196,8 +196,10 @@ class Propagator:
     def call(self, node: LayerNode, xs: list[np.ndarray]) -> np.ndarray:
         """Run the (weight-free, monotone) layer itself on arrays."""
         arg: Any = xs if len(node.inputs) > 1 else xs[0]
+        import keras
+
         out = node.layer(arg, training=False) if node.rule.takes_training else node.layer(arg)
-        return np.asarray(out)
+        return keras.ops.convert_to_numpy(out)
 
 
 def _sound(iv: Interval) -> Interval:

@@ -63,7 +63,10 @@ def _labels(y: np.ndarray) -> np.ndarray:
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Model outputs in batches, without Keras' progress machinery."""
-    outs = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    import keras
+
+    outs = [keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))  # any backend's tensor
+            for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
