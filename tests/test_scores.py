@@ -357,7 +357,7 @@ def _logits(model, x):
     last = model.layers[-1]
     if last.get_config().get("activation") == "softmax":
         inner = keras.Model(model.inputs[0], last.input)
-        z = np.asarray(inner(x, training=False))
+        z = keras.ops.convert_to_numpy(inner(x, training=False))
         return z @ last.kernel.numpy() + last.bias.numpy()
     return keras.ops.convert_to_numpy(model(x, training=False))
 

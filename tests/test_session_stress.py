@@ -12,6 +12,7 @@ import random
 import threading
 import time
 
+import keras
 import numpy as np
 import pytest
 from conftest import box_inputs, build_mlp
@@ -106,8 +107,8 @@ def _check_history(s: PruningSession, original, probes) -> None:
             f"entry {i + 1} does not start where entry {i} ended: two actions interleaved"
     for k in range(len(h.entries), -1, -1):
         s.goto(k)
-        edited = np.asarray(s.pruner.edited_model()(probes, training=False))
-        physical = np.asarray(s.pruned_model()(probes, training=False))
+        edited = keras.ops.convert_to_numpy(s.pruner.edited_model()(probes, training=False))
+        physical = keras.ops.convert_to_numpy(s.pruned_model()(probes, training=False))
         np.testing.assert_allclose(physical, edited, rtol=1e-5, atol=1e-5,
                                    err_msg=f"physical and edited models differ at history position {k}")
     assert h.position == 0

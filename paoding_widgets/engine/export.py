@@ -46,10 +46,15 @@ def tflite_bytes(model: Any, quantize: str | None = "float16", calibration: Any 
     int8 input and output): this needs ``calibration``, an array of the user's
     own inputs whose activation ranges set the scales -- never invented data.
     """
-    import tensorflow as tf
+    import keras
 
     if quantize not in TFLITE_MODES:
         raise ValueError(f"quantize must be one of {TFLITE_MODES}, got {quantize!r}")
+    if keras.backend.backend() != "tensorflow":
+        return _tflite_bytes_elsewhere(model, quantize, calibration)
+
+    import tensorflow as tf
+
     if quantize == "full-int8":
         if calibration is None or len(calibration) == 0:
             raise ConfigError("full-integer TFLite needs calibration data: pass some of your own inputs "
@@ -71,6 +76,44 @@ def tflite_bytes(model: Any, quantize: str | None = "float16", calibration: Any 
             return conv.convert()
     except Exception as exc:  # the converter raises many types; keep its message
         raise ExportError(f"TFLite conversion of model {model.name!r} failed: {exc}") from exc
+
+
+_CONVERT_SCRIPT = """
+import sys, numpy as np, keras
+from paoding_widgets.engine.export import tflite_bytes
+model = keras.models.load_model(sys.argv[1], compile=False)
+cal = np.load(sys.argv[4]) if sys.argv[4] != "-" else None
+open(sys.argv[2], "wb").write(tflite_bytes(model, None if sys.argv[3] == "-" else sys.argv[3], cal))
+"""
+
+
+def _tflite_bytes_elsewhere(model: Any, quantize: str | None, calibration: Any) -> bytes:
+    """TFLite conversion needs TensorFlow's Keras: under JAX or PyTorch the (backend-neutral) ``.keras``
+    file is converted in a short-lived TensorFlow process."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out, cal = Path(tmp) / "model.keras", Path(tmp) / "model.tflite", Path(tmp) / "cal.npy"
+        model.save(src)
+        if calibration is not None:
+            np.save(cal, np.asarray(calibration, np.float32))
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run([sys.executable, "-c", _CONVERT_SCRIPT, str(src), str(out), quantize or "-",
+                               str(cal) if calibration is not None else "-"],
+                              env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise ExportError(f"TFLite conversion of model {model.name!r} (in a TensorFlow process, since this one "
+                              f"runs Keras on {keras_backend()}) failed: {last}")
+        return out.read_bytes()
+
+
+def keras_backend() -> str:
+    import keras
+
+    return str(keras.backend.backend())
 
 
 def save_tflite(model: Any, path: str | os.PathLike, quantize: str | None = "float16",
