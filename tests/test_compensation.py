@@ -12,7 +12,21 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import box_inputs, build_cnn_bn_flatten, build_mlp, build_residual, build_separable, randomize, run
+from conftest import (
+    box_inputs,
+    build_cnn_bn_flatten,
+    build_concat,
+    build_conv1d,
+    build_conv_concat,
+    build_gap,
+    build_joins,
+    build_mlp,
+    build_residual,
+    build_separable,
+    build_squeeze_excite,
+    randomize,
+    run,
+)
 
 from paoding_widgets.engine import compensation as C
 from paoding_widgets.engine.edits import apply_edit
@@ -126,6 +140,12 @@ MODELS = {
     "residual": (build_residual, {}),
     "separable": (build_separable, {}),
     "bn_mlp": (lambda seed=0: build_mlp(bn=True, seed=seed), {}),
+    "concat": (build_concat, {}),
+    "conv_concat": (build_conv_concat, {}),
+    "gap": (build_gap, {}),
+    "joins": (build_joins, {}),
+    "squeeze_excite": (build_squeeze_excite, {}),
+    "conv1d": (build_conv1d, {}),
 }
 
 

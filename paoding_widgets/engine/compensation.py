@@ -107,8 +107,8 @@ def bn_informed(graph: ModelGraph) -> set[int]:
 
 
 def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[np.ndarray, np.ndarray],
-                      samples: int = 128, steps: int = 100, seed: int = 0, budget: float = 2e11,
-                      lr: float = 0.1) -> np.ndarray | None:
+                      samples: int = 256, steps: int = 400, seed: int = 0, budget: float = 3e12,
+                      lr: float = 0.05, ce: float = 0.0) -> np.ndarray | None:
     """Inputs in the box whose statistics at every BatchNorm match its moving mean and variance.
 
     ZeroQ (Cai et al., CVPR 2020): start from random points of the box and descend on
@@ -135,7 +135,9 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
             steps = int(min(want, budget / (3.0 * per * samples)))
         if steps < min(want, 10):
             return None
-        feat = keras.Model(model.inputs, [n.layer.input for n in bns])
+        feat = keras.Model(model.inputs, [n.layer.input for n in bns] + [model.outputs[0]])
+        n_out = int(model.outputs[0].shape[-1])
+        labels = tf.constant(np.random.default_rng(seed + 1).integers(0, max(n_out, 1), samples))
         targets = []
         for n in bns:
             mm, mv = store.get(n.name, "moving_mean"), store.get(n.name, "moving_variance")
@@ -151,11 +153,14 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
         def step() -> Any:
             with tf.GradientTape() as tape:
                 outs = feat(lo + (hi - lo) * tf.sigmoid(w), training=False)
-                outs = outs if isinstance(outs, (list, tuple)) else [outs]
                 loss = tf.constant(0.0)
-                for a, (m, sd) in zip(outs, targets):
+                if ce:  # DeepInversion: each sample also drawn towards a random class
+                    loss += ce * tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                        labels, outs[-1], from_logits=not _squashed(model)))
+                for a, (m, sd) in zip(outs[:-1], targets):
                     axes = tuple(range(len(a.shape) - 1))
-                    mu, s = tf.reduce_mean(a, axes), tf.math.reduce_std(a, axes)
+                    mu = tf.reduce_mean(a, axes)
+                    s = tf.sqrt(tf.reduce_mean(tf.square(a - mu), axes) + 1e-8)  # no NaN gradient at zero spread
                     scale = sd + 1e-3
                     loss += tf.reduce_mean(((mu - m) / scale) ** 2 + ((s - sd) / scale) ** 2)
             opt.apply_gradients(zip(tape.gradient(loss, [w]), [w]))
@@ -167,6 +172,12 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
         return x if np.all(np.isfinite(x)) else None
     except Exception:  # a model this cannot differentiate (custom layers, several inputs...): box samples
         return None
+
+
+def _squashed(model: Any) -> bool:
+    from .evaluate import outputs_are_probabilities
+
+    return bool(outputs_are_probabilities(model))
 
 
 # ------------------------------------------------------------------------------ sampled moments

@@ -65,7 +65,7 @@ class Pruner:
     seed: seeds the stochastic and random strategies.
     """
 
-    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str | Strategy = "impact",
+    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str | Strategy = "compensated",
                  step: float = 0.05, target: float = 0.5, seed: int = 0, **strategy_options: Any) -> None:
         self.model = model
         self.graph = ModelGraph(model)

@@ -234,7 +234,7 @@ class Compensated(Strategy):
     description = "remove units and fold their data-free reconstruction from the kept ones into the readers (ours)"
     uses_impact = False
 
-    def __init__(self, samples: float = 128, steps: float = 100, ridge: float = 1e-2, reconstruct: bool = True,
+    def __init__(self, samples: float = 256, steps: float = 400, ridge: float = 1e-2, reconstruct: bool = True,
                  bn_prior: bool = False, everywhere: bool = False) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
