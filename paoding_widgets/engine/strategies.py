@@ -234,7 +234,7 @@ class Compensated(Strategy):
     description = "remove units and fold their data-free reconstruction from the kept ones into the readers (ours)"
     uses_impact = False
 
-    def __init__(self, samples: float = 256, steps: float = 400, ridge: float = 1e-2, reconstruct: bool = True,
+    def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 1e-2, reconstruct: bool = True,
                  bn_prior: bool = False, everywhere: bool = False) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
@@ -265,7 +265,7 @@ class Compensated(Strategy):
 
         drop, cost, mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior)
         z = np.zeros(len(drop), np.float32)
-        return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix)
+        return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix)
 
     def compensation(self, view: UnitView, drop: np.ndarray) -> list[np.ndarray]:
         """The compensation of a given removal (for a proposal restored without its coefficients)."""

@@ -58,7 +58,7 @@ class Candidates:
     # Compensation (``compensated`` strategy): per consumer slot of the group, ``(P, n + 1)``
     # coefficients expressing each removed unit over the group's units plus a constant (last column);
     # the readers' rows of those units get ``coef * v_drop`` added, their bias ``const * v_drop``.
-    mix: list[np.ndarray] | None = None
+    mix: list[np.ndarray] | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return len(self.drop)
@@ -66,7 +66,7 @@ class Candidates:
     def take(self, idx: np.ndarray) -> Candidates:
         return Candidates(self.keep[idx], self.drop[idx], self.scale[idx], self.shift[idx],
                           self.cost[idx] if len(self.cost) else self.cost,
-                          None if self.mix is None else [m[idx] for m in self.mix])
+                          mix=None if self.mix is None else [m[idx] for m in self.mix])
 
 
 class UnitView:
