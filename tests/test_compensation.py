@@ -199,3 +199,21 @@ def test_bad_coefficients_are_refused():
     bad.mix = [np.full_like(cand.mix[0], np.nan)]
     with pytest.raises(EditError, match="finite"):
         apply_edit(pruner.graph, pruner.store, g, bad)
+
+
+def test_proposal_restored_without_coefficients_is_recomputed():
+    """A session file keeps keep/drop/scale/shift only: applying such a proposal recomputes the same fold."""
+    model = build_cnn_bn_flatten(seed=1)
+    a = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.25, target=0.25)
+    b = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.25, target=0.25)
+    pa, pb = a.propose(), b.propose()
+    assert pa.keys() == pb.keys() and pa
+    for gid in pa:
+        pb[gid].candidates.mix = None
+        a.apply(pa[gid])
+        b.apply(pb[gid])
+    assert a.store.equal(b.store)
+
+
+def test_compensated_is_the_engine_default():
+    assert Pruner(build_mlp(), (0.0, 1.0)).strategy.name == "compensated"
