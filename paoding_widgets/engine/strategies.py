@@ -232,7 +232,8 @@ class Compensated(Strategy):
 
     name = "compensated"
     description = "remove units and fold their data-free reconstruction from the kept ones into the readers (ours)"
-    uses_impact = False
+    # the groups merged by ``certified`` keep its running output impact, so they are pruned exactly as there
+    uses_impact = True
 
     def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 1e-2, reconstruct: bool = True,
                  bn_prior: bool = False, everywhere: bool = False) -> None:
