@@ -217,3 +217,21 @@ def test_proposal_restored_without_coefficients_is_recomputed():
 
 def test_compensated_is_the_engine_default():
     assert Pruner(build_mlp(), (0.0, 1.0)).strategy.name == "compensated"
+
+
+def test_session_with_compensation_saves_resumes_and_undoes(tmp_path):
+    from paoding_widgets import PruningSession
+
+    model = build_residual(seed=2)
+    s = PruningSession(model, (0.0, 1.0), strategy="compensated", step=0.25, target=0.5, samples=32, steps=15)
+    before = s._pruner.store.copy()
+    s.run(target=0.25)
+    props = s.propose()
+    assert props
+    path = s.save(str(tmp_path / "run.paoding"))
+    s.accept_all()
+    t = PruningSession.load(path)
+    t.accept_all()  # the open proposal comes back without its coefficients: they are recomputed
+    assert s._pruner.store.equal(t._pruner.store)
+    s.goto(0)
+    assert s._pruner.store.equal(before)
