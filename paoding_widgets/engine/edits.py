@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EditError
-from .graph import ModelGraph, UnitGroup
+from .graph import ModelGraph, Slot, UnitGroup
 from .units import Candidates, UnitView, impact_key
 from .weights import Key, Patch, WeightStore
 
@@ -45,6 +45,32 @@ def validate(group: UnitGroup, store: WeightStore, cand: Candidates, graph: Mode
         raise EditError(f"{group.name}: a merge folds into a unit that is pruned in the same edit")
     if alive.sum() - len(drop) < 1:
         raise EditError(f"{group.name}: at least one unit must stay")
+    if cand.mix is not None:
+        _validate_mix(group, alive, cand, graph)
+
+
+def _validate_mix(group: UnitGroup, alive: np.ndarray, cand: Candidates, graph: ModelGraph | None) -> None:
+    """Compensation coefficients: one finite ``(P, n + 1)`` matrix per consumer, nothing on removed or dead units."""
+    mix = cand.mix or []
+    if len(mix) != len(group.consumers):
+        raise EditError(f"{group.name}: compensation needs one coefficient matrix per reader "
+                        f"({len(group.consumers)}), got {len(mix)}")
+    gone = ~alive.copy()
+    gone[cand.drop] = True
+    for i, m in enumerate(mix):
+        if m.shape != (len(cand.drop), group.size + 1):
+            raise EditError(f"{group.name}: compensation coefficients for reader {i} have shape {m.shape}, "
+                            f"expected {(len(cand.drop), group.size + 1)}")
+        if not np.all(np.isfinite(m)):
+            raise EditError(f"{group.name}: compensation coefficients must be finite numbers")
+        if np.any(m[:, :-1][:, gone] != 0):
+            raise EditError(f"{group.name}: compensation folds into a removed or pruned unit")
+        if graph is not None and np.any(m[:, -1] != 0):
+            from .compensation import reader_bias_target
+
+            if reader_bias_target(graph, group.consumers[i].layer) is None:
+                raise EditError(f"{group.consumers[i].layer} has no bias (nor BatchNorm after it) "
+                                "to absorb a compensation constant")
 
 
 def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Candidates,
@@ -66,7 +92,7 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
         if acc is not None:
             store.write(key, 0, np.arange(2), (acc + add).astype(acc.dtype), patch)
     merges = cand.keep >= 0
-    for slot in group.consumers:
+    for ci, slot in enumerate(group.consumers):
         key = (slot.layer, slot.var)
         v = np.moveaxis(store[key], slot.axis, 0)
         drop_rows = slot.index[cand.drop]  # (P, rep)
@@ -87,11 +113,43 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
             contrib = (np.repeat(cand.shift, slot.index.shape[1]).reshape(-1, *([1] * (v.ndim - 1))) * rows)
             add = contrib.reshape(-1, contrib.shape[-1]).sum(0)
             store.write((slot.layer, "bias"), 0, np.arange(bias.shape[0]), (bias + add).astype(bias.dtype), patch)
+        if cand.mix is not None:
+            _compensate(graph, store, slot, cand.drop, cand.mix[ci], patch)
         store.write(key, slot.axis, drop_rows.reshape(-1), 0, patch)
     for slot in group.producers:
         store.write((slot.layer, slot.var), slot.axis, slot.index[cand.drop].reshape(-1), 0, patch)
     store.set_alive(group.id, cand.drop, False, patch)
     return patch
+
+
+def _compensate(graph: ModelGraph, store: WeightStore, slot: Slot, drop: np.ndarray, coef: np.ndarray,
+                patch: Patch) -> None:
+    """Fold the removed units' rows, weighted by ``coef``, into the kept units' rows and the bias.
+
+    Row ``p`` of ``coef`` expresses removed unit ``drop[p]`` over the units (and a constant, last
+    column); every flattened position (``rep``) and kernel tap of the reader gets the same fold.
+    """
+    key = (slot.layer, slot.var)
+    v = np.moveaxis(store[key], slot.axis, 0)
+    rows = v[slot.index[drop]].astype(np.float64)  # (P, rep, *rest)
+    units = np.flatnonzero(np.any(coef[:, :-1] != 0, axis=0))
+    if len(units):
+        add = np.tensordot(coef[:, units].astype(np.float64).T, rows, axes=(1, 0))  # (U, rep, *rest)
+        pos = slot.index[units].reshape(-1)
+        new = v[pos].astype(np.float64) + add.reshape(len(pos), *v.shape[1:])
+        store.write(key, slot.axis, pos, new.astype(v.dtype), patch)
+    const = coef[:, -1].astype(np.float64)
+    if np.any(const != 0):
+        from .compensation import reader_bias_target
+
+        target = reader_bias_target(graph, slot.layer)
+        if target is None:
+            raise EditError(f"{slot.layer} has no bias to absorb a compensation constant")
+        contrib = np.tensordot(const, rows, axes=(0, 0))  # (rep, *rest): summed over all positions and taps
+        add_b = contrib.reshape(-1, contrib.shape[-1]).sum(0)
+        arr = store[target]
+        sign = 1.0 if target[1] == "bias" else -1.0  # BN(y + d) with moving_mean - d
+        store.write(target, 0, np.arange(arr.shape[0]), (arr + sign * add_b).astype(arr.dtype), patch)
 
 
 def shift_is_exact(graph: ModelGraph, group: UnitGroup) -> bool:

@@ -65,7 +65,7 @@ class Pruner:
     seed: seeds the stochastic and random strategies.
     """
 
-    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str | Strategy = "impact",
+    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str | Strategy = "compensated",
                  step: float = 0.05, target: float = 0.5, seed: int = 0, **strategy_options: Any) -> None:
         self.model = model
         self.graph = ModelGraph(model)
@@ -109,7 +109,7 @@ class Pruner:
         return self._bounds[1]
 
     def view(self, group: UnitGroup) -> UnitView:
-        return UnitView(self.graph, self.store, group, self.propagator, self.bounds)
+        return UnitView(self.graph, self.store, group, self.propagator, self.bounds, self.input_range)
 
     def propose(self, groups: Iterable[UnitGroup] | None = None, target: float | None = None) -> dict[int, Proposal]:
         """One iteration's proposals for the given (default: all prunable) groups."""
@@ -132,6 +132,12 @@ class Pruner:
     def apply(self, proposal: Proposal) -> Patch:
         """Apply one proposal to the weights; returns the patch that undoes it."""
         g = self.graph.groups[proposal.group]
+        cand = proposal.candidates
+        restore = getattr(self.strategy, "compensation", None)
+        if (cand.mix is None and restore is not None and proposal.strategy == self.strategy.name
+                and len(cand) and np.all(cand.keep < 0)):
+            # a proposal restored from a session file carries no coefficients: they are recomputed
+            cand.mix = restore(self.view(g), cand.drop)
         inc = proposal.extra.get("impact")  # computed with the bounds the proposal was scored on
         if inc is None:
             return apply_edit(self.graph, self.store, g, proposal.candidates, self.view(g))

@@ -213,13 +213,77 @@ class Certified(Strategy):
         return out
 
 
+class Compensated(Strategy):
+    """Ours: remove the units the rest can stand in for, and fold their reconstruction into the readers.
+
+    Every group (Dense units, filters, channels joined by residual ``Add``, channels carried through
+    depthwise convs) is pruned by removal with compensation: each removed unit is replaced, in every
+    layer that reads it, by its least-squares estimate from the kept units and a constant (folded
+    into the readers' kept rows and bias, or the moving mean of a BatchNorm right after a bias-free
+    reader).  Units are chosen greedily by what they cost the readers *after* that compensation.
+    The second moments behind both come from the model itself, data-free: box samples pushed
+    through the layers, re-standardised at every BatchNorm to its moving statistics, with closed-form
+    Gaussian ReLU moments where a BN feeds a ReLU.  See :mod:`~paoding_widgets.engine.compensation`.
+
+    Options: ``samples`` (box samples for the moments), ``ridge`` (shrinkage of the regression,
+    relative to the mean second moment), ``reconstruct`` (False: fold only each removed unit's
+    mean, DFQ-style bias correction), ``bn_prior`` (closed-form BN/ReLU moments).
+    """
+
+    name = "compensated"
+    description = "remove units and fold their data-free reconstruction from the kept ones into the readers (ours)"
+    # the groups merged by ``certified`` keep its running output impact, so they are pruned exactly as there
+    uses_impact = True
+
+    def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 1e-2, reconstruct: bool = True,
+                 bn_prior: bool = False, everywhere: bool = False) -> None:
+        self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
+        self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
+        self._moments: tuple[Any, dict, set[int]] | None = None
+        self._certified = Certified()
+
+    def moments(self, view: UnitView) -> tuple[dict, set[int]]:
+        """The reader moments of the view's model and its BN-anchored tensors (computed once per graph)."""
+        from .bounds import parse_input_range
+        from .compensation import activation_moments, bn_informed, synthesize_inputs
+
+        if self._moments is None or self._moments[0] is not view.graph:
+            box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
+            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps) if self.steps > 0 else None
+            stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
+                                       max(self.samples, 256) if x is None else self.samples, inputs=x)
+            self._moments = (view.graph, stats, bn_informed(view.graph))
+        return self._moments[1], self._moments[2]
+
+    def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
+        from .compensation import plan_removal
+
+        stats, informed = self.moments(view)
+        if not self.everywhere and view.mergeable and not any(t in informed for t in view.group.tensors):
+            # no BatchNorm statistics anchor these units: the box alone predicts them poorly (measured),
+            # so they are merged by their certified output change instead
+            return self._certified.merge(view, k, rng)
+
+        drop, cost, mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior)
+        z = np.zeros(len(drop), np.float32)
+        return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix)
+
+    def compensation(self, view: UnitView, drop: np.ndarray) -> list[np.ndarray]:
+        """The compensation of a given removal (for a proposal restored without its coefficients)."""
+        from .compensation import plan_removal
+
+        return plan_removal(view, self.moments(view)[0], len(drop), self.ridge, self.reconstruct, self.bn_prior,
+                            drop=drop)[2]
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Baseline, Impact, Stochastic, Magnitude, Random, Certified)
+    cls.name: cls for cls in (Baseline, Impact, Stochastic, Magnitude, Random, Certified, Compensated)
 }
 
 
 # Limits of the numeric options (inclusive); every option is a plain number or bool, so settings stay JSON.
-_RANGES: dict[str, tuple[float, float]] = {"pool": (1.0, 1000.0), "alpha": (0.0, 1e6), "beta": (0.0, 1e6)}
+_RANGES: dict[str, tuple[float, float]] = {"pool": (1.0, 1000.0), "alpha": (0.0, 1e6), "beta": (0.0, 1e6),
+                                          "samples": (16.0, 65536.0), "steps": (0.0, 1e5), "ridge": (0.0, 1e3)}
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -55,21 +55,28 @@ class Candidates:
     scale: np.ndarray  # (P,) factor folding v_drop into v_keep
     shift: np.ndarray  # (P,) constant folded into the consumers' bias
     cost: np.ndarray = field(default_factory=lambda: np.zeros(0))  # selection cost (lower first)
+    # Compensation (``compensated`` strategy): per consumer slot of the group, ``(P, n + 1)``
+    # coefficients expressing each removed unit over the group's units plus a constant (last column);
+    # the readers' rows of those units get ``coef * v_drop`` added, their bias ``const * v_drop``.
+    mix: list[np.ndarray] | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return len(self.drop)
 
     def take(self, idx: np.ndarray) -> Candidates:
         return Candidates(self.keep[idx], self.drop[idx], self.scale[idx], self.shift[idx],
-                          self.cost[idx] if len(self.cost) else self.cost)
+                          self.cost[idx] if len(self.cost) else self.cost,
+                          mix=None if self.mix is None else [m[idx] for m in self.mix])
 
 
 class UnitView:
     """Lazy, per-iteration view of one group for the strategies."""
 
     def __init__(self, graph: ModelGraph, store: WeightStore, group: UnitGroup,
-                 propagator: Propagator, bounds: Callable[[], Bounds]) -> None:
+                 propagator: Propagator, bounds: Callable[[], Bounds],
+                 input_range: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.graph, self.store, self.group = graph, store, group
+        self.input_range = input_range  # the legal input box (for strategies that sample it)
         self.propagator = propagator
         self._bounds = bounds  # lazy: filter removal never needs bounds
 

@@ -1,0 +1,237 @@
+"""Data-free compensation (``compensated`` strategy): the maths on small layers, and real edits.
+
+* an exactly reconstructible unit (a duplicate, a linear combination of others) is removed with
+  the outputs unchanged;
+* the closed-form BN/ReLU moments match a Monte-Carlo estimate from Gaussian samples;
+* after compensated pruning of BN, residual and depthwise models the physical model equals the
+  edited one, and undo is bit-exact.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import (
+    box_inputs,
+    build_cnn_bn_flatten,
+    build_concat,
+    build_conv1d,
+    build_conv_concat,
+    build_gap,
+    build_joins,
+    build_mlp,
+    build_residual,
+    build_separable,
+    build_squeeze_excite,
+    randomize,
+    run,
+)
+
+from paoding_widgets.engine import compensation as C
+from paoding_widgets.engine.edits import apply_edit
+from paoding_widgets.engine.pruner import Pruner
+from paoding_widgets.engine.strategies import Compensated
+from paoding_widgets.errors import EditError
+
+L = keras.layers
+
+
+def _mlp_with(copy_of: dict[int, list[tuple[int, float]]], seed: int = 0):
+    """A 20-8-4 MLP with a linear hidden layer whose units ``d`` compute ``sum c * x_k`` of others."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((20,)), L.Dense(8, name="h"), L.Dense(4, name="out")])
+    randomize(model, seed)
+    k, b = model.get_layer("h").get_weights()
+    for d, parts in copy_of.items():
+        k[:, d] = sum(c * k[:, j] for j, c in parts)
+        b[d] = sum(c * b[j] for j, c in parts)
+    model.get_layer("h").set_weights([k, b])
+    return model
+
+
+def _edited(pruner: Pruner):
+    return pruner.edited_model()
+
+
+def test_duplicate_unit_removed_exactly():
+    model = build_mlp(n_in=6, hidden=(12,), n_out=3, dropout=False)
+    k, b = model.layers[0].get_weights()
+    k[:, 5], b[5] = k[:, 2], b[2]  # unit 5 duplicates unit 2
+    model.layers[0].set_weights([k, b])
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(ridge=1e-9, everywhere=True, steps=0), step=0.1,
+                    target=0.1)
+    g = pruner.graph.prunable_groups[0]
+    view = pruner.view(g)
+    cand = pruner.strategy.propose(view, 1, np.random.default_rng(0))
+    assert cand.cost[0] < 1e-6, "the first unit to go costs nothing (the duplicate, or a unit dead on the box)"
+    cand.drop = np.array([5])
+    cand.mix = pruner.strategy.compensation(view, cand.drop)
+    np.testing.assert_allclose(cand.mix[0][0, 2], 1.0, atol=1e-4)
+    apply_edit(pruner.graph, pruner.store, g, cand)
+    x = box_inputs(model, 200)
+    np.testing.assert_allclose(run(_edited(pruner), x), run(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_combination_removed_exactly():
+    """A linear hidden layer: unit 7 = 0.5 x_1 - 2 x_3 + x_4 is rebuilt from the kept units in the reader."""
+    model = _mlp_with({7: [(1, 0.5), (3, -2.0), (4, 1.0)]})
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(ridge=1e-9, everywhere=True, steps=0), step=0.1,
+                    target=0.1)
+    g = pruner.graph.prunable_groups[0]
+    view = pruner.view(g)
+    drop, cost, _ = C.plan_removal(view, pruner.strategy.moments(view)[0], 1, ridge=1e-9)
+    assert drop[0] in (1, 3, 4, 7) and cost[0] < 1e-6, "a unit the others predict exactly goes first, for free"
+    _, _, mix = C.plan_removal(view, pruner.strategy.moments(view)[0], 1, ridge=1e-9, drop=np.array([7]))
+    np.testing.assert_allclose(mix[0][0, [1, 3, 4]], [0.5, -2.0, 1.0], atol=1e-3)
+    assert np.allclose(np.delete(mix[0][0], [1, 3, 4]), 0.0, atol=1e-3)
+    cand = pruner.strategy.propose(view, 1, np.random.default_rng(0))
+    cand.drop, cand.mix = np.array([7]), mix
+    apply_edit(pruner.graph, pruner.store, g, cand)
+    x = box_inputs(model, 300, -3.0, 3.0)  # far outside the sampled box: the identity is exact anywhere
+    np.testing.assert_allclose(run(_edited(pruner), x), run(model, x), rtol=1e-3, atol=1e-3)
+    assert not pruner.store.alive[g.id][7]
+
+
+def test_relu_gaussian_moments_match_monte_carlo():
+    rng = np.random.default_rng(0)
+    mean = np.array([-1.5, -0.2, 0.0, 0.7, 2.5, 1.0])
+    std = np.array([0.5, 1.0, 2.0, 0.3, 1.5, 0.0])
+    e1, e2 = C.relu_gaussian_moments(mean, std)
+    z = mean + std * rng.standard_normal((400_000, len(mean)))
+    r = np.maximum(z, 0.0)
+    np.testing.assert_allclose(e1, r.mean(0), atol=6e-3)
+    np.testing.assert_allclose(e2, (r**2).mean(0), atol=2e-2)
+
+
+def test_bn_bias_correction_matches_monte_carlo():
+    """Producer -> BN -> ReLU: the closed-form mean of each unit (folded into the reader's bias when the
+    unit goes) equals a Monte-Carlo estimate with Gaussian BN outputs N(beta, gamma^2)."""
+    model = build_mlp(n_in=5, hidden=(8,), n_out=2, dropout=False, bn=True, activation="linear")
+    inp = keras.Input((5,))
+    x = L.Dense(8, name="h")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="relu")(x)
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(x)), 1)
+    pruner = Pruner(model, (0.0, 1.0), strategy="compensated")
+    view = pruner.view(pruner.graph.prunable_groups[0])
+    mean, var = C.bn_relu_prior(view)
+    gamma, beta, mm, mv = model.get_layer("bn").get_weights()
+    eps = model.get_layer("bn").epsilon
+    s = gamma * np.sqrt(mv / (mv + eps))  # the BN output's spread when its input has the moving variance
+    z = beta + s * np.random.default_rng(0).standard_normal((400_000, 8))
+    np.testing.assert_allclose(mean, np.maximum(z, 0).mean(0), atol=1e-2)
+    np.testing.assert_allclose(var, np.maximum(z, 0).var(0), atol=2e-2)
+    # bias correction only: a removed unit's mean goes into the reader's bias
+    strat = Compensated(reconstruct=False, bn_prior=True, steps=0)
+    g = pruner.graph.prunable_groups[0]
+    drop, _, mix = C.plan_removal(view, strat.moments(view)[0], 2, reconstruct=False, bn_prior=True)
+    np.testing.assert_allclose(mix[0][:, -1], mean[drop], rtol=1e-4)
+    assert np.all(mix[0][:, :-1] == 0)
+    b0 = pruner.store[("out", "bias")].copy()
+    v = pruner.store[("out", "kernel")][drop].copy()
+    cand = strat.propose(view, 2, np.random.default_rng(0))
+    apply_edit(pruner.graph, pruner.store, g, cand)
+    np.testing.assert_allclose(pruner.store[("out", "bias")], b0 + (mean[cand.drop][:, None] * v).sum(0), rtol=1e-4)
+
+
+MODELS = {
+    "bn_flatten": (build_cnn_bn_flatten, {}),
+    "residual": (build_residual, {}),
+    "separable": (build_separable, {}),
+    "bn_mlp": (lambda seed=0: build_mlp(bn=True, seed=seed), {}),
+    "concat": (build_concat, {}),
+    "conv_concat": (build_conv_concat, {}),
+    "gap": (build_gap, {}),
+    "joins": (build_joins, {}),
+    "squeeze_excite": (build_squeeze_excite, {}),
+    "conv1d": (build_conv1d, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_physical_equals_edited_and_undo_is_exact(name):
+    build, _ = MODELS[name]
+    model = build(seed=3)
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.2, target=0.4)
+    before = pruner.store.copy()
+    patches = []
+    while True:
+        props = pruner.propose()
+        if not props:
+            break
+        patches += [pruner.apply(p) for p in props.values()]
+    assert patches and pruner.share_pruned() > 0.3
+    x = box_inputs(model, 16, seed=1)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-4)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(before)
+
+
+def test_compensation_folds_into_batchnorm_after_a_bias_free_reader():
+    inp = keras.Input((6,))
+    x = L.Dense(10, activation="relu", name="h")(inp)
+    x = L.Dense(5, use_bias=False, name="r")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(L.ReLU()(x))), 2)
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(everywhere=True, steps=0), step=0.2, target=0.2)
+    g = pruner.graph.group("h")
+    mm = pruner.store[("bn", "moving_mean")].copy()
+    cand = pruner.strategy.propose(pruner.view(g), 2, np.random.default_rng(0))
+    assert np.any(cand.mix[0][:, -1] != 0)
+    apply_edit(pruner.graph, pruner.store, g, cand)
+    assert not np.array_equal(pruner.store[("bn", "moving_mean")], mm)
+    x = box_inputs(model, 8)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_coefficients_are_refused():
+    model = build_mlp(n_in=6, hidden=(8,), n_out=3, dropout=False)
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(everywhere=True, steps=0))
+    g = pruner.graph.prunable_groups[0]
+    cand = pruner.strategy.propose(pruner.view(g), 2, np.random.default_rng(0))
+    bad = cand.take(np.arange(len(cand)))
+    bad.mix = [m.copy() for m in cand.mix]
+    bad.mix[0][0, cand.drop[1]] = 1.0  # folds into a unit removed in the same edit
+    with pytest.raises(EditError, match="removed"):
+        apply_edit(pruner.graph, pruner.store, g, bad)
+    bad.mix = [np.full_like(cand.mix[0], np.nan)]
+    with pytest.raises(EditError, match="finite"):
+        apply_edit(pruner.graph, pruner.store, g, bad)
+
+
+def test_proposal_restored_without_coefficients_is_recomputed():
+    """A session file keeps keep/drop/scale/shift only: applying such a proposal recomputes the same fold."""
+    model = build_cnn_bn_flatten(seed=1)
+    a = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.25, target=0.25)
+    b = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.25, target=0.25)
+    pa, pb = a.propose(), b.propose()
+    assert pa.keys() == pb.keys() and pa
+    for gid in pa:
+        pb[gid].candidates.mix = None
+        a.apply(pa[gid])
+        b.apply(pb[gid])
+    assert a.store.equal(b.store)
+
+
+def test_compensated_is_the_engine_default():
+    assert Pruner(build_mlp(), (0.0, 1.0)).strategy.name == "compensated"
+
+
+def test_session_with_compensation_saves_resumes_and_undoes(tmp_path):
+    from paoding_widgets import PruningSession
+
+    model = build_residual(seed=2)
+    s = PruningSession(model, (0.0, 1.0), strategy="compensated", step=0.25, target=0.5, samples=32, steps=15)
+    before = s._pruner.store.copy()
+    s.run(target=0.25)
+    props = s.propose()
+    assert props
+    path = s.save(str(tmp_path / "run.paoding"))
+    s.accept_all()
+    t = PruningSession.load(path)
+    t.accept_all()  # the open proposal comes back without its coefficients: they are recomputed
+    assert s._pruner.store.equal(t._pruner.store)
+    s.goto(0)
+    assert s._pruner.store.equal(before)
