@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target", type=float, default=0.5,
                    help="share of each prunable, unlocked layer's units to prune (default 0.5)")
     r.add_argument("--step", type=float, default=0.05, help="share pruned per iteration (default 0.05)")
-    r.add_argument("--strategy", choices=sorted(STRATEGIES), default="impact", metavar="NAME",
-                   help="one of the strategies listed below (default: impact)")
+    r.add_argument("--strategy", choices=sorted(STRATEGIES), default="compensated", metavar="NAME",
+                   help="one of the strategies listed below (default: compensated, the best measured fidelity)")
     r.add_argument("--seed", type=int, default=0, help="seeds the stochastic strategies (default 0)")
     r.add_argument("--lock", nargs="+", default=[], metavar="NAME", help="layers to leave untouched")
     r.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0), metavar=("LOW", "HIGH"),

@@ -86,7 +86,7 @@ class PruningSession(RunMixin, MetricsMixin):
     strategy_options: plain numbers, bools or strings (they are saved as JSON).
     """
 
-    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str = "impact", step: float = 0.05,
+    def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str = "compensated", step: float = 0.05,
                  target: float = 0.5, seed: int = 0, eval_data: tuple[np.ndarray, np.ndarray] | None = None,
                  epsilons: Sequence[float] = DEFAULT_EPSILONS, n_probes: int | None = None,
                  source_path: str | None = None, **strategy_options: Any) -> None:
