@@ -132,16 +132,17 @@ class UnitView:
         """L1 norm of each unit's incoming weights over all producers."""
         total = np.zeros(self.group.size, np.float64)
         for slot in self.group.producers:
-            if slot.var == "bias":
+            if slot.var.endswith("bias"):
                 continue
             arr = np.moveaxis(self.store[(slot.layer, slot.var)], slot.axis, 0)
-            total += np.abs(arr[slot.index[:, 0]].reshape(self.group.size, -1)).sum(1)
+            # every position the unit owns (an LSTM unit: one column per gate)
+            total += np.abs(arr[slot.index].reshape(self.group.size, -1)).sum(1)
         return total
 
     def scaled_l1(self) -> np.ndarray:
         """L1 norm divided by the kernel's element count (the method's filter scale)."""
-        counts = sum(np.moveaxis(self.store[(s.layer, s.var)], s.axis, 0)[0].size
-                     for s in self.group.producers if s.var != "bias")
+        counts = sum(np.moveaxis(self.store[(s.layer, s.var)], s.axis, 0)[0].size * s.index.shape[1]
+                     for s in self.group.producers if not s.var.endswith("bias"))
         return self.magnitude() / max(counts, 1)
 
     # ------------------------------------------------------------- transfer
