@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_strategies_help())
     d.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
                    help="mlp: 784-128-128-10 Dense; cnn: two convolutions and a Dense (default: mlp)")
-    d.add_argument("--strategy", nargs="+", choices=sorted(STRATEGIES), default=["impact", "certified"],
-                   metavar="NAME", help="one or more strategies, listed below (default: impact certified)")
+    d.add_argument("--strategy", nargs="+", choices=sorted(STRATEGIES), default=["impact", "compensated"],
+                   metavar="NAME", help="one or more strategies, listed below (default: impact compensated: "
+                                        "PAODING's mode and ours)")
     d.add_argument("--target", type=float, default=0.5, help="share of each hidden layer's units to prune "
                                                              "(default 0.5)")
     d.add_argument("--step", type=float, default=0.05, help="share pruned per iteration (default 0.05)")

@@ -45,7 +45,7 @@ def train_digits_model(kind: str = "mlp", seed: int = 0, epochs: int | None = No
     return demo.model, (demo.x_train, demo.y_train), (demo.x_test, demo.y_test)
 
 
-def run_demo(kind: str = "mlp", strategies: Sequence[str] = ("impact", "certified"), target: float = 0.5,
+def run_demo(kind: str = "mlp", strategies: Sequence[str] = ("impact", "compensated"), target: float = 0.5,
              step: float = 0.05, seed: int = 0, n_robust: int = 500,
              log: Callable[[str], None] = print) -> list[DemoRow]:
     """Train, prune with each strategy, evaluate; returns one row per model.

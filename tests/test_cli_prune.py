@@ -120,7 +120,7 @@ def test_version_and_help_say_what_they_should():
     proc = cli("demo", "--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())  # argparse wraps lines to the terminal width
-    for words in ("default: impact certified", "(default 0.5)", "certified merges ranked", "stochastic", "cached"):
+    for words in ("default: impact compensated", "(default 0.5)", "certified merges ranked", "stochastic", "cached"):
         assert words in text
 
 
