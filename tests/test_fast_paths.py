@@ -267,3 +267,63 @@ def test_run_helper_still_reaches_target():
     pruner = Pruner(model, input_range=(0.0, 1.0), strategy="impact", step=0.1, target=0.5, seed=0)
     run_to_target(pruner)
     assert pruner.share_pruned() == pytest.approx(0.5, abs=0.05)
+
+
+def _old_disjoint_pairs(cost, m, exclude=None, stable=False):
+    """The float64, column-strided implementation this one replaced (kept verbatim as the reference).
+
+    ``stable``: the t cheapest of each column by a stable sort instead of ``argpartition`` (whose
+    choice among equal costs is arbitrary): the tie rule of the new implementation.
+    """
+    n = cost.shape[0]
+    cost = np.array(cost, np.float64, copy=True)
+    np.fill_diagonal(cost, np.inf)
+    if exclude is not None and len(exclude):
+        cost[exclude, :] = np.inf
+        cost[:, exclude] = np.inf
+    t = min(n, 8)
+    while True:
+        if stable:
+            rows = np.argsort(cost, axis=0, kind="stable")[:t]
+        else:
+            rows = np.argpartition(cost, t - 1, axis=0)[:t] if t < n else np.broadcast_to(np.arange(n)[:, None],
+                                                                                         (n, n))
+        vals = np.take_along_axis(cost, rows, 0).ravel()
+        order = np.argsort(vals, kind="stable")
+        order = order[np.isfinite(vals[order])]
+        keep_idx = rows.ravel()[order]
+        drop_idx = order % n
+        used = np.zeros(n, bool)
+        keep_l, drop_l = [], []
+        for i, j in zip(keep_idx.tolist(), drop_idx.tolist()):
+            if used[i] or used[j]:
+                continue
+            used[i] = used[j] = True
+            keep_l.append(i)
+            drop_l.append(j)
+            if len(keep_l) == m:
+                break
+        if len(keep_l) >= m or t == n or m <= 0:
+            return np.asarray(keep_l[:max(m, 0)], np.int64), np.asarray(drop_l[:max(m, 0)], np.int64)
+        t = min(n, t * 4)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", range(8))
+def test_pairs_equal_the_float64_implementation(seed, ties):
+    """Without equal costs: the same pairs as before.  With many: equal costs go to the lower unit index
+    (before, ``argpartition`` chose among them arbitrarily)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 120))
+    u = rng.normal(size=(9, n)).astype(np.float32)
+    if ties:
+        u[:, : n // 3] = np.round(u[:, : n // 3])  # many exact ties
+    v = rng.random(n).astype(np.float32) + np.float32(0.1)
+    if ties:
+        v[rng.random(n) < 0.1] = 0.0
+    s = saliency_matrix(u, rng.normal(size=n).astype(np.float32), v)
+    dead = np.flatnonzero(rng.random(n) < 0.2)
+    for m in (1, n // 4, n // 2, n):
+        a = disjoint_pairs(s, m, exclude=dead)
+        b = _old_disjoint_pairs(np.ascontiguousarray(s), m, exclude=dead, stable=ties)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
