@@ -327,3 +327,31 @@ def test_pairs_equal_the_float64_implementation(seed, ties):
         a = disjoint_pairs(s, m, exclude=dead)
         b = _old_disjoint_pairs(np.ascontiguousarray(s), m, exclude=dead, stable=ties)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+# ------------------------------------------------------------------ evaluation
+@pytest.mark.parametrize("name", ["cnn", "residual", "strided_dilated"])
+def test_pruned_size_and_edited_model_match_the_physical_model(name):
+    from paoding_widgets.engine.evaluate import predict, size_report
+    from paoding_widgets.engine.surgery import EditedModel, pruned_size
+
+    model = MODELS[name]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    edited = EditedModel(pruner.graph)
+    x = np.random.default_rng(0).random((7, *model.inputs[0].shape[1:]), dtype=np.float32)
+    for _ in range(2):
+        for p in pruner.propose().values():
+            pruner.apply(p)
+        physical = pruner.pruned_model()
+        assert pruned_size(pruner.graph, pruner.store) == size_report(physical)
+        np.testing.assert_allclose(predict(edited.sync(pruner.store), x, 3), predict(physical, x), rtol=1e-4,
+                                   atol=1e-5)
+    assert size_report(physical).flops < size_report(model).flops
+
+
+def test_auto_batch_size_bounds_memory():
+    from paoding_widgets.engine.evaluate import auto_batch_size
+
+    big = _seq((224, 224, 3), L.Conv2D(64, 3, padding="same"), L.GlobalAveragePooling2D(), L.Dense(2))
+    assert auto_batch_size(big) == 16 * 2**20 // (4 * 224 * 224 * 64)
+    assert auto_batch_size(MODELS["cnn"]()) == 1024
