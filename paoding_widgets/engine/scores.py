@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import ActivationRule
+from .threads import blas_for
 
 
 def pairwise_distances(u: np.ndarray) -> np.ndarray:
@@ -20,7 +21,8 @@ def pairwise_distances(u: np.ndarray) -> np.ndarray:
     """
     u = np.ascontiguousarray(u, np.float32)
     sq = np.einsum("ij,ij->j", u, u)
-    d2 = u.T @ u
+    with blas_for(float(u.shape[0]) * u.shape[1] ** 2):
+        d2 = u.T @ u
     d2 *= -2.0
     d2 += sq[:, None]
     d2 += sq[None, :]
@@ -65,7 +67,9 @@ def scaled_match(u: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.nd
     RMS pre-activation error of replacing unit b by ``s`` times unit a.
     """
     w = np.asarray(u, np.float32) if weight is None else np.asarray(u, np.float32) * weight[:, None]
-    g = w.T @ w
+    w = np.ascontiguousarray(w)
+    with blas_for(float(w.shape[0]) * w.shape[1] ** 2):
+        g = w.T @ w
     sq = np.diag(g).copy()
     with np.errstate(divide="ignore", invalid="ignore"):
         s = g / sq[:, None]  # s[a, b] = <w_a, w_b> / ||w_a||^2

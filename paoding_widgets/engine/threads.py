@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import numpy as np
@@ -97,3 +97,13 @@ def pair(f: Callable[[], T], g: Callable[[], U], work: float = float("inf")) -> 
     fut = _executor.submit(run)
     a = f()
     return a, fut.result()
+
+
+#: Below this many FLOPs a product runs on one BLAS thread (splitting it costs more than it saves,
+#: and on a busy machine the split waits for a descheduled thread).
+SMALL_WORK = 1e9
+
+
+def blas_for(work: float) -> Any:
+    """One BLAS thread for a product of ``work`` FLOPs below :data:`SMALL_WORK`, else BLAS' own threads."""
+    return blas_limit(1) if work < SMALL_WORK else nullcontext()
