@@ -355,3 +355,15 @@ def test_auto_batch_size_bounds_memory():
     big = _seq((224, 224, 3), L.Conv2D(64, 3, padding="same"), L.GlobalAveragePooling2D(), L.Dense(2))
     assert auto_batch_size(big) == 16 * 2**20 // (4 * 224 * 224 * 64)
     assert auto_batch_size(MODELS["cnn"]()) == 1024
+
+
+def test_pairing_with_few_finite_costs_keeps_the_matrix_intact():
+    """Rows with fewer finite costs than the selection width: the search must restore every cost it
+    set aside, or the wider second search would see infinities where costs were."""
+    cost = np.full((9, 9), np.inf)
+    cost[0, 1] = 0.0
+    cost[2, 3] = 1.0
+    cost[4, 1] = 2.0
+    cost[5, 6] = 3.0
+    keep, drop = disjoint_pairs(cost, 4)
+    assert list(zip(keep.tolist(), drop.tolist())) == [(0, 1), (2, 3), (5, 6)]

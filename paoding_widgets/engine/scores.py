@@ -145,7 +145,10 @@ def _smallest(ct: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
         idx[:, k] = a
         val[:, k] = ct[r, a]
         ct[r, a] = np.inf
-    ct[r[:, None], idx] = val  # restore (a row with fewer than t finite entries repeats an inf one: harmless)
+    # restore, last pass first: a row with fewer than t finite entries picks an already-found entry again
+    # (its value now inf, dropped later as non-finite); the first pass that found it writes its value last
+    for k in range(t - 1, -1, -1):
+        ct[r, idx[:, k]] = val[:, k]
     return idx, val
 
 
