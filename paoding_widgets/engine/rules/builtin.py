@@ -422,8 +422,11 @@ class SoftmaxRule(ActivationLayerRule):
 class PassThroughRule(LayerRule):
     """Weight-free layers that act per channel and keep the channel layout (pooling, padding, dropout).
 
-    Interval rules call the layer on the bounds: it is monotone (and max-like
-    layers move by at most the largest change in their window).
+    Interval rules apply the layer to the bounds: it is monotone (and max-like
+    layers move by at most the largest change in their window).  Keras' own
+    pooling, padding, cropping, upsampling and dropout layers run in NumPy
+    (:func:`~paoding_widgets.engine.kernels.passthrough_forward`); anything
+    else -- a subclass with its own ``call`` -- is called through Keras.
     """
 
     description = "channels pass through"
