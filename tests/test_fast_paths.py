@@ -367,3 +367,19 @@ def test_pairing_with_few_finite_costs_keeps_the_matrix_intact():
     cost[5, 6] = 3.0
     keep, drop = disjoint_pairs(cost, 4)
     assert list(zip(keep.tolist(), drop.tolist())) == [(0, 1), (2, 3), (5, 6)]
+
+
+def test_touch_invalidates_cached_bounds():
+    model = MODELS["cnn"]()
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {g.id: g.size for g in graph.groups})
+    prop = Propagator(graph, store)
+    before = prop.values((0.0, 1.0))
+    node = [n for n in graph.nodes if (n.name, "kernel") in store.arrays][0]
+    store.arrays[(node.name, "kernel")] *= 2.0  # in place, outside write(): invisible until touched
+    store.touch((node.name, "kernel"))
+    after = prop.values((0.0, 1.0))
+    ref = Propagator(graph, store, fast=False).values((0.0, 1.0))
+    out = graph.output_ids[0]
+    assert not np.array_equal(after.out[out][1], before.out[out][1])
+    _close(after.out[out][1], ref.out[out][1])
