@@ -80,10 +80,15 @@ def blas_limit(threads: int = 1) -> Iterator[None]:
         _local.depth = 0
 
 
+#: Below this many FLOPs a pair runs in the calling thread: handing small work to a second thread costs a
+#: wake-up, and on a busy machine a wait of up to a scheduler time slice for the helper to get a core.
+PAIR_WORK = 3e7
+
+
 def pair(f: Callable[[], T], g: Callable[[], U], work: float = float("inf")) -> tuple[T, U]:
     """``(f(), g())``, side by side in two threads when there are two cores and enough ``work`` (FLOPs)."""
     global _executor
-    if work < 2e6 or usable_cpus() < 2 or os.environ.get("PAODING_PAIR_THREADS", "") == "0":
+    if work < PAIR_WORK or usable_cpus() < 2 or os.environ.get("PAODING_PAIR_THREADS", "") == "0":
         return f(), g()
     with _lock:
         if _executor is None:
