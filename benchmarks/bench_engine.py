@@ -172,6 +172,52 @@ def matmul_fraction(model: Any, repeats: int = 5) -> dict[str, Any]:
             "rate_flops": statistics.median(rates), "time_s": statistics.median(times)}
 
 
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _rss() -> tuple[float, float]:
+    """(current, peak) resident set in GiB, from /proc/self/status."""
+    cur = hwm = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 2**20
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 2**20
+    return cur, hwm
+
+
+def metrics_memory(clicks: int = 3) -> int:
+    """``metrics()`` on a ResNet50 session: first call, then after each of ``clicks`` accepted proposals."""
+    from paoding_widgets.session import PruningSession
+
+    model = app_model("resnet50")
+    s = PruningSession(model, input_range=(0.0, 1.0), strategy="impact", step=0.05, target=0.5, seed=0)
+    print(f"ResNet50 session built: RSS {_rss()[0]:.2f} GiB, load average {os.getloadavg()[0]:.2f}")
+    t0 = time.perf_counter()
+    m = s.metrics()
+    print(f"first metrics(): {time.perf_counter() - t0:.2f} s, {len(s._probes)} probes, params {m.size.params:,}, "
+          f"peak RSS {_rss()[1]:.2f} GiB")
+    times = []
+    for i in range(clicks):
+        name = next(iter(s.propose()))
+        s.accept(name)
+        t0 = time.perf_counter()
+        m = s.metrics()
+        times.append(time.perf_counter() - t0)
+        print(f"after click {i + 1} ({name}): metrics() {times[-1]:.2f} s, params {m.size.params:,}, "
+              f"peak RSS {_rss()[1]:.2f} GiB")
+    peak = _rss()[1]
+    print(f"peak RSS {peak:.2f} GiB (goal < 2 GiB: {'PASS' if peak < 2 else 'MISS'}); re-evaluation median "
+          f"{statistics.median(times):.2f} s (goal < 1 s: {'PASS' if statistics.median(times) < 1 else 'MISS'})")
+    return 0
+
+
 def app_model(name: str) -> Any:
     import keras
 
@@ -307,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy", action="store_true", help="a second process spins on one core throughout")
     ap.add_argument("--apps", action="store_true", help="also run ResNet50 and MobileNetV2 (weights=None)")
     ap.add_argument("--no-mlp", action="store_true", help="skip the MLPs (with --apps: only the applications)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="only: session.metrics() on ResNet50 (weights=None), peak RSS and re-evaluation after clicks")
     args = ap.parse_args(argv)
+    if args.metrics:
+        with BusyCore() if args.busy else _Nothing():
+            return metrics_memory()
     if args.busy:
         with BusyCore():
             return _main(args, ap)
