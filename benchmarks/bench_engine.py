@@ -7,6 +7,8 @@ Usage (from the repository root)::
     python benchmarks/bench_engine.py --json bench.json    # also write the figures + machine info
     python benchmarks/bench_engine.py --profile impact     # + cProfile of one proposal per model
     python benchmarks/bench_engine.py --blas-threads 1     # pin NumPy's BLAS to one thread
+    python benchmarks/bench_engine.py --busy               # the same with a second process spinning on one core
+    python benchmarks/bench_engine.py --apps               # + ResNet50 / MobileNetV2 (weights=None) impact runs
 
 What is measured, per model and per strategy in ``STRATEGIES``:
 
@@ -37,8 +39,21 @@ the header).  On small 2-vCPU VMs a multi-threaded OpenBLAS can add a fixed
 wake-up latency to every matrix product; ``--blas-threads N`` (set through
 ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` before NumPy loads) measures that.
 
+* **matmul limit** -- the float32 matrix-product rate of this machine, measured in
+  the same run (2048^3 products, best of 5, the BLAS threads the run uses), and
+  the share of it one impact iteration at width 2048 reaches: its pairing costs
+  ``sum 2 n^2 d`` FLOPs (one Gram matrix per layer, ``n`` units of fan-in ``d``),
+  so ``limit = FLOPs / rate`` and the fraction is ``limit / measured``.
+* **apps** (``--apps``) -- ``PruningSession(...).run()`` to 50 % in impact mode on
+  ``keras.applications.ResNet50(weights=None)`` and ``MobileNetV2(weights=None)``
+  (median of ``--repeats``, after one warm-up run).
+
+``--busy`` starts a second process spinning on one core for the whole benchmark
+(``blas_threads.BusyCore``): the figures of a machine where another job runs.
+
 Targets: one impact-mode iteration on 784-512-512-10 under 0.5 s, on
-784-2048-2048-10 under 5 s (PASS / MISS printed).
+784-2048-2048-10 under 5 s; at least 60 % of the matmul limit at width 2048;
+ResNet50 run under 2 s, MobileNetV2 under 0.7 s (PASS / MISS printed).
 """
 
 from __future__ import annotations
@@ -63,7 +78,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blas_threads import apply_blas_threads  # noqa: E402
+from blas_threads import BusyCore, apply_blas_threads  # noqa: E402
 
 _BLAS_THREADS = apply_blas_threads(sys.argv[1:])  # before NumPy loads its BLAS
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
@@ -101,6 +116,116 @@ def cnn() -> Any:
         keras.layers.Dense(128, activation="relu"),
         keras.layers.Dense(10, activation="softmax"),
     ], name="cnn")
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matrix-product rate (FLOP/s) of an n^3 product, best of ``repeats``."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def pairing_flops(model: Any) -> float:
+    """``sum 2 n^2 d`` over the hidden Dense layers (the Gram matrices of one impact iteration)."""
+    total = 0.0
+    for layer in model.layers[:-1]:
+        d, n = layer.kernel.shape
+        total += 2.0 * n * n * d
+    return total
+
+
+def matmul_fraction(model: Any, repeats: int = 5) -> dict[str, Any]:
+    """Share of the matmul limit one impact iteration reaches, measured interleaved.
+
+    Each round times a 2048^3 float32 product (the rate) and then one impact
+    proposal on a fresh pruner, back to back, so both see the same load; the
+    fraction of a round is ``(pairing FLOPs / rate) / iteration time``; the
+    median over rounds is reported.
+    """
+    rng = np.random.default_rng(0)
+    n = 2048
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    make_pruner(model, "impact").propose()
+    flops = pairing_flops(model)
+    fracs, rates, times = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        rate = 2.0 * n ** 3 / (time.perf_counter() - t0)
+        pruner = make_pruner(model, "impact")
+        t0 = time.perf_counter()
+        pruner.propose()
+        t = time.perf_counter() - t0
+        fracs.append(flops / rate / t)
+        rates.append(rate)
+        times.append(t)
+    return {"pairing_flops": flops, "fraction": statistics.median(fracs), "fractions": fracs,
+            "rate_flops": statistics.median(rates), "time_s": statistics.median(times)}
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _rss() -> tuple[float, float]:
+    """(current, peak) resident set in GiB, from /proc/self/status."""
+    cur = hwm = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 2**20
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 2**20
+    return cur, hwm
+
+
+def metrics_memory(clicks: int = 3) -> int:
+    """``metrics()`` on a ResNet50 session: first call, then after each of ``clicks`` accepted proposals."""
+    from paoding_widgets.session import PruningSession
+
+    model = app_model("resnet50")
+    s = PruningSession(model, input_range=(0.0, 1.0), strategy="impact", step=0.05, target=0.5, seed=0)
+    print(f"ResNet50 session built: RSS {_rss()[0]:.2f} GiB, load average {os.getloadavg()[0]:.2f}")
+    t0 = time.perf_counter()
+    m = s.metrics()
+    print(f"first metrics(): {time.perf_counter() - t0:.2f} s, {len(s._probes)} probes, params {m.size.params:,}, "
+          f"peak RSS {_rss()[1]:.2f} GiB")
+    times = []
+    for i in range(clicks):
+        name = next(iter(s.propose()))
+        s.accept(name)
+        t0 = time.perf_counter()
+        m = s.metrics()
+        times.append(time.perf_counter() - t0)
+        print(f"after click {i + 1} ({name}): metrics() {times[-1]:.2f} s, params {m.size.params:,}, "
+              f"peak RSS {_rss()[1]:.2f} GiB")
+    peak = _rss()[1]
+    print(f"peak RSS {peak:.2f} GiB (goal < 2 GiB: {'PASS' if peak < 2 else 'MISS'}); re-evaluation median "
+          f"{statistics.median(times):.2f} s (goal < 1 s: {'PASS' if statistics.median(times) < 1 else 'MISS'})")
+    return 0
+
+
+def app_model(name: str) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2}[name](weights=None)
+
+
+APP_TARGETS = {"resnet50": 2.0, "mobilenetv2": 0.7}
 
 
 def model_weight_bytes(model: Any) -> int:
@@ -225,7 +350,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="STRATEGY", help="cProfile one proposal of this strategy per model")
     ap.add_argument("--blas-threads", type=int, default=None, metavar="N",
                     help="threads for NumPy's BLAS (default: the library's own default)")
+    ap.add_argument("--busy", action="store_true", help="a second process spins on one core throughout")
+    ap.add_argument("--apps", action="store_true", help="also run ResNet50 and MobileNetV2 (weights=None)")
+    ap.add_argument("--no-mlp", action="store_true", help="skip the MLPs (with --apps: only the applications)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="only: session.metrics() on ResNet50 (weights=None), peak RSS and re-evaluation after clicks")
     args = ap.parse_args(argv)
+    if args.metrics:
+        with BusyCore() if args.busy else _Nothing():
+            return metrics_memory()
+    if args.busy:
+        with BusyCore():
+            return _main(args, ap)
+    return _main(args, ap)
+
+
+def _main(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 
     import keras  # noqa: F401  (after TF_CPP_MIN_LOG_LEVEL)
 
@@ -238,9 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     widths = list(QUICK_WIDTHS if args.quick else FULL_WIDTHS)
     repeats = args.repeats or (1 if args.quick else 3)
     rss_start = peak_rss_bytes()
+    load_start = os.getloadavg()[0]
     info = machine_info()
 
-    models: list[tuple[str, Any, int | None]] = [(f"784-{w}-{w}-10", (lambda w=w: mlp(w)), w) for w in widths]
+    models: list[tuple[str, Any, int | None]] = [] if args.no_mlp else [
+        (f"784-{w}-{w}-10", (lambda w=w: mlp(w)), w) for w in widths]
     if not args.no_cnn:
         models.append(("cnn 28x28x1-c32-c64-d128-10", cnn, None))
 
@@ -252,7 +394,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{info['python']}  numpy {info['numpy']}  tensorflow {info['tensorflow']}  keras {info['keras']}")
     blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in info["blas"])
     print(f"BLAS: {blas or 'unknown (threadpoolctl not installed)'}"
-          + ("" if args.blas_threads is None else f"  [--blas-threads {args.blas_threads}]"))
+          + ("" if args.blas_threads is None else f"  [--blas-threads {args.blas_threads}]")
+          + f"  |  load average {load_start:.2f}" + ("  |  BUSY: a second process spins on one core"
+                                                                 if args.busy else ""))
+    rate = matmul_rate()
+    print(f"float32 matmul rate (2048^3, best of 5): {rate / 1e9:.1f} GFLOP/s")
     print("=" * w)
 
     results: dict[str, Any] = {}
@@ -303,6 +449,37 @@ def main(argv: list[str] | None = None) -> int:
         keras.backend.clear_session()
         gc.collect()
 
+    # ---------------------------------------------------------------- applications
+    apps: dict[str, Any] = {}
+    if args.apps:
+        print(f"\napplications (weights=None), impact run to {TARGET:.0%}, median of {repeats} after a warm-up:")
+        for app in APP_TARGETS:
+            model = app_model(app)
+            time_run(model, "impact")  # warm-up
+            runs = [time_run(model, "impact") for _ in range(repeats)]
+            t = statistics.median(r["time_s"] for r in runs)
+            verdict = "PASS" if t < APP_TARGETS[app] else "MISS"
+            apps[app] = {"times_s": [r["time_s"] for r in runs], "median_s": t, "iterations": runs[0]["iterations"],
+                         "limit_s": APP_TARGETS[app], "verdict": verdict}
+            print(f"  {app:<12} {fmt_s(t):>9}  ({', '.join(fmt_s(r['time_s']) for r in runs)}; "
+                  f"{runs[0]['iterations']} iterations)  target < {APP_TARGETS[app]} s  {verdict}", flush=True)
+            del model
+            keras.backend.clear_session()
+            gc.collect()
+
+    # ---------------------------------------------------------------- matmul limit
+    limit_rows = []
+    for lbl, _, wd in models:
+        if wd is None or wd < 2048 or "impact" not in names:
+            continue
+        mf = matmul_fraction(mlp(wd), max(repeats, 5))
+        flops, r, t, frac = mf["pairing_flops"], mf["rate_flops"], mf["time_s"], mf["fraction"]
+        limit_rows.append({"model": lbl, **mf, "limit_s": flops / r, "verdict": "PASS" if frac >= 0.6 else "MISS"})
+        print(f"\nmatmul limit: one impact iteration on {lbl}: {flops / 1e9:.1f} GFLOP of Gram matrices = "
+              f"{fmt_s(flops / r)} at {r / 1e9:.0f} GFLOP/s (2048^3 product timed just before each iteration); "
+              f"measured {fmt_s(t)}: {frac:.0%} of the limit, median of {len(mf['fractions'])} interleaved rounds "
+              f"(goal >= 60 %)  {limit_rows[-1]['verdict']}")
+
     # ---------------------------------------------------------------- scaling
     mlp_labels = [lbl for lbl, _, wd in models if wd is not None]
     lo_w, hi_w = widths[0], widths[-1]
@@ -311,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(map(str, widths))} (weights grow as W^2)")
     print(f"  {'strategy':<11}" + "".join(f"{'W=' + str(wd):>10}" for wd in widths)
           + f"{'p fit':>8}{f'p {lo_w}->{hi_w}':>12}  note")
-    for name in names:
+    for name in names if len(mlp_labels) > 1 else []:
         ts = [results[lbl]["strategies"][name]["propose"]["median_s"] for lbl in mlp_labels]
         p = fit_exponent(widths, ts)
         p_end = math.log(ts[-1] / ts[0]) / math.log(hi_w / lo_w) if ts[0] > 0 and ts[-1] > 0 else None
@@ -345,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"machine": info,
                "config": {"step": STEP, "target": TARGET, "input_range": [0.0, 1.0], "repeats": repeats,
                           "quick": bool(args.quick), "widths": widths, "strategies": names,
-                          "run_budget_s": args.run_budget, "seed": 0, "blas_threads": args.blas_threads},
+                          "run_budget_s": args.run_budget, "seed": 0, "blas_threads": args.blas_threads,
+                          "busy": bool(args.busy), "load_average_start": load_start,
+                          "load_average_end": os.getloadavg()[0]},
+               "matmul_rate_flops": rate, "matmul_limit": limit_rows, "apps": apps,
                "models": results, "scaling": scaling, "targets": target_rows,
                "peak_rss_bytes": rss_end, "peak_rss_after_imports_bytes": rss_start}
         Path(args.json).write_text(json.dumps(doc, indent=2))

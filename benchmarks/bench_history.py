@@ -278,6 +278,32 @@ def print_session(r: dict[str, Any], main_steps: int, trace: bool) -> None:
 
 
 
+# ------------------------------------------------------------------ ResNet50
+def resnet50_history() -> int:
+    """History bytes of a full impact run of ResNet50 to 50 %, against the model's weight bytes (goal < 1x)."""
+    import keras
+
+    from paoding_widgets.session import PruningSession
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None)
+    wbytes = model_weight_bytes(model)
+    s = PruningSession(model, input_range=(0.0, 1.0), strategy="impact", step=0.05, target=0.5, seed=0, n_probes=16)
+    t0 = time.perf_counter()
+    res = s.run()
+    took = time.perf_counter() - t0
+    hist = s.history.nbytes()
+    ok = hist < wbytes
+    print(f"ResNet50 (weights=None): {model.count_params():,} parameters, {wbytes / MIB:.1f} MiB of weights")
+    print(f"impact run to 50 %: {res.iterations} iterations, {len(s.history.entries)} history entries, {took:.2f} s")
+    print(f"history: {hist / MIB:.1f} MiB = {hist / wbytes:.3f} x the weights (goal < 1 x) -> "
+          f"{'PASS' if ok else 'MISS'}")
+    t0 = time.perf_counter()
+    s.goto(0)
+    print(f"goto(0): {time.perf_counter() - t0:.2f} s")
+    return 0 if ok else 1
+
+
 # ------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -286,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=2048, metavar="W", help="hidden width of 784-W-W-10 (2048)")
     ap.add_argument("--json", metavar="PATH", help="also write the figures and machine info as JSON")
     ap.add_argument("--tracemalloc", action="store_true", help="trace allocations during the steps (slower)")
+    ap.add_argument("--resnet50", action="store_true",
+                    help="instead: a full impact run of ResNet50 (weights=None) to 50 %%; history vs weights")
     args = ap.parse_args(argv)
+    if args.resnet50:
+        return resnet50_history()
     if args.steps < 1 or args.width < 2 or args.impact_steps < 0:
         ap.error("--steps must be >= 1, --width >= 2, --impact-steps >= 0")
 

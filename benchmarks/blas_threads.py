@@ -32,3 +32,40 @@ def apply_blas_threads(argv: Sequence[str]) -> str | None:
             os.environ[var] = value
         return value
     return None
+
+
+# ------------------------------------------------------------------ a busy machine, on purpose
+_SPIN = "import os, signal\nsignal.signal(signal.SIGTERM, lambda *a: os._exit(0))\nwhile True:\n    pass\n"
+
+
+class BusyCore:
+    """A second process spinning on one core while the block runs (``with BusyCore(): ...``).
+
+    Why: figures measured on an idle machine do not hold when another job holds
+    a core (a training run, a second kernel); the benchmarks' "busy" variants
+    measure that on purpose.  Only the process started here is stopped, by its id.
+    """
+
+    def __init__(self, processes: int = 1) -> None:
+        self.processes = processes
+        self._procs: list = []
+
+    def __enter__(self) -> BusyCore:
+        import subprocess
+        import sys
+        import time
+
+        self._procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(self.processes)]
+        time.sleep(0.3)  # let them start spinning
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self._procs:
+            p.terminate()
+        for p in self._procs:
+            try:
+                p.wait(timeout=5)
+            except Exception:
+                p.kill()
+                p.wait()
+        self._procs = []

@@ -61,7 +61,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blas_threads import apply_blas_threads, early_blas_threads  # noqa: E402,F401  (re-exported for tests)
+from blas_threads import BusyCore, apply_blas_threads, early_blas_threads  # noqa: E402,F401  (re-exported for tests)
 
 if __name__ == "__main__":
     apply_blas_threads(sys.argv[1:])  # before NumPy loads its BLAS; the reference worker inherits it
@@ -123,6 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "comparable with ours; 0 = off; default 100)")
     p.add_argument("--blas-threads", type=int, default=None, metavar="N",
                    help="BLAS/OpenMP threads for both tools (default: the libraries' own default)")
+    p.add_argument("--busy", action="store_true",
+                   help="a second process spins on one core throughout (both tools); writes compare_reference_busy.*")
     p.add_argument("--skip-reference", action="store_true", help="measure ours only")
     p.add_argument("--work", type=Path, help="working directory for the reference runs (default: a temp dir)")
     p.add_argument("--keep-work", action="store_true", help="keep the temp working directory and its logs")
@@ -291,7 +293,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         "same code (`paoding_widgets.engine.evaluate`). Wall time: ours = `PruningSession(...).run()` + "
         f"`pruned_model()`, median (min–max) of {result['settings']['repeats']} runs; reference = its "
         "`Pruner.prune()` call, once (model loading and venv creation excluded; its final surgery and SavedModel "
-        f"save included). BLAS threads: {result['settings'].get('blas_threads', 'library default')}.",
+        f"save included). BLAS threads: {result['settings'].get('blas_threads', 'library default')}. "
+        + ("**Busy variant: a second process spins on one core throughout, for both tools.** "
+           if result["settings"].get("busy") else "")
+        + f"Load average at start {fmt(result['settings'].get('load_average_start'), '.2f')}, "
+        f"at end {fmt(result['settings'].get('load_average_end'), '.2f')}.",
         "",
         markdown_table(HEADER, table_rows(main_pairs, eps)),
         "",
@@ -791,6 +797,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
     args = parse_args(argv)
+    if args.busy:
+        with BusyCore():
+            return _main(args, argv)
+    return _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     log = lambda s: print(s, flush=True)
     t0 = time.perf_counter()
     result: dict[str, Any] = {
@@ -800,7 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "epsilons": [str(e) for e in EPSILONS], "n_train": N_TRAIN, "n_test": N_TEST,
                      "n_robust": args.n_robust, "repeats": args.repeats, "timeout_per_run": args.timeout_per_run,
                      "models": args.models, "modes": args.modes,
-                     "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or "library default"},
+                     "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or "library default",
+                     "busy": bool(args.busy), "load_average_start": os.getloadavg()[0]},
         "machine": machine(), "versions": {}, "reference_unavailable": None,
     }
     result["versions"]["paoding_widgets"] = _our_version()
@@ -832,11 +846,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = pair_runs(runs, result["settings"]["epsilons"])
     result.update(originals=originals, pairs=pairs, total_seconds=time.perf_counter() - t0)
     result["notes"] = static_notes(args.models) + auto_notes(pairs)
+    result["settings"]["load_average_end"] = os.getloadavg()[0]
     md = render_markdown(result)
-    write_atomic(args.out / "compare_reference.json", to_json(result))
-    write_atomic(args.out / "compare_reference.md", md)
+    stem = "compare_reference_busy" if args.busy else "compare_reference"
+    write_atomic(args.out / f"{stem}.json", to_json(result))
+    write_atomic(args.out / f"{stem}.md", md)
     print("\n" + md)
-    print(f"written: {args.out / 'compare_reference.md'}, {args.out / 'compare_reference.json'}")
+    print(f"written: {args.out / (stem + '.md')}, {args.out / (stem + '.json')}")
     return 0
 
 

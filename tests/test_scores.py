@@ -94,7 +94,7 @@ def test_pairwise_distances_match_loop(seed):
     atol = float(1e-3 * np.linalg.norm(u, axis=0).max())  # pytest 9: approx takes plain floats
     np.testing.assert_allclose(d, ref, rtol=1e-4, atol=atol)
     np.testing.assert_allclose(d, d.T, atol=atol)
-    assert d[1, 4] == pytest.approx(0.0, abs=atol)
+    assert d[1, 4] == pytest.approx(0.0, abs=float(atol))
     assert d[2, 6] == pytest.approx(ref[2, 6], rel=0.2)
 
 

@@ -11,13 +11,23 @@ of layer rules:
   candidate edits at once (the batch axis is the candidates axis).
 
 Both work on the :class:`~paoding_widgets.engine.weights.WeightStore` (the edited
-weights), in float32 NumPy; convolutions go through ``keras.ops``.
+weights), in float32 NumPy: convolutions, pooling and padding through
+:mod:`~paoding_widgets.engine.kernels` (Keras is called only for a layer those
+do not cover).  Value bounds are incremental: each layer's output is cached
+with the serials of its inputs and the versions of its own weights
+(``WeightStore.changed``), so after an edit only the layers downstream of the
+edited arrays are recomputed; kernels are prepared (live channels, ``|k|``) once
+per weight version.  ``Propagator(..., fast=False)`` is the plain reference
+path (Keras ops, nothing cached) that tests compare against.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,9 +35,11 @@ from ..errors import ConfigError
 from .activations import ActivationRule, softmax_image
 from .graph import LayerNode, ModelGraph
 from .rules import NoIntervalRule
+from .threads import blas_limit
 from .weights import WeightStore
 
 Interval = tuple[np.ndarray, np.ndarray]
+T = TypeVar("T")
 
 _SQUASH = {"softmax", "sigmoid", "log_softmax"}
 
@@ -86,37 +98,94 @@ def _short_repr(value: Any) -> str:
 class Propagator:
     """Interval arithmetic over a :class:`ModelGraph` with a weight store."""
 
-    def __init__(self, graph: ModelGraph, store: WeightStore) -> None:
+    def __init__(self, graph: ModelGraph, store: WeightStore, fast: bool = True) -> None:
         self.graph = graph
         self.store = store
+        self.fast = fast  # NumPy kernels + caches; False: Keras ops, nothing cached (the reference path)
+        self._serials = itertools.count(1)
+        self._input_key: tuple | None = None
+        self._input_serial = 0
+        self._inputs: dict[int, Interval] = {}
+        # layer -> (stamp, output serial, output, pre-activation, why missing): the incremental value pass
+        self._memo: dict[str, tuple[tuple, int, Interval | None, Interval | None, str | None]] = {}
+        self._prepared: dict[tuple[str, str], tuple[tuple, Any]] = {}
+        keys: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for k in store.arrays:
+            keys[k[0]].append(k)
+        self._keys = dict(keys)
+
+    # ---------------------------------------------------------------- caches
+    def weight_token(self, node: LayerNode) -> tuple:
+        """Changes whenever any array of the node's layer is written (or replaced)."""
+        store = self.store
+        return tuple((store.changed.get(k, 0), id(store.arrays[k])) for k in self._keys.get(node.name, ()))
+
+    def prepared(self, node: LayerNode, what: str, build: Callable[[], T]) -> T:
+        """``build()`` once per weight version of the node's layer (kernels in matmul layout, ``|k|``...)."""
+        if not self.fast:
+            return build()
+        token = self.weight_token(node)
+        hit = self._prepared.get((node.name, what))
+        if hit is not None and hit[0] == token:
+            return hit[1]
+        value = build()
+        self._prepared[(node.name, what)] = (token, value)
+        return value
 
     # ---------------------------------------------------------------- values
     def values(self, input_range: Any) -> Bounds:
-        with np.errstate(over="ignore", invalid="ignore"):  # deep nets may overflow to inf: kept sound
+        with np.errstate(over="ignore", invalid="ignore"), blas_limit(1):  # overflow to inf: kept sound
             return self._values(input_range)
 
     def _values(self, input_range: Any) -> Bounds:
         lo_r, hi_r = parse_input_range(input_range)
         b = Bounds()
-        for tid in self.graph.input_ids:
-            shape = (1, *self.graph.shapes[tid][1:])
-            b.out[tid] = (np.broadcast_to(lo_r, shape).astype(np.float32),
-                          np.broadcast_to(hi_r, shape).astype(np.float32))
+        key = (lo_r.shape, lo_r.tobytes(), hi_r.shape, hi_r.tobytes())
+        if key != self._input_key or not self.fast:
+            self._input_key, self._input_serial = key, next(self._serials)
+            self._memo.clear()
+            self._inputs = {}
+            for tid in self.graph.input_ids:
+                shape = (1, *self.graph.shapes[tid][1:])
+                self._inputs[tid] = (np.broadcast_to(lo_r, shape).astype(np.float32),
+                                     np.broadcast_to(hi_r, shape).astype(np.float32))
+        serial: dict[int, int] = {}
+        for tid, iv in self._inputs.items():
+            b.out[tid] = iv
+            serial[tid] = self._input_serial
         for node in self.graph.nodes:
             if not node.inputs:  # a model input
                 continue
-            ins = [b.out.get(t) for t in node.inputs]
-            if any(x is None for x in ins):
+            if any(t not in serial for t in node.inputs):
                 continue
+            stamp = (tuple(serial[t] for t in node.inputs), self.weight_token(node)) if self.fast else ()
+            hit = self._memo.get(node.name)
+            if hit is not None and hit[0] == stamp and self.fast:
+                _, sid, out, pre, why = hit
+                if pre is not None:
+                    b.pre[node.name] = pre
+                if out is None:
+                    b.missing[node.name] = why or ""
+                else:
+                    b.out[node.outputs[0]] = out
+                    serial[node.outputs[0]] = sid
+                continue
+            ins = [b.out[t] for t in node.inputs]
+            out, why = None, None
             try:
-                res = node.rule.values(self, node, ins, b)  # type: ignore[arg-type]  # no None left in ins
+                out = _sound(node.rule.values(self, node, ins, b))
             except NoIntervalRule as exc:
-                b.missing[node.name] = str(exc)
-                continue
+                why = str(exc)
             except Exception as exc:  # a rule that fails here stops the bounds at this layer, nothing more
-                b.missing[node.name] = f"{type(exc).__name__}: {exc}"
+                why = f"{type(exc).__name__}: {exc}"
+            sid = next(self._serials)
+            if self.fast:
+                self._memo[node.name] = (stamp, sid, out, b.pre.get(node.name), why)
+            if out is None:
+                b.missing[node.name] = why or ""
                 continue
-            b.out[node.outputs[0]] = _sound(res)
+            b.out[node.outputs[0]] = out
+            serial[node.outputs[0]] = sid
         return b
 
     # ---------------------------------------------------------------- deltas
@@ -130,7 +199,7 @@ class Propagator:
         ``at_logits`` the change is measured before a final softmax/sigmoid,
         where the decision is made.
         """
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"), blas_limit(1):
             return self._deltas(base, injections, batch, at_logits)
 
     def _deltas(self, base: Bounds, injections: dict[str, Interval], batch: int,

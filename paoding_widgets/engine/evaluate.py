@@ -13,7 +13,7 @@ its gradient, the result is clipped to the input range, and it runs batched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,13 +61,35 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
 
 
-def predict(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Model outputs in batches, without Keras' progress machinery."""
+_BATCH_BUDGET = 16 * 2**20  # bytes of the largest activation of one batch (a few live at once)
+
+
+def auto_batch_size(model: Any, limit: int = 1024) -> int:
+    """A batch size that keeps evaluation memory bounded: the largest layer output of one batch
+    within about 16 MiB (ResNet50 at 224 x 224: 5 images; an MNIST MLP: ``limit``)."""
+    largest = 1
+    for layer in getattr(model, "layers", []):
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(shape, (list, tuple)) and all(isinstance(d, (int, type(None))) for d in shape):
+            largest = max(largest, int(np.prod([d for d in shape[1:] if d is not None])))
+    return int(np.clip(_BATCH_BUDGET // (4 * largest), 1, limit))
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Model outputs in bounded batches (:func:`auto_batch_size`), through Keras' compiled
+    ``predict`` (traced once per model and reused), without progress output."""
+    if len(x) == 0:
+        return np.zeros((0,))
+    bs = auto_batch_size(model) if batch_size is None else batch_size
+    if hasattr(model, "predict"):
+        return np.asarray(model.predict(x, batch_size=bs, verbose=0))
     import keras
 
-    outs = [keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))  # any backend's tensor
-            for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs) if outs else np.zeros((0,))
+    outs = [keras.ops.convert_to_numpy(model(x[i:i + bs], training=False)) for i in range(0, len(x), bs)]
+    return np.concatenate(outs)
 
 
 def classes(outputs: np.ndarray, probabilities: bool = True) -> np.ndarray:
@@ -98,7 +120,7 @@ def outputs_are_probabilities(model: Any) -> bool:
 
 
 def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
-         batch_size: int = 512) -> np.ndarray:
+         batch_size: int | None = None) -> np.ndarray:
     """Adversarial examples by one signed-gradient step of size ``eps``."""
     from .gradients import input_gradient  # the active Keras backend's own autodiff
 
@@ -108,6 +130,8 @@ def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tupl
     if binary:
         labels = labels.astype(np.float32).reshape(-1, 1)
     lo, hi = (np.asarray(v, np.float32) for v in input_range)
+    if batch_size is None:
+        batch_size = auto_batch_size(model, 512)
     out = []
     for i in range(0, len(x), batch_size):
         xb = np.asarray(x[i:i + batch_size], np.float32)
@@ -152,8 +176,12 @@ def size_report(model: Any) -> SizeReport:
     return SizeReport(params, nbytes, flops(model))
 
 
-def flops(model: Any) -> int:
-    """Multiply-add count x 2 of Dense and convolution layers for one input."""
+def flops(model: Any, shaped: Callable[[Any], Any] | None = None) -> int:
+    """Multiply-add count x 2 of Dense and convolution layers for one input.
+
+    ``shaped(layer)``: what the layer's rule measures instead of the layer
+    (a stand-in with the pruned variable shapes, see ``surgery.pruned_size``).
+    """
     from .rules import rule_for
 
     total = 0
@@ -166,16 +194,21 @@ def flops(model: Any) -> int:
         except (AttributeError, ValueError):
             continue
         positions = int(np.prod([d for d in out_shape[1:-1] if d is not None])) if len(out_shape) > 2 else 1
-        total += rule.flops(layer, positions)
+        total += rule.flops(layer if shaped is None else shaped(layer), positions)
     return 2 * total
 
 
 def evaluate(model: Any, original: Any | None = None, data: tuple[np.ndarray, np.ndarray] | None = None,
              epsilons: Sequence[float] = DEFAULT_EPSILONS, input_range: tuple[Any, Any] = (0.0, 1.0),
              original_robust: dict[float, int] | None = None, probes: np.ndarray | None = None,
-             output_bound_width: float | None = None, probe_classes: np.ndarray | None = None) -> Metrics:
-    """Evaluate ``model``; robustness is compared with ``original`` when given."""
-    m = Metrics(size=size_report(model), output_bound_width=output_bound_width)
+             output_bound_width: float | None = None, probe_classes: np.ndarray | None = None,
+             size: SizeReport | None = None) -> Metrics:
+    """Evaluate ``model``; robustness is compared with ``original`` when given.
+
+    ``size``: the size to report when ``model`` is not the physically pruned
+    model itself (the session evaluates a full-size model carrying the edits).
+    """
+    m = Metrics(size=size_report(model) if size is None else size, output_bound_width=output_bound_width)
     if data is not None:
         x, y = data
         m.accuracy = accuracy(model, x, y)

@@ -11,25 +11,35 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import ActivationRule
+from .threads import blas_for
 
 
 def pairwise_distances(u: np.ndarray) -> np.ndarray:
-    """``D[i, j] = ||u[:, i] - u[:, j]||_2`` for column vectors, via one Gram matrix."""
-    u = np.asarray(u, np.float32)
+    """``D[i, j] = ||u[:, i] - u[:, j]||_2`` for column vectors, via one Gram matrix (float32, in place).
+
+    ``u.T @ u`` of a contiguous ``u`` is one symmetric BLAS product (syrk), so ``D`` is exactly symmetric.
+    """
+    u = np.ascontiguousarray(u, np.float32)
     sq = np.einsum("ij,ij->j", u, u)
-    g = u.T @ u
-    d2 = sq[:, None] + sq[None, :] - 2.0 * g
-    return np.sqrt(np.maximum(d2, 0.0))
+    with blas_for(float(u.shape[0]) * u.shape[1] ** 2):
+        d2 = u.T @ u
+    d2 *= -2.0
+    d2 += sq[:, None]
+    d2 += sq[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
 
 
 def bias_term(b: np.ndarray) -> np.ndarray:
-    """``|b_i - b_j| / |b_i + b_j|`` (0 where both are equal, inf where the sum vanishes)."""
-    b = np.asarray(b, np.float64)
-    num = np.abs(b[:, None] - b[None, :])
-    den = np.abs(b[:, None] + b[None, :])
+    """``|b_i - b_j| / |b_i + b_j|`` (0 where both are equal, inf where the sum vanishes), float32."""
+    b = np.asarray(b, np.float32).ravel()
+    num = np.subtract.outer(b, b)
+    np.abs(num, out=num)
+    den = np.add.outer(b, b)
+    np.abs(den, out=den)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(num == 0, 0.0, num / den)
-    return t.astype(np.float32)
+        np.divide(num, den, out=num, where=num != 0)  # where num == 0 it stays 0
+    return num
 
 
 def saliency_matrix(u: np.ndarray, b: np.ndarray | None, v_norm: np.ndarray, bias_aware: bool = True) -> np.ndarray:
@@ -37,11 +47,16 @@ def saliency_matrix(u: np.ndarray, b: np.ndarray | None, v_norm: np.ndarray, bia
 
     ``(||u_i - u_j|| [+ |b_i - b_j| / |b_i + b_j|]) * ||v_j||`` -- the outgoing
     norm is the removed unit's, which is the term the merge actually drops.
+
+    Returned as the transpose of a C-contiguous array (Fortran order): the
+    candidates of one removed unit ``j`` -- a column -- are contiguous, which is
+    how :func:`disjoint_pairs` reads them.
     """
-    s = pairwise_distances(u)
+    s = pairwise_distances(u)  # symmetric, so s is its own transpose
     if bias_aware and b is not None:
-        s = s + bias_term(b)
-    return s * np.asarray(v_norm, np.float32)[None, :]
+        s += bias_term(b)  # symmetric too
+    s *= np.asarray(v_norm, np.float32)[:, None]  # row j of the transpose scaled by ||v_j||
+    return s.T
 
 
 def scaled_match(u: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +67,9 @@ def scaled_match(u: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.nd
     RMS pre-activation error of replacing unit b by ``s`` times unit a.
     """
     w = np.asarray(u, np.float32) if weight is None else np.asarray(u, np.float32) * weight[:, None]
-    g = w.T @ w
+    w = np.ascontiguousarray(w)
+    with blas_for(float(w.shape[0]) * w.shape[1] ** 2):
+        g = w.T @ w
     sq = np.diag(g).copy()
     with np.errstate(divide="ignore", invalid="ignore"):
         s = g / sq[:, None]  # s[a, b] = <w_a, w_b> / ||w_a||^2
@@ -69,20 +86,29 @@ def disjoint_pairs(cost: np.ndarray, m: int, exclude: np.ndarray | None = None) 
     and units in ``exclude`` are never used.  Each unit appears at most once.
     Only each drop unit's ``t`` cheapest partners are sorted (``t`` grows when
     they run out), so the cost is ``O(n t log)``, not a sort of all ``n^2``.
+
+    Works on the transpose (one row per drop unit, contiguous: a Fortran-order
+    ``cost`` as :func:`saliency_matrix` returns costs one plain copy), in
+    float32 when ``cost`` is float32 -- comparisons of the same values, so the
+    same pairs as in float64.
     """
     n = cost.shape[0]
-    cost = np.array(cost, np.float64, copy=True)
-    np.fill_diagonal(cost, np.inf)
+    dtype = np.result_type(np.asarray(cost).dtype, np.float32)
+    ct = np.array(np.asarray(cost).T, dtype, order="C", copy=True)  # ct[j, i] = cost[i, j]
+    np.fill_diagonal(ct, np.inf)
     if exclude is not None and len(exclude):
-        cost[exclude, :] = np.inf
-        cost[:, exclude] = np.inf
+        ct[:, exclude] = np.inf
+        ct[exclude, :] = np.inf
+    ct[np.isnan(ct)] = np.inf  # never used either way; inf keeps the selection below simple
     t = min(n, 8)
     while True:
-        rows = np.argpartition(cost, t - 1, axis=0)[:t] if t < n else np.broadcast_to(np.arange(n)[:, None], (n, n))
-        vals = np.take_along_axis(cost, rows, 0).ravel()
+        rows, vals2 = _smallest(ct, t)
+        # ravel as (rank, drop unit): equal costs go by rank, then by drop unit
+        vals = vals2.T.ravel()
+        keeps = rows.T.ravel()
         order = np.argsort(vals, kind="stable")
         order = order[np.isfinite(vals[order])]
-        keep_idx = rows.ravel()[order]
+        keep_idx = keeps[order]
         drop_idx = order % n
         used = np.zeros(n, bool)
         keep_l: list[int] = []
@@ -98,6 +124,32 @@ def disjoint_pairs(cost: np.ndarray, m: int, exclude: np.ndarray | None = None) 
         if len(keep_l) >= m or t == n or m <= 0:
             return np.asarray(keep_l[:max(m, 0)], np.int64), np.asarray(drop_l[:max(m, 0)], np.int64)
         t = min(n, t * 4)
+
+
+def _smallest(ct: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``t`` smallest entries (column indices, values), ascending; equal values by column.
+
+    For small ``t`` this is ``t`` vectorised ``argmin`` passes over the rows
+    (each found entry is set to inf, and restored after), several times faster
+    than ``argpartition``; larger ``t`` sorts each row.  ``ct`` is unchanged on return.
+    """
+    n = ct.shape[0]
+    if t >= min(n, 24):
+        idx = np.argsort(ct, axis=1, kind="stable")[:, :t]
+        return idx, np.take_along_axis(ct, idx, 1)
+    r = np.arange(n)
+    idx = np.empty((n, t), np.intp)
+    val = np.empty((n, t), ct.dtype)
+    for k in range(t):
+        a = ct.argmin(axis=1)
+        idx[:, k] = a
+        val[:, k] = ct[r, a]
+        ct[r, a] = np.inf
+    # restore, last pass first: a row with fewer than t finite entries picks an already-found entry again
+    # (its value now inf, dropped later as non-finite); the first pass that found it writes its value last
+    for k in range(t - 1, -1, -1):
+        ct[r, idx[:, k]] = val[:, k]
+    return idx, val
 
 
 def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> np.ndarray:

@@ -106,3 +106,83 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
         except ValueError as exc:
             raise SurgeryError(f"surgery produced wrong shapes for layer {layer.name!r}: {exc}") from exc
     return new
+
+
+# ------------------------------------------------------------------ evaluation without surgery
+class EditedModel:
+    """One full-size clone of the model carrying the edited weights, kept and updated in place.
+
+    Why: metrics are re-measured after every click.  Building the physically
+    smaller model each time costs a ``clone_model`` (most of a second on
+    ResNet50) and, for a compiled forward pass, a new trace (seconds); the
+    edited full-size model computes the same outputs (a removed unit's
+    weights are zero in every reader), so one clone is kept, only the layers
+    whose arrays were written since (``WeightStore.changed``) are reloaded,
+    and ``model.predict`` reuses its traced function.  Sizes come from
+    :func:`pruned_size`, without building anything.
+    """
+
+    def __init__(self, graph: ModelGraph) -> None:
+        self.graph = graph
+        self.model = clone(graph.model)
+        self._loaded: dict[str, tuple] = {}  # layer -> token of the arrays it holds
+
+    def sync(self, store: WeightStore) -> Any:
+        """Load what changed since the last call; returns the model."""
+        for layer in self.model.layers:
+            if not layer.weights:
+                continue
+            names = layer_variable_names(layer)
+            token = tuple((store.changed.get((layer.name, n), 0), id(store.arrays[(layer.name, n)])) for n in names)
+            if self._loaded.get(layer.name) != token:
+                layer.set_weights([store[(layer.name, n)] for n in names])
+                self._loaded[layer.name] = token
+        return self.model
+
+
+def pruned_shapes(graph: ModelGraph, store: WeightStore) -> dict[tuple[str, str], tuple[int, ...]]:
+    """The shape of every array in the physically smaller model (what surgery would build)."""
+    deletions = dead_positions(graph, store)
+    out = {}
+    for key, arr in store.arrays.items():
+        shape = list(arr.shape)
+        for axis, pos in deletions.get(key, {}).items():
+            shape[axis] -= len(pos)
+        out[key] = tuple(shape)
+    return out
+
+
+class _Var:
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.shape, self.dtype = path, shape, dtype
+
+
+class _ShapedLayer:
+    """A layer's stand-in with its pruned variable shapes, for rules' ``flops`` (which read shapes only)."""
+
+    def __init__(self, layer: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.name = layer.name
+        self.output = layer.output
+        self.weights = [_Var(f"{layer.name}/{n}", shapes[n], w.dtype)
+                        for n, w in zip(layer_variable_names(layer), layer.weights)]
+        for v in self.weights:
+            setattr(self, v.path.rsplit("/", 1)[-1], v)
+
+
+def pruned_size(graph: ModelGraph, store: WeightStore) -> Any:
+    """The :class:`~.evaluate.SizeReport` of the physically smaller model, computed from shapes alone."""
+    from .evaluate import SizeReport, flops
+
+    shapes = pruned_shapes(graph, store)
+    params = nbytes = 0
+    stand_ins: dict[int, Any] = {}
+    for layer in graph.model.layers:
+        names = layer_variable_names(layer)
+        mine = {n: shapes[(layer.name, n)] for n in names}
+        for n, w in zip(names, layer.weights):
+            count = int(np.prod(mine[n]))
+            params += count
+            nbytes += count * np.dtype(w.dtype).itemsize
+        if layer.weights:
+            stand_ins[id(layer)] = _ShapedLayer(layer, mine)
+    return SizeReport(params, nbytes, flops(graph.model, lambda layer: stand_ins.get(id(layer), layer)))

@@ -151,6 +151,12 @@ class WeightStore:
             self.alive[g][units] = not value
         self._touched(patch)
 
+    def touch(self, key: Key) -> None:
+        """Record that ``arrays[key]`` was changed in place outside :meth:`write` (caches key on this:
+        the incremental value bounds, prepared kernels, the evaluation model)."""
+        self.version += 1
+        self.changed[key] = self.version
+
     def _touched(self, patch: Patch) -> None:
         self.version += 1
         for p in patch.arrays:

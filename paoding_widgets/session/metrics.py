@@ -2,15 +2,21 @@
 
 Why here: evaluation is slow (seconds on a ResNet50) and must never block an
 action, so the model is snapshotted under the session lock and evaluated
-outside it; results are cached per weights version.
+outside it; results are cached per weights version.  The model evaluated is
+one full-size clone carrying the edits, kept for the session and updated
+layer by layer (``engine.surgery.EditedModel``): it computes what the
+physically pruned model computes, its compiled forward pass is traced once,
+and it runs in bounded batches; the size reported is the pruned model's,
+computed from shapes (``engine.surgery.pruned_size``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..engine.evaluate import Metrics, robust_instances
+from ..engine.evaluate import Metrics, robust_instances, size_report
 from ..engine.export import save_keras, save_tflite
+from ..engine.surgery import EditedModel, pruned_size
 from .base import SessionBase
 
 
@@ -30,14 +36,22 @@ class MetricsMixin(SessionBase):
                 cached = self.cached_metrics()
                 if cached is not None:
                     return cached
-                pruned = self._pruner.pruned_model()
-                width = self._pruner.output_bound_width()
+                pruner = self._pruner
+                edited: EditedModel | None = getattr(self, "_edited_model", None)
+                if edited is None or edited.graph is not pruner.graph:
+                    edited = self._edited_model = EditedModel(pruner.graph)
+                try:
+                    size = pruned_size(pruner.graph, pruner.store)
+                except Exception:  # a rule whose flops need more than shapes: measure the real thing
+                    size = size_report(pruner.pruned_model())
+                model = edited.sync(pruner.store)  # the weights are copied into its variables: safe to leave the lock
+                width = pruner.output_bound_width()
             box = self._pruner.input_range
             data = self.eval_data
             if data is not None and self._original_robust is None and self.epsilons:
                 self._original_robust = robust_instances(self.model, data[0], data[1], self.epsilons, box)
-            m = _evaluate(pruned, self.model, data, self.epsilons, box, self._original_robust,
-                         self._probes, width, self._original_probe_classes())
+            m = _evaluate(model, self.model, data, self.epsilons, box, self._original_robust,
+                         self._probes, width, self._original_probe_classes(), size)
             with self._lock:
                 if self._metrics_cache is None or self._metrics_cache[0] < version:
                     self._metrics_cache = (version, m)

@@ -126,6 +126,8 @@ class LayerRule:
             (lo, hi), = ins
             s, t = aff
             a, z = lo * s + t, hi * s + t
+            if np.all(s >= 0):  # the usual BatchNorm: the order is kept (exactly, float rounding is monotone)
+                return a, z
             return np.minimum(a, z), np.maximum(a, z)
         raise NoIntervalRule(f"no interval rule for {node.type}")
 

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..activations import PER_UNIT, ActivationRule, activation_name, relu_rule
 from ..activations import rule_for as activation_rule
+from ..kernels import ConvSpec, PreparedConv, PreparedDepthwise, conv_spec, passthrough_forward
+from ..threads import pair
 from .base import REGISTRY, Interval, LayerRule, NoIntervalRule, OpaqueRule
 
 if TYPE_CHECKING:
@@ -102,7 +104,8 @@ class DenseRule(LinearRule):
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
         k = prop.store[(node.name, self.kernel_var)]
-        return (c @ k).astype(np.float32), (r @ np.abs(k)).astype(np.float32)
+        k_abs = prop.prepared(node, "abs", lambda: np.abs(k))
+        return (c @ k).astype(np.float32, copy=False), (r @ k_abs).astype(np.float32, copy=False)
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
         return {**config, self.size_key: width} if int(config[self.size_key]) != width else None
@@ -154,9 +157,12 @@ class ConvRule(DenseRule):
         graph.set_layout(out, graph.channels(gid, n))
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
+        k = prop.store[(node.name, self.kernel_var)]
+        prep = prop.prepared(node, "conv", lambda: _prepare_conv(node.config, k)) if prop.fast else None
+        if prep is not None:
+            return prep.both(c, r)
         import keras
 
-        k = prop.store[(node.name, self.kernel_var)]
         kw = _conv_kwargs(node.config)
         return (np.asarray(keras.ops.conv(c, k, **kw), np.float32),
                 np.asarray(keras.ops.conv(r, np.abs(k), **kw), np.float32))
@@ -192,9 +198,12 @@ class DepthwiseRule(LinearRule):
         graph.set_layout(node.outputs[0], graph.layout(src))
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
+        k = prop.store[(node.name, self.kernel_var)]
+        prep = prop.prepared(node, "depthwise", lambda: _prepare_depthwise(node.config, k)) if prop.fast else None
+        if prep is not None:
+            return prep.both(c, r)
         import keras
 
-        k = prop.store[(node.name, self.kernel_var)]
         kw = _conv_kwargs(node.config)
         return (np.asarray(keras.ops.depthwise_conv(c, k, **kw), np.float32),
                 np.asarray(keras.ops.depthwise_conv(r, np.abs(k), **kw), np.float32))
@@ -230,9 +239,14 @@ class SeparableRule(ConvRule):
         graph.set_layout(out, graph.channels(gid, n))
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
+        dk, pk = prop.store[(node.name, "depthwise_kernel")], prop.store[(node.name, self.kernel_var)]
+        prep = prop.prepared(node, "separable", lambda: _prepare_separable(node.config, dk, pk)) if prop.fast else None
+        if prep is not None:
+            dw, pw = prep
+            work = 2.0 * c.size * (pw.k2.shape[1] + dw.k.shape[0])
+            return pair(lambda: pw(dw(c)), lambda: pw(dw(r, absolute=True), absolute=True), work)
         import keras
 
-        dk, pk = prop.store[(node.name, "depthwise_kernel")], prop.store[(node.name, self.kernel_var)]
         kw = _conv_kwargs(node.config)
         return (np.asarray(keras.ops.separable_conv(c, dk, pk, **kw), np.float32),
                 np.asarray(keras.ops.separable_conv(r, np.abs(dk), np.abs(pk), **kw), np.float32))
@@ -413,8 +427,11 @@ class SoftmaxRule(ActivationLayerRule):
 class PassThroughRule(LayerRule):
     """Weight-free layers that act per channel and keep the channel layout (pooling, padding, dropout).
 
-    Interval rules call the layer on the bounds: it is monotone (and max-like
-    layers move by at most the largest change in their window).
+    Interval rules apply the layer to the bounds: it is monotone (and max-like
+    layers move by at most the largest change in their window).  Keras' own
+    pooling, padding, cropping, upsampling and dropout layers run in NumPy
+    (:func:`~paoding_widgets.engine.kernels.passthrough_forward`); anything
+    else -- a subclass with its own ``call`` -- is called through Keras.
     """
 
     description = "channels pass through"
@@ -430,8 +447,9 @@ class PassThroughRule(LayerRule):
         graph.set_layout(node.outputs[0], graph.layout(src))
 
     def forward(self, prop: Propagator, node: LayerNode, x: np.ndarray) -> np.ndarray:
-        """The layer on an array (a batch of bounds): Keras' own call by default."""
-        return prop.call(node, [x])
+        """The layer on an array (a batch of bounds): NumPy where covered, else Keras' own call."""
+        out = passthrough_forward(node.layer, node.config, x) if prop.fast else None
+        return prop.call(node, [x]) if out is None else out
 
     def values(self, prop: Propagator, node: LayerNode, ins: list[Interval], bounds: Bounds) -> Interval:
         return self.forward(prop, node, ins[0][0]), self.forward(prop, node, ins[0][1])
@@ -677,6 +695,34 @@ class NestedModelRule(OpaqueRule):
 
 
 # ====================================================================== helpers
+def _prepare_conv(cfg: dict[str, Any], k: np.ndarray) -> PreparedConv | PreparedDepthwise | None:
+    """A kernel in matmul layout for :mod:`..kernels` (None: Keras computes it)."""
+    spec = conv_spec(cfg, k.shape)
+    groups = int(cfg.get("groups", 1))
+    if spec is None:
+        return None
+    if groups == 1:
+        return PreparedConv.build(k, spec)
+    if k.shape[-2] == 1 and groups == k.shape[-1]:  # depthwise written as a grouped conv
+        return PreparedDepthwise.build(k, spec)
+    return None
+
+
+def _prepare_depthwise(cfg: dict[str, Any], k: np.ndarray) -> PreparedDepthwise | None:
+    spec = conv_spec(cfg, k.shape)
+    return None if spec is None else PreparedDepthwise.build(k, spec, int(k.shape[-1]))
+
+
+def _prepare_separable(cfg: dict[str, Any], dk: np.ndarray,
+                       pk: np.ndarray) -> tuple[PreparedDepthwise, PreparedConv] | None:
+    spec = conv_spec(cfg, dk.shape)
+    if spec is None:
+        return None
+    point = ConvSpec(tuple(1 for _ in spec.kernel), tuple(1 for _ in spec.kernel), tuple(1 for _ in spec.kernel),
+                     "valid")
+    return PreparedDepthwise.build(dk, spec, int(dk.shape[-1])), PreparedConv.build(pk, point)
+
+
 def _last(shape: tuple) -> int:
     return int(shape[-1]) if shape and shape[-1] is not None else 0
 

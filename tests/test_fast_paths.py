@@ -1,0 +1,386 @@
+"""The fast paths give the same bounds, scores and proposals as the reference paths.
+
+* value bounds in NumPy (im2col convolutions, pooling, padding...) against the
+  plain Keras-ops propagator (``Propagator(..., fast=False)``): within float32
+  tolerance, and sound (they contain sampled outputs);
+* incremental value bounds after an edit: equal to a fresh pass, and the
+  tensors before the edited layer are not recomputed;
+* pairing in float32 on the transposed layout against a float64 reference;
+* proposals of whole runs equal with both propagators.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import run_to_target
+
+from paoding_widgets.engine import Pruner
+from paoding_widgets.engine.bounds import Propagator
+from paoding_widgets.engine.graph import ModelGraph
+from paoding_widgets.engine.kernels import ConvSpec, PreparedConv, PreparedDepthwise
+from paoding_widgets.engine.scores import bias_term, disjoint_pairs, pairwise_distances, saliency_matrix
+from paoding_widgets.engine.weights import Patch, WeightStore
+
+L = keras.layers
+
+
+def _seq(shape, *layers):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input(shape), *layers])
+
+
+def _residual():
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((12, 12, 3))
+    x = L.ZeroPadding2D(((1, 2), (2, 1)))(x)
+    x = L.Conv2D(8, 3, strides=2, use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    y = L.Conv2D(8, 1, padding="same", activation="relu")(x)
+    y = L.Conv2D(8, 3, padding="same")(y)
+    x = L.Add()([x, y])
+    x = L.Activation("relu")(x)
+    x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    out = L.Dense(5, activation="softmax")(x)
+    return keras.Model(inp, out)
+
+
+def _randomize_bn(model):
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            f = np.float32
+            layer.set_weights([rng.normal(1, 0.3, g.shape).astype(f), rng.normal(0, .2, b.shape).astype(f),
+                               rng.normal(0, .2, m.shape).astype(f), rng.uniform(.5, 2, v.shape).astype(f)])
+    return model
+
+
+MODELS = {
+    "cnn": lambda: _seq((14, 14, 1), L.Conv2D(6, 3, activation="relu"), L.MaxPooling2D(),
+                        L.Conv2D(8, 3, activation="relu"), L.MaxPooling2D(), L.Flatten(),
+                        L.Dense(16, activation="relu"), L.Dense(4, activation="softmax")),
+    "strided_dilated": lambda: _seq((15, 13, 2), L.Conv2D(5, 3, strides=2, padding="same", activation="tanh"),
+                                    L.Conv2D(6, (3, 2), dilation_rate=2, padding="same", activation="relu"),
+                                    L.AveragePooling2D(3, strides=2, padding="same"), L.Conv2D(4, 2, strides=(2, 1)),
+                                    L.Flatten(), L.Dense(3)),
+    "avgpool_valid_upsample_crop": lambda: _seq((10, 10, 3), L.Conv2D(4, 3, activation="relu"), L.AveragePooling2D(2),
+                                                L.UpSampling2D((2, 3)), L.Cropping2D(((1, 0), (2, 1))),
+                                                L.Dropout(0.5), L.Conv2D(3, 1), L.GlobalMaxPooling2D(keepdims=True),
+                                                L.Flatten(), L.Dense(2)),
+    "depthwise_separable": lambda: _seq((11, 11, 4), L.DepthwiseConv2D(3, strides=2, padding="same", activation="relu"),
+                                        L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu"),
+                                        L.SeparableConv2D(5, 3, padding="same", activation="relu"),
+                                        L.SeparableConv2D(4, 2, depth_multiplier=2, strides=2),
+                                        L.Conv2D(6, 3, groups=2, padding="same"),
+                                        L.Conv2D(6, 3, groups=6, padding="same", activation="relu"),
+                                        L.GlobalAveragePooling2D(), L.Dense(3)),
+    "conv1d_causal": lambda: _seq((16, 3), L.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu"),
+                                  L.ZeroPadding1D((2, 1)), L.Conv1D(5, 3, strides=2, activation="relu"),
+                                  L.MaxPooling1D(2, padding="same"), L.UpSampling1D(2), L.Cropping1D((1, 2)),
+                                  L.SeparableConv1D(3, 2), L.GlobalAveragePooling1D(), L.Dense(2)),
+    "conv3d": lambda: _seq((6, 6, 6, 2), L.Conv3D(3, 2, activation="relu"), L.MaxPooling3D(2, padding="same"),
+                           L.ZeroPadding3D(1), L.Conv3D(2, 2, strides=2), L.Flatten(), L.Dense(2)),
+    "residual": lambda: _randomize_bn(_residual()),
+}
+
+
+def _bounds(model, fast, input_range=(0.0, 1.0)):
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {g.id: g.size for g in graph.groups})
+    return graph, store, Propagator(graph, store, fast=fast).values(input_range)
+
+
+def _close(a, b):
+    scale = max(1.0, float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0)))
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_numpy_value_bounds_match_keras_ops(name):
+    model = MODELS[name]()
+    graph, _, fast = _bounds(model, True)
+    _, _, ref = _bounds(model, False)
+    # the NumPy kernels cover at least what Keras ops did (causal padding: only they do)
+    assert set(ref.out) <= set(fast.out) and set(ref.pre) <= set(fast.pre)
+    assert set(fast.missing) <= set(ref.missing)
+    for tid in ref.out:
+        for a, b in zip(fast.out[tid], ref.out[tid]):
+            assert a.shape == b.shape, graph.shapes[tid]
+            _close(a, b)
+    # sound: outputs of sampled inputs (corners included) lie within the bounds
+    rng = np.random.default_rng(0)
+    x = rng.random((64, *model.inputs[0].shape[1:]), dtype=np.float32)
+    x[:8] = np.round(x[:8])
+    y = np.asarray(model(x, training=False))
+    lo, hi = fast.out[graph.output_ids[0]]
+    tol = 1e-5 * max(1.0, float(np.abs(y).max()))
+    assert np.all(y >= lo - tol) and np.all(y <= hi + tol)
+
+
+def test_prepared_conv_skips_dead_channels_exactly():
+    rng = np.random.default_rng(0)
+    k = rng.normal(size=(3, 3, 6, 5)).astype(np.float32)
+    k[:, :, [1, 4], :] = 0
+    k[..., [0, 3]] = 0
+    spec = ConvSpec((3, 3), (1, 1), (1, 1), "same")
+    full = PreparedConv.build(k, ConvSpec((3, 3), (1, 1), (1, 1), "same"))
+    assert full.in_idx is not None and list(full.in_idx) == [0, 2, 3, 5]
+    assert full.out_idx is not None and list(full.out_idx) == [1, 2, 4]
+    x = rng.random((2, 7, 7, 6), dtype=np.float32)
+    y = full(x)
+    ref = np.asarray(keras.ops.conv(x, k, padding="same"))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert np.all(y[..., [0, 3]] == 0)
+    np.testing.assert_allclose(full(x, absolute=True), np.asarray(keras.ops.conv(x, np.abs(k), padding="same")),
+                               rtol=1e-5, atol=1e-5)
+    dw = PreparedDepthwise.build(k[:, :, :, :1], spec)
+    np.testing.assert_allclose(dw(x), np.asarray(keras.ops.depthwise_conv(x, k[:, :, :, :1], padding="same")),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cnn", "residual", "depthwise_separable"])
+def test_incremental_value_bounds_equal_a_fresh_pass(name):
+    model = MODELS[name]()
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {g.id: g.size for g in graph.groups})
+    prop = Propagator(graph, store)
+    first = prop.values((0.0, 1.0))
+    # edit the last weighted layer's kernel: everything before it keeps its (same) arrays
+    node = [n for n in graph.nodes if (n.name, "kernel") in store.arrays][-1]
+    patch = Patch()
+    store.write((node.name, "kernel"), 0, np.array([0]), 0.5, patch)
+    again = prop.values((0.0, 1.0))
+    fresh = Propagator(graph, store).values((0.0, 1.0))
+    order = [n.name for n in graph.nodes]
+    for n in graph.nodes:
+        for tid in n.outputs[:1]:
+            if tid not in fresh.out:
+                continue
+            for a, b in zip(again.out[tid], fresh.out[tid]):
+                np.testing.assert_array_equal(a, b)
+            if order.index(n.name) < order.index(node.name):
+                assert again.out[tid][0] is first.out[tid][0]
+    store.revert(patch)
+    back = prop.values((0.0, 1.0))
+    for tid in first.out:
+        np.testing.assert_array_equal(back.out[tid][1], first.out[tid][1])
+    # a new input range recomputes everything
+    other = prop.values((-1.0, 1.0))
+    ref = Propagator(graph, store, fast=False).values((-1.0, 1.0))
+    for tid in ref.out:
+        _close(other.out[tid][1], ref.out[tid][1])
+
+
+# ------------------------------------------------------------------ pairing
+def _loop_pairs(cost, m, exclude=()):
+    """The reference: greedy over all finite (keep, drop) entries in float64, ties by (rank within column, column)."""
+    c = np.array(cost, np.float64)
+    np.fill_diagonal(c, np.inf)
+    c[list(exclude), :] = np.inf
+    c[:, list(exclude)] = np.inf
+    order = np.argsort(c, axis=0, kind="stable")
+    vals = np.take_along_axis(c, order, 0)
+    used, keep, drop = set(), [], []
+    for flat in np.argsort(vals.ravel(), kind="stable"):
+        r, j = divmod(int(flat), c.shape[0])
+        i = int(order[r, j])
+        if not np.isfinite(vals[r, j]) or i in used or j in used:
+            continue
+        used |= {i, j}
+        keep.append(i)
+        drop.append(j)
+        if len(keep) == m:
+            break
+    return keep, drop
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float32_pairing_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, d = 40, 17
+    u = rng.normal(size=(d, n)).astype(np.float32)
+    u[:, 5] = u[:, 9]  # exact duplicates and ties
+    b = rng.normal(size=n).astype(np.float32)
+    b[3] = -b[7]
+    v = rng.random(n).astype(np.float32)
+    s = saliency_matrix(u, b, v)
+    u64 = u.astype(np.float64)
+    d64 = np.sqrt(np.maximum(((u64[:, :, None] - u64[:, None, :]) ** 2).sum(0), 0))
+    b64 = b.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        num, den = np.abs(b64[:, None] - b64[None, :]), np.abs(b64[:, None] + b64[None, :])
+        bt = np.where(num == 0, 0.0, num / den)
+    ref = (d64 + bt) * v[None, :]
+    fin = np.isfinite(ref)
+    assert np.array_equal(fin, np.isfinite(s))
+    np.testing.assert_allclose(s[fin], ref[fin], rtol=1e-4, atol=1e-3 * float(np.abs(u).max()))
+    np.testing.assert_allclose(bias_term(b)[np.isfinite(bt)], bt[np.isfinite(bt)], rtol=1e-6)
+    np.testing.assert_allclose(pairwise_distances(u), d64, rtol=1e-4, atol=1e-3 * np.linalg.norm(u, axis=0).max())
+    exclude = np.array([2, 11])
+    for m in (1, 5, 19):
+        keep, drop = disjoint_pairs(s, m, exclude=exclude)
+        rk, rd = _loop_pairs(s, m, exclude)
+        assert list(keep) == rk and list(drop) == rd
+
+
+def test_pairing_accepts_either_memory_layout():
+    rng = np.random.default_rng(3)
+    c = rng.random((30, 30)).astype(np.float32)
+    a = disjoint_pairs(c, 9)
+    b = disjoint_pairs(np.asfortranarray(c), 9)
+    e = disjoint_pairs(c.astype(np.float64), 9)
+    for x, y in ((a, b), (a, e)):
+        assert np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
+
+
+# ------------------------------------------------------------------ whole runs
+def _run(model, strategy, fast, iterations=4):
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy=strategy, step=0.1, target=0.5, seed=0)
+    if not fast:
+        pruner.propagator = Propagator(pruner.graph, pruner.store, fast=False)
+    out = []
+    for _ in range(iterations):
+        props = pruner.propose()
+        out.append({g: (p.keep.tolist(), p.drop.tolist()) for g, p in props.items()})
+        for p in props.values():
+            pruner.apply(p)
+    return out, pruner
+
+
+@pytest.mark.parametrize("strategy", ["impact", "certified", "stochastic"])
+@pytest.mark.parametrize("name", ["cnn", "residual"])
+def test_proposals_equal_with_reference_propagator(name, strategy):
+    model = MODELS[name]()
+    fast, p1 = _run(model, strategy, True)
+    ref, p2 = _run(model, strategy, False)
+    assert fast == ref
+    for k in p1.store.arrays:
+        np.testing.assert_allclose(p1.store.arrays[k], p2.store.arrays[k], rtol=1e-4, atol=1e-5)
+
+
+def test_run_helper_still_reaches_target():
+    model = MODELS["cnn"]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="impact", step=0.1, target=0.5, seed=0)
+    run_to_target(pruner)
+    assert pruner.share_pruned() == pytest.approx(0.5, abs=0.05)
+
+
+def _old_disjoint_pairs(cost, m, exclude=None, stable=False):
+    """The float64, column-strided implementation this one replaced (kept verbatim as the reference).
+
+    ``stable``: the t cheapest of each column by a stable sort instead of ``argpartition`` (whose
+    choice among equal costs is arbitrary): the tie rule of the new implementation.
+    """
+    n = cost.shape[0]
+    cost = np.array(cost, np.float64, copy=True)
+    np.fill_diagonal(cost, np.inf)
+    if exclude is not None and len(exclude):
+        cost[exclude, :] = np.inf
+        cost[:, exclude] = np.inf
+    t = min(n, 8)
+    while True:
+        if stable:
+            rows = np.argsort(cost, axis=0, kind="stable")[:t]
+        else:
+            rows = np.argpartition(cost, t - 1, axis=0)[:t] if t < n else np.broadcast_to(np.arange(n)[:, None],
+                                                                                         (n, n))
+        vals = np.take_along_axis(cost, rows, 0).ravel()
+        order = np.argsort(vals, kind="stable")
+        order = order[np.isfinite(vals[order])]
+        keep_idx = rows.ravel()[order]
+        drop_idx = order % n
+        used = np.zeros(n, bool)
+        keep_l, drop_l = [], []
+        for i, j in zip(keep_idx.tolist(), drop_idx.tolist()):
+            if used[i] or used[j]:
+                continue
+            used[i] = used[j] = True
+            keep_l.append(i)
+            drop_l.append(j)
+            if len(keep_l) == m:
+                break
+        if len(keep_l) >= m or t == n or m <= 0:
+            return np.asarray(keep_l[:max(m, 0)], np.int64), np.asarray(drop_l[:max(m, 0)], np.int64)
+        t = min(n, t * 4)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", range(8))
+def test_pairs_equal_the_float64_implementation(seed, ties):
+    """Without equal costs: the same pairs as before.  With many: equal costs go to the lower unit index
+    (before, ``argpartition`` chose among them arbitrarily)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 120))
+    u = rng.normal(size=(9, n)).astype(np.float32)
+    if ties:
+        u[:, : n // 3] = np.round(u[:, : n // 3])  # many exact ties
+    v = rng.random(n).astype(np.float32) + np.float32(0.1)
+    if ties:
+        v[rng.random(n) < 0.1] = 0.0
+    s = saliency_matrix(u, rng.normal(size=n).astype(np.float32), v)
+    dead = np.flatnonzero(rng.random(n) < 0.2)
+    for m in (1, n // 4, n // 2, n):
+        a = disjoint_pairs(s, m, exclude=dead)
+        b = _old_disjoint_pairs(np.ascontiguousarray(s), m, exclude=dead, stable=ties)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+# ------------------------------------------------------------------ evaluation
+@pytest.mark.parametrize("name", ["cnn", "residual", "strided_dilated"])
+def test_pruned_size_and_edited_model_match_the_physical_model(name):
+    from paoding_widgets.engine.evaluate import predict, size_report
+    from paoding_widgets.engine.surgery import EditedModel, pruned_size
+
+    model = MODELS[name]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    edited = EditedModel(pruner.graph)
+    x = np.random.default_rng(0).random((7, *model.inputs[0].shape[1:]), dtype=np.float32)
+    for _ in range(2):
+        for p in pruner.propose().values():
+            pruner.apply(p)
+        physical = pruner.pruned_model()
+        assert pruned_size(pruner.graph, pruner.store) == size_report(physical)
+        np.testing.assert_allclose(predict(edited.sync(pruner.store), x, 3), predict(physical, x), rtol=1e-4,
+                                   atol=1e-5)
+    assert size_report(physical).flops < size_report(model).flops
+
+
+def test_auto_batch_size_bounds_memory():
+    from paoding_widgets.engine.evaluate import auto_batch_size
+
+    big = _seq((224, 224, 3), L.Conv2D(64, 3, padding="same"), L.GlobalAveragePooling2D(), L.Dense(2))
+    assert auto_batch_size(big) == 16 * 2**20 // (4 * 224 * 224 * 64)
+    assert auto_batch_size(MODELS["cnn"]()) == 1024
+
+
+def test_pairing_with_few_finite_costs_keeps_the_matrix_intact():
+    """Rows with fewer finite costs than the selection width: the search must restore every cost it
+    set aside, or the wider second search would see infinities where costs were."""
+    cost = np.full((9, 9), np.inf)
+    cost[0, 1] = 0.0
+    cost[2, 3] = 1.0
+    cost[4, 1] = 2.0
+    cost[5, 6] = 3.0
+    keep, drop = disjoint_pairs(cost, 4)
+    assert list(zip(keep.tolist(), drop.tolist())) == [(0, 1), (2, 3), (5, 6)]
+
+
+def test_touch_invalidates_cached_bounds():
+    model = MODELS["cnn"]()
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {g.id: g.size for g in graph.groups})
+    prop = Propagator(graph, store)
+    before = prop.values((0.0, 1.0))
+    node = [n for n in graph.nodes if (n.name, "kernel") in store.arrays][0]
+    store.arrays[(node.name, "kernel")] *= 2.0  # in place, outside write(): invisible until touched
+    store.touch((node.name, "kernel"))
+    after = prop.values((0.0, 1.0))
+    ref = Propagator(graph, store, fast=False).values((0.0, 1.0))
+    out = node.outputs[0]
+    assert not np.array_equal(after.out[out][1], before.out[out][1])
+    for tid in ref.out:
+        _close(after.out[tid][1], ref.out[tid][1])
