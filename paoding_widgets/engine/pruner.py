@@ -126,8 +126,15 @@ class Pruner:
             out[g.id] = Proposal(g.id, g.name, action, cand, self.strategy.name,
                                  params_saved=self.params_per_unit(g) * len(cand),
                                  extra={"impact": impact_increment(g, view, cand)
-                                        if self.strategy.uses_impact else {}})
+                                        if self._keeps_impact(g) else {}})
         return out
+
+    def _keeps_impact(self, group: UnitGroup) -> bool:
+        """Whether a group's running output impact is ever read: only merges are scored on it, so filters
+        that this strategy only removes need none (and no bound pass to compute it)."""
+        if not self.strategy.uses_impact:
+            return False
+        return group.kind != "conv" or self.strategy.merges_filters
 
     def apply(self, proposal: Proposal) -> Patch:
         """Apply one proposal to the weights; returns the patch that undoes it."""

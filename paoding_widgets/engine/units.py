@@ -134,9 +134,12 @@ class UnitView:
         for slot in self.group.producers:
             if slot.var.endswith("bias"):
                 continue
-            arr = np.moveaxis(self.store[(slot.layer, slot.var)], slot.axis, 0)
-            # every position the unit owns (an LSTM unit: one column per gate)
-            total += np.abs(arr[slot.index].reshape(self.group.size, -1)).sum(1)
+            arr = self.store[(slot.layer, slot.var)]
+            # |w| summed over everything but the unit axis, once, then every position the unit owns
+            # (an LSTM unit: one column per gate)
+            per_position = np.abs(np.moveaxis(arr, slot.axis, -1).reshape(-1, arr.shape[slot.axis])).sum(
+                0, dtype=np.float64)
+            total += per_position[slot.index].sum(1)
         return total
 
     def scaled_l1(self) -> np.ndarray:
