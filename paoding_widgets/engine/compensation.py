@@ -107,7 +107,7 @@ def bn_informed(graph: ModelGraph) -> set[int]:
 
 
 def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[np.ndarray, np.ndarray],
-                      samples: int = 256, steps: int = 200, seed: int = 0, budget: float = 6e12,
+                      samples: int = 256, steps: int = 200, seed: int = 0, budget: float = 6e11,
                       lr: float = 0.05, ce: float = 0.0, project: bool = True) -> np.ndarray | None:
     """Inputs in the box whose statistics at every BatchNorm match its moving mean and variance.
 
