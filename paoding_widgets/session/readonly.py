@@ -204,6 +204,93 @@ class SessionView:
         """The current state's metrics (computes them: seconds on a large model)."""
         return self._session.metrics()
 
+    def reading(self) -> Any:
+        """A context holding the session still (its lock) for several consistent reads.
+
+        A view thread that also holds its own lock must take this one first: the
+        session's events reach views with the session lock held, so that order is the only safe one.
+        """
+        return self._session._lock
+
+    # ------------------------------------------------------------ deciding (per layer, previews, history points)
+    def state_key(self, position: int | None = None) -> tuple[int, int]:
+        """Identifies the state at a history position (default: the current one) while its entry lives:
+        (position, id of the entry that leads there; 0 for the original model)."""
+        h = self._session.history
+        n = h.position if position is None else position
+        return (n, id(h.entries[n - 1]) if 0 < n <= len(h.entries) else 0)
+
+    def layer_params(self) -> dict[str, int]:
+        """Parameters of every top-level layer that live now (removed rows and columns not counted)."""
+        s = self._session
+        with s._lock:
+            store, graph = s.pruner.store, s.graph
+            dead: dict[tuple[str, str], dict[int, int]] = {}
+            for g in graph.groups:
+                gone = np.flatnonzero(~store.alive[g.id])
+                if not len(gone):
+                    continue
+                for slot in g.slots():
+                    axes = dead.setdefault((slot.layer, slot.var), {})
+                    axes[slot.axis] = axes.get(slot.axis, 0) + int(slot.index[gone].size)
+            out: dict[str, int] = {}
+            for node in self._nodes:
+                total = 0
+                for key, arr in store.arrays.items():
+                    if key[0] != node.name:
+                        continue
+                    shape = list(arr.shape)
+                    for axis, n in dead.get(key, {}).items():
+                        shape[axis] = max(0, shape[axis] - n)
+                    total += int(np.prod(shape))
+                out[node.name] = total if any(k[0] == node.name for k in store.arrays) else node.params
+            return out
+
+    def unit_costs(self) -> dict[str, tuple[int, int]]:
+        """Per prunable group: (parameters, estimated FLOPs) that go with one unit."""
+        from .sensitivity import flops_per_unit
+
+        s = self._session
+        with s._lock:
+            return {g.name: (s.pruner.params_per_unit(g), flops_per_unit(s.graph, s.pruner.store, g))
+                    for g in s.graph.prunable_groups}
+
+    def proposal_bounds(self, still: Any = None) -> tuple[tuple[int, int], dict[str, float | None]]:
+        """(revision, layer -> certified bound of the largest output change if its open proposal were
+        accepted), computed on a private copy of the weights, off the session lock.
+
+        ``still(revision)`` may return False to stop early (the state moved on).
+        """
+        from .sensitivity import private_pruner, proposal_bound
+
+        s = self._session
+        with s._lock:
+            props = dict(s.proposals)
+            revision = s.revision
+            pruner = private_pruner(s.pruner, s.seed) if props else None
+        out: dict[str, float | None] = {}
+        for name, prop in props.items():
+            if still is not None and not still(revision):
+                break
+            out[name] = proposal_bound(pruner, pruner.graph.group(name), prop.candidates)
+        return revision, out
+
+    def alive_at(self, position: int) -> dict[str, np.ndarray]:
+        """Which units of every group live at a history position (read from the patches; nothing moves)."""
+        s = self._session
+        with s._lock:
+            h, store = s.history, s.pruner.store
+            if not 0 <= position <= len(h.entries):
+                raise KeyError(f"history position must be in 0..{len(h.entries)}, got {position}")
+            masks = {g: m.copy() for g, m in store.alive.items()}
+            for e in reversed(h.entries[position:h.position]):
+                for g, units, value in reversed(e.patch.alive):
+                    masks[g][units] = not value
+            for e in h.entries[h.position:position]:
+                for g, units, value in e.patch.alive:
+                    masks[g][units] = value
+            return {g.name: masks[g.id] for g in s.graph.groups}
+
 
 def _params(layer: Any) -> int:
     return int(sum(int(np.prod(w.shape)) for w in getattr(layer, "weights", ())))  # operations have none
