@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from conftest import build_mlp
 
-from paoding_widgets.session import PruningSession
+from paoding_widgets.session import PruningSession, sensitivity
 from paoding_widgets.session import plan as plan_mod
-from paoding_widgets.session import sensitivity
 from paoding_widgets.session.readonly import SessionView
 from paoding_widgets.widget import PruningWidget
 

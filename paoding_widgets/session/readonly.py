@@ -270,7 +270,7 @@ class SessionView:
             pruner = private_pruner(s.pruner, s.seed) if props else None
         out: dict[str, float | None] = {}
         for name, prop in props.items():
-            if still is not None and not still(revision):
+            if pruner is None or (still is not None and not still(revision)):
                 break
             out[name] = proposal_bound(pruner, pruner.graph.group(name), prop.candidates)
         return revision, out

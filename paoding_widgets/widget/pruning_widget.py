@@ -147,7 +147,7 @@ class PruningWidget(anywidget.AnyWidget):
     value = traitlets.Dict().tag(sync=True)
     live_params = traitlets.Dict().tag(sync=True)
     previews = traitlets.Dict().tag(sync=True)
-    sensitivity = traitlets.Dict({"status": "idle"}).tag(sync=True)
+    sensitivity = traitlets.Dict().tag(sync=True)
     plan = traitlets.Dict().tag(sync=True)
     compare = traitlets.Dict().tag(sync=True)
 
@@ -164,7 +164,8 @@ class PruningWidget(anywidget.AnyWidget):
         self._sens_cancel = threading.Event()
         self._sens_thread: threading.Thread | None = None
         self._preview_rev: tuple[int, int] | None = None
-        self._run_started: float | None = None
+        self._unit_costs: dict[str, tuple[int, int]] | None = None
+        self.sensitivity = {"status": "idle"}
         self._run: RunHandle | None = None  # the last run started from this view (for scripts and tests)
         self._lock = threading.RLock()
         self._metrics_wanted = threading.Event()  # set: the shown metrics may be stale
@@ -222,7 +223,7 @@ class PruningWidget(anywidget.AnyWidget):
 
     def _refresh_previews(self, v: SessionView) -> None:
         """What accepting each open proposal removes (now), and its certified bound (in the background)."""
-        costs = self._unit_costs if hasattr(self, "_unit_costs") else None
+        costs = self._unit_costs
         if costs is None:
             costs = self._unit_costs = v.unit_costs()
         out: dict[str, Any] = {}
@@ -530,7 +531,8 @@ class PruningWidget(anywidget.AnyWidget):
             raise WireError("the sensitivity is of another state: compute it again for this one")
         curves = {k: Curve(k, c["ratios"], c["bound"], c["agreement"], c["accuracy"], c["params"], c["flops"])
                   for k, c in sens["curves"].items()}
-        obj = Sensitivity(tuple(sens.get("revision", (0, 0))), curves, 0.0, int(sens["total_params"]),
+        rev = sens.get("revision") or (0, 0)
+        obj = Sensitivity((int(rev[0]), int(rev[1])), curves, 0.0, int(sens["total_params"]),
                           int(sens["total_flops"]))
         locked = [i.name for i in v.layers if i.status == "locked"]
         self.plan = make_plan(obj, goal, metric, locked).as_dict()
@@ -540,7 +542,7 @@ class PruningWidget(anywidget.AnyWidget):
         if v is None:
             return
         ma, mb = v.alive_at(a), v.alive_at(b)
-        costs = self._unit_costs if hasattr(self, "_unit_costs") else v.unit_costs()
+        costs = self._unit_costs if self._unit_costs is not None else v.unit_costs()
         layers = []
         for g in v.groups:
             if not g.prunable:
