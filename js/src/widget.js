@@ -148,11 +148,17 @@ function render({ model, el: root }) {
 
   root.classList.add("pw-root");
   // Keys typed anywhere in the widget are the widget's: JupyterLab's command mode binds a, s, l, the arrows...
+  // Notebook 7 listens in the capture phase, so the guard sits on the window, the first stop of every key event:
+  // a plain key typed anywhere inside the widget goes to the widget only (its default action -- typing into a
+  // field, pressing a focused button -- still happens).
   root.setAttribute("data-lm-suppress-shortcuts", "true");
-  root.addEventListener("keydown", (e) => {
+  const guard = (e) => {
+    if (!(e.target instanceof Node) || !root.contains(e.target)) return;
     if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") return;
     e.stopPropagation();
-  });
+    if (tree.contains(e.target)) onTreeKey(e);
+  };
+  window.addEventListener("keydown", guard, true); // removed by the view's cleanup
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar", "aria-label": "pruning" });
   const banner = el("div", { class: "pw-error", role: "alert" });
   const noticeBox = el("div", { class: "pw-notice", role: "status" });
@@ -332,8 +338,8 @@ function render({ model, el: root }) {
         [el("span", { text: `Accepting removes ${pv.units} unit${pv.units === 1 ? "" : "s"}, ${fmt.int(pv.params)} parameters, ${fmt.si(pv.flops)} FLOPs; ${bound}` })]));
     }
     if (cmpRow && cmpRow.went_count) {
-      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name, text:
-        `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " …" : ""} went` }));
+      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text:
+        `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " …" : ""} went` })]));
     }
     if (openDetail.has(row.name)) frag.push(drawDetail(row));
     return frag;
@@ -496,7 +502,7 @@ function render({ model, el: root }) {
     );
   }
 
-  tree.addEventListener("keydown", (e) => {
+  function onTreeKey(e) {
     const rows = shownRows();
     const next = moveFocus(rows.length, focus, e.key);
     if (next !== null) { focus = next; e.preventDefault(); drawTree(); drawSide(); return; }
@@ -514,6 +520,10 @@ function render({ model, el: root }) {
     if ((e.key === "Enter" || e.key === " ") && rows[focus]) { toggleDetail(rows[focus]); e.preventDefault(); return; }
     const action = keyAction(e.key, rows[focus]);
     if (action) { act(action, { layer: rows[focus].name }); e.preventDefault(); }
+  }
+  // keys with modifiers (and Tab, Escape) are not caught by the guard: the tree still sees them
+  tree.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") onTreeKey(e);
   });
 
   model.on("msg:custom", (msg, buffers) => {
@@ -541,7 +551,7 @@ function render({ model, el: root }) {
   }
   redrawNow();
   act("hello");
-  return () => {};
+  return () => { window.removeEventListener("keydown", guard, true); };
 }
 
 export default { render };

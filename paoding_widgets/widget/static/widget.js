@@ -395,10 +395,13 @@ function render({ model, el: root }) {
   let pick = { a: null, b: null };
   root.classList.add("pw-root");
   root.setAttribute("data-lm-suppress-shortcuts", "true");
-  root.addEventListener("keydown", (e) => {
+  const guard = (e) => {
+    if (!(e.target instanceof Node) || !root.contains(e.target)) return;
     if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") return;
     e.stopPropagation();
-  });
+    if (tree.contains(e.target)) onTreeKey(e);
+  };
+  window.addEventListener("keydown", guard, true);
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar", "aria-label": "pruning" });
   const banner = el("div", { class: "pw-error", role: "alert" });
   const noticeBox = el("div", { class: "pw-notice", role: "status" });
@@ -678,7 +681,7 @@ function render({ model, el: root }) {
       ));
     }
     if (cmpRow && cmpRow.went_count) {
-      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name, text: `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " \u2026" : ""} went` }));
+      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text: `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " \u2026" : ""} went` })]));
     }
     if (openDetail.has(row.name)) frag.push(drawDetail(row));
     return frag;
@@ -916,7 +919,7 @@ function render({ model, el: root }) {
       drawCompare()
     );
   }
-  tree.addEventListener("keydown", (e) => {
+  function onTreeKey(e) {
     const rows = shownRows();
     const next = moveFocus(rows.length, focus, e.key);
     if (next !== null) {
@@ -947,6 +950,9 @@ function render({ model, el: root }) {
       act(action, { layer: rows[focus].name });
       e.preventDefault();
     }
+  }
+  tree.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") onTreeKey(e);
   });
   model.on("msg:custom", (msg, buffers) => {
     if (msg.type === "heatmaps") {
@@ -1022,6 +1028,7 @@ function render({ model, el: root }) {
   redrawNow();
   act("hello");
   return () => {
+    window.removeEventListener("keydown", guard, true);
   };
 }
 var widget_default = { render };
