@@ -136,8 +136,8 @@ def test_deciding_in_jupyterlab_at_900px(pw, lab, tmp_path_factory: pytest.TempP
         first.fill("10")
         first.press("Enter")
         page.click(".pw-run-plan")
-        page.wait_for_function("[...document.querySelectorAll('.pw-hist')].some(e => e.textContent.startsWith('run plan:'))",
-                               timeout=180_000)
+        page.wait_for_function("[...document.querySelectorAll('.pw-hist')]"
+                               ".some(e => e.textContent.startsWith('run plan:'))", timeout=180_000)
         st = kernel(page, STATE)
         assert st["labels"][-1].startswith("run plan:")
         assert 0 < st["share"] < 0.5
