@@ -4,15 +4,14 @@ A person's session on the quickstart notebook: layer names readable in a narrow 
 typed with the focus on a toolbar button stay in the widget (no cell appears); a proposal shows what
 accepting it removes and its certified bound; export asks before overwriting; a run to the target,
 then two history points compared; sensitivity curves appear, a plan is made, edited and run.
-Screenshots go to ``artifacts/e2e/`` (``decide_*.png``); ``docs/widget.png`` is refreshed from one.
+Screenshots go to ``artifacts/e2e/`` (``decide_*.png``); ``docs/widget.png`` is a copy of
+``decide_wide.png``.
 """
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, ROOT, STATE, _browse, _serve, kernel, open_widget, row, shot
+from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, STATE, _browse, _serve, kernel, open_widget, row, shot
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed")
@@ -144,7 +143,7 @@ def test_deciding_in_jupyterlab_at_900px(pw, lab, tmp_path_factory: pytest.TempP
         shot(page, "decide_06_plan_run")
 
         # the README picture: a wide notebook, a proposal open with its preview, curves in the rows
-        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.set_viewport_size({"width": 1400, "height": 1400})
         page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
         page.click(".pw-propose")
         _wait_previews(page, H1)
@@ -152,9 +151,13 @@ def test_deciding_in_jupyterlab_at_900px(pw, lab, tmp_path_factory: pytest.TempP
         page.wait_for_function("!document.querySelector('.pw-sens-cell.pw-stale') && "
                                "document.querySelector('.pw-sens').getAttribute('aria-disabled') === 'false'",
                                timeout=180_000)
-        if not page.locator(".pw-detail-canvas").count():
-            row(page, H1).click()  # its detail and its sensitivity chart
-        page.wait_for_selector(".pw-detail-canvas")
+        if page.locator(".pw-detail-canvas").count():
+            row(page, H1).click()  # close its detail: the picture shows the rows
+        page.focus(".pw-tree")
+        page.keyboard.press("Home")
+        for _ in range(2):
+            page.keyboard.press("ArrowDown")  # the focused row's sensitivity chart
+        page.wait_for_selector(f".pw-sens-chart[data-layer='{H1}']")
         page.wait_for_timeout(500)
         page.evaluate("document.querySelector('.pw-tree').scrollLeft = 0")
         page.locator(".pw-root").screenshot(path=str(ARTIFACTS / "decide_wide.png"))
@@ -183,11 +186,3 @@ def test_deciding_in_notebook_7(pw, nb7, tmp_path_factory: pytest.TempPathFactor
         page.click(".pw-sens")
         page.wait_for_selector(f".pw-spark[data-layer='{H1}']", timeout=180_000)
         page.locator(".pw-root").screenshot(path=str(ARTIFACTS / "decide_notebook7.png"))
-
-
-def test_refresh_the_readme_picture():
-    """docs/widget.png is the widget with a proposal preview, made by the JupyterLab test above."""
-    made = ARTIFACTS / "decide_wide.png"
-    if not made.exists():
-        pytest.skip("the JupyterLab test did not run")
-    shutil.copy(made, ROOT / "docs" / "widget.png")

@@ -34,7 +34,7 @@ const SERIES = [["accuracy", "var(--pw-accent)", "accuracy"], ["agreement", "var
  * axes, a legend, a dot per point (readable with one point) with its values on hover.
  */
 function chart(history) {
-  const W = 240, H = 120, L = 30, R = 6, T = 6, B = 22;
+  const W = 240, H = 120, L = 30, R = 14, T = 6, B = 22;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "pw-chart", role: "img",
     "aria-label": "metrics by share pruned" });
   const x = (v) => L + v * (W - L - R);
@@ -96,7 +96,7 @@ function sparkline(curve, top) {
 
 /** The side panel's chart of one layer's sensitivity: bound (left scale) and agreement. */
 function sensitivityChart(curve) {
-  const W = 240, H = 110, L = 34, R = 6, T = 6, B = 22;
+  const W = 240, H = 110, L = 34, R = 14, T = 6, B = 22;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "pw-sens-chart", "data-layer": curve.name });
   const bounds = curve.bound.filter((b) => b != null);
   const top = Math.max(...bounds, 1e-9);
@@ -384,7 +384,7 @@ function render({ model, el: root }) {
     const tops = Object.values(sens.curves || {}).flatMap((c) => c.bound.filter((b) => b != null));
     const top = tops.length ? Math.max(...tops) : 1;
     const header = el("div", { class: "pw-row pw-head" }, ["layer", "type", "output", "units", "params", "status",
-      "weights", "sensitivity", ""].map((t) => el("span", { text: t })));
+      "weights", "sensitivity", ""].map((t, i) => el("span", { text: t, class: i === 0 ? "pw-name" : "" })));
     tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top)));
   }
 

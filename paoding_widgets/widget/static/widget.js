@@ -266,7 +266,7 @@ function svgEl(tag, attrs = {}, text = "") {
 }
 var SERIES = [["accuracy", "var(--pw-accent)", "accuracy"], ["agreement", "var(--pw-ok)", "agreement (box samples)"]];
 function chart(history) {
-  const W = 240, H = 120, L = 30, R = 6, T = 6, B = 22;
+  const W = 240, H = 120, L = 30, R = 14, T = 6, B = 22;
   const svg = svgEl("svg", {
     viewBox: `0 0 ${W} ${H}`,
     class: "pw-chart",
@@ -337,7 +337,7 @@ function sparkline(curve, top) {
   return svg;
 }
 function sensitivityChart(curve) {
-  const W = 240, H = 110, L = 34, R = 6, T = 6, B = 22;
+  const W = 240, H = 110, L = 34, R = 14, T = 6, B = 22;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "pw-sens-chart", "data-layer": curve.name });
   const bounds = curve.bound.filter((b) => b != null);
   const top = Math.max(...bounds, 1e-9);
@@ -743,7 +743,7 @@ function render({ model, el: root }) {
       "weights",
       "sensitivity",
       ""
-    ].map((t) => el("span", { text: t })));
+    ].map((t, i) => el("span", { text: t, class: i === 0 ? "pw-name" : "" })));
     tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top)));
   }
   function metricItems(m) {
