@@ -312,3 +312,19 @@ def test_export_formats_and_overwrite(session: PruningSession, widget: PruningWi
     assert len(sent.of("exported")) == 2
     act(widget, "export", path=str(path), format="onnx")
     assert "export format" in widget.error
+
+
+def test_a_plan_without_certified_bounds_uses_the_strategys_score() -> None:
+    """Deep nets' bounds can overflow (ResNet50): the plan then ranks by the strategy's own score."""
+    curve = sensitivity.Curve
+    curves = {
+        "cheap": curve("cheap", [0, 0.5, 0.9], [0.0, None, None], [None] * 3, [None] * 3, [0, 50, 90], [0, 50, 90],
+                       score=[0.0, 1.0, 2.0]),
+        "dear": curve("dear", [0, 0.5, 0.9], [0.0, None, None], [None] * 3, [None] * 3, [0, 50, 90], [0, 50, 90],
+                      score=[0.0, 10.0, 20.0]),
+    }
+    sens = sensitivity.Sensitivity((0, 0), curves, 0.0, 200, 200)
+    p = plan_mod.make_plan(sens, 0.25)
+    assert p.reached and p.targets == {"cheap": 0.5}
+    p = plan_mod.make_plan(sens, 0.25, locked=["cheap"])
+    assert p.reached and p.targets == {"dear": 0.5}

@@ -48,12 +48,21 @@ class Plan:
 def _costs(sens: Sensitivity) -> dict[str, list[float]]:
     bounds = [b for c in sens.curves.values() for b in c.bound if b is not None and math.isfinite(b)]
     scale = max(bounds) if bounds and max(bounds) > 0 else 1.0
+    scores = [x for c in sens.curves.values() for x in c.score if x is not None and math.isfinite(x)]
+    score_scale = scale / max(scores) if scores and max(scores) > 0 else 0.0
     out = {}
     for name, c in sens.curves.items():
         costs = []
-        for b, a in zip(c.bound, c.agreement):
-            if b is None or not math.isfinite(b):  # no certified bound: only the samples speak (or nothing)
-                costs.append(2 * (1.0 - a) * scale if a is not None else math.inf)
+        for i, (b, a) in enumerate(zip(c.bound, c.agreement)):
+            if b is None or not math.isfinite(b):
+                # no certified bound (a deep net's bounds overflow): the samples speak, else the strategy's score
+                s = c.score[i] if i < len(c.score) and c.score[i] is not None else None
+                if a is not None:
+                    costs.append(2 * (1.0 - a) * scale)
+                elif s is not None and math.isfinite(s):
+                    costs.append(s * score_scale)
+                else:
+                    costs.append(math.inf)
             else:
                 costs.append(b + ((1.0 - a) * scale if a is not None else 0.0))
         out[name] = costs

@@ -75,6 +75,7 @@ class SessionView:
                              for g in graph.groups)
         self._names = frozenset(self._node_by_name) | frozenset(g.name for g in self._groups)
         self._blocks: tuple[Block, ...] | None = None
+        self._keys_of: dict[str, list[tuple[str, str]]] | None = None
         # the variable each layer's rule says holds its units (heatmaps are drawn from it)
         self._kernel_keys = {n.name: (n.name, n.rule.kernel_var) for n in graph.nodes if n.rule.kernel_var}
 
@@ -233,17 +234,24 @@ class SessionView:
                 for slot in g.slots():
                     axes = dead.setdefault((slot.layer, slot.var), {})
                     axes[slot.axis] = axes.get(slot.axis, 0) + int(slot.index[gone].size)
+            if self._keys_of is None:  # which arrays each layer owns (fixed)
+                keys_of: dict[str, list[tuple[str, str]]] = {}
+                for key in store.arrays:
+                    keys_of.setdefault(key[0], []).append(key)
+                self._keys_of = keys_of
             out: dict[str, int] = {}
             for node in self._nodes:
+                keys = self._keys_of.get(node.name)
+                if not keys:
+                    out[node.name] = node.params
+                    continue
                 total = 0
-                for key, arr in store.arrays.items():
-                    if key[0] != node.name:
-                        continue
-                    shape = list(arr.shape)
+                for key in keys:
+                    shape = list(store.arrays[key].shape)
                     for axis, n in dead.get(key, {}).items():
                         shape[axis] = max(0, shape[axis] - n)
                     total += int(np.prod(shape))
-                out[node.name] = total if any(k[0] == node.name for k in store.arrays) else node.params
+                out[node.name] = total
             return out
 
     def unit_costs(self) -> dict[str, tuple[int, int]]:

@@ -61,12 +61,13 @@ class Curve:
     params: list[int]  # parameters removed (relative to the current state)
     flops: list[int]
     note: str = ""
+    score: list[float] = field(default_factory=list)  # the strategy's own cost of the units removed (summed)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ratios": [round(r, 4) for r in self.ratios],
                 "bound": [_num(b) for b in self.bound], "agreement": [_num(a) for a in self.agreement],
                 "accuracy": [_num(a) for a in self.accuracy], "params": self.params, "flops": self.flops,
-                "note": self.note}
+                "score": [_num(x) for x in self.score], "note": self.note}
 
 
 @dataclass
@@ -151,7 +152,8 @@ def widened(base: Any) -> Any:
     """
     def widen(iv: Interval) -> Interval:
         lo, hi = iv
-        flat = (hi - lo) <= 0
+        with np.errstate(over="ignore", invalid="ignore"):  # deep nets' bounds may be infinite
+            flat = (hi - lo) <= 0
         if not np.any(flat):
             return iv
         eps = np.where(flat, 1e-6 * (1.0 + np.abs(lo)), 0.0).astype(lo.dtype)
@@ -169,8 +171,13 @@ def output_change_bound(pruner: Any, base: Any, injections: dict[str, Interval])
     if res is None:
         return None
     lo, hi = res
-    with np.errstate(invalid="ignore"):
-        b = float(np.nanmax(np.maximum(np.abs(lo), np.abs(hi)))) if lo.size else 0.0
+    if not lo.size:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.maximum(np.abs(lo), np.abs(hi))
+    if np.isnan(m).any():
+        return None
+    b = float(m.max())
     return b if math.isfinite(b) else None
 
 
@@ -263,7 +270,8 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
         start = int((~store.alive[g.id]).sum())
         share0 = start / g.size
         curve = Curve(g.name, [share0], [0.0], [1.0 if model is not None else None],
-                      [None], [0], [0])
+                      [None], [0], [0], score=[0.0])
+        score = 0.0
         if labels is not None:
             assert model is not None and eval_data is not None
             curve.accuracy[0] = float((predict_classes(model, eval_data[0]) == labels).mean())
@@ -292,6 +300,8 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
                             bounded = False
                         else:
                             total = add_injections(total, inj)
+                    cost = np.asarray(prop.candidates.cost, float)
+                    score += float(cost[np.isfinite(cost)].sum()) if cost.size else 0.0
                     prop.extra = {"impact": {}}  # the bound is ours: leave the running impact alone
                     patches.append(p.apply(prop))
                     unloaded.update(a.key for a in patches[-1].arrays)
@@ -317,6 +327,7 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
                 curve.accuracy.append(acc)
                 curve.params.append(ppu * removed)
                 curve.flops.append(fpu * removed)
+                curve.score.append(score)
         finally:
             touched: set[tuple[str, str]] = set()
             for patch in reversed(patches):

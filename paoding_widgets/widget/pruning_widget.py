@@ -529,7 +529,8 @@ class PruningWidget(anywidget.AnyWidget):
             raise WireError("compute the sensitivity first (the Sensitivity button)")
         if not sens.get("current"):
             raise WireError("the sensitivity is of another state: compute it again for this one")
-        curves = {k: Curve(k, c["ratios"], c["bound"], c["agreement"], c["accuracy"], c["params"], c["flops"])
+        curves = {k: Curve(k, c["ratios"], c["bound"], c["agreement"], c["accuracy"], c["params"], c["flops"],
+                           score=c.get("score", []))
                   for k, c in sens["curves"].items()}
         rev = sens.get("revision") or (0, 0)
         obj = Sensitivity((int(rev[0]), int(rev[1])), curves, 0.0, int(sens["total_params"]),
