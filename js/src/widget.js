@@ -391,11 +391,12 @@ function render({ model, el: root }) {
   function metricItems(m) {
     const size = m.size || {};
     const rob = m.robust_preserved || {};
-    const n = (m.eval_samples != null) ? ` (${m.eval_samples} samples)` : "";
+    const n = m.eval_samples != null ? `on ${fmt.int(m.eval_samples)} eval samples` : "";
+    const p = m.probes != null ? `on ${fmt.int(m.probes)} random inputs from the box` : "";
     return [["parameters", fmt.int(size.params)], ["size", fmt.bytes(size.bytes)],
       ["FLOPs", fmt.si(size.flops)], ["pruned", fmt.pct(m.share_pruned)], ["accuracy", fmt.pct(m.accuracy), n],
-      ...Object.entries(rob).map(([e, v]) => [`robust @${e}`, fmt.pct(v)]),
-      ["agreement", fmt.pct(m.agreement)],
+      ...Object.entries(rob).map(([e, v]) => [`robust @${e}`, fmt.pct(v), n]),
+      ["agreement", fmt.pct(m.agreement), p],
       ["bound width", m.output_bound_width == null ? "–" : Number(m.output_bound_width).toPrecision(4)]];
   }
 

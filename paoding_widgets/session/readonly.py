@@ -197,6 +197,12 @@ class SessionView:
     def share_pruned(self) -> float:
         return self._session.share_pruned()
 
+    @property
+    def sample_counts(self) -> tuple[int | None, int]:
+        """(eval samples behind accuracy and robustness or None without eval data, box samples behind agreement)."""
+        s = self._session
+        return (None if s.eval_data is None else len(s.eval_data[0])), len(s._probes)
+
     def cached_metrics(self) -> Metrics | None:
         """The current state's metrics if already computed (never computes)."""
         return self._session.cached_metrics()

@@ -301,7 +301,8 @@ class PruningWidget(anywidget.AnyWidget):
         with v.reading(), self._lock:  # session lock first: events arrive holding it
             if self._view is None:
                 return
-            d = {**m.as_dict(), "share_pruned": v.share_pruned()}
+            n_eval, n_probes = v.sample_counts
+            d = {**m.as_dict(), "share_pruned": v.share_pruned(), "eval_samples": n_eval, "probes": n_probes}
             if position > v.history_length:
                 return
             self._metrics_by_position[v.state_key(position)] = d
