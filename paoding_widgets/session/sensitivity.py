@@ -232,6 +232,15 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
     graph, store = p.graph, p.store
     notes: list[str] = []
     base = p.bounds()
+    # The value bounds stay pinned to the current state's while we prune: pruning one group changes nothing
+    # upstream of it, so its units' value intervals (all the injections need) are still these; and the
+    # certified change is measured around the current state.  One propagation instead of one per step.
+    pinned = lambda: setattr(p, "_bounds", (store.version, base))  # noqa: E731
+    width = p.output_bound_width()
+    can_bound = math.isfinite(width)
+    if not can_bound:
+        notes.append("the value bounds of this model overflow (a deep net): no certified bound; "
+                     "plans rank layers by the strategy's own score")
     total_params = int(session.model.count_params())
     per_unit = {g.name: (p.params_per_unit(g), flops_per_unit(graph, store, g)) for g in wanted}
     total_flops = int(sum(per_unit[g.name][1] * int(store.alive[g.id].sum()) for g in wanted))
@@ -278,7 +287,7 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
         patches = []
         unloaded: set[tuple[str, str]] = set()
         total: dict[str, Interval] = {}
-        bounded = True
+        bounded = can_bound
         best = 0.0
         try:
             for r in ratios:
@@ -290,6 +299,7 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
                 for _ in range(20):  # merges pair units up: one proposal may not reach the share
                     if p.next_k(g, r) <= 0:
                         break
+                    pinned()
                     props = p.propose([g], r)
                     prop = props.get(g.id)
                     if prop is None or len(prop.candidates) == 0:
@@ -335,7 +345,8 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
                 touched.update(a.key for a in patch.arrays)
             load(touched)
         if not bounded:
-            curve.note = "the engine cannot carry this layer's change to the outputs: no certified bound"
+            curve.note = ("the engine cannot carry this layer's change to the outputs: no certified bound"
+                          if can_bound else "no certified bound (the model's value bounds overflow)")
             curve.bound = [0.0] + [None] * (len(curve.bound) - 1)
         curves[g.name] = curve
         if progress is not None:
