@@ -328,12 +328,21 @@ function heatLegend() {
     el("span", { text: "unit it merges into" })
   ]);
 }
-function sparkline(curve, top) {
+function sparkline(curve, top, scoreTop) {
   const svg = svgEl("svg", { viewBox: "0 0 60 16", class: "pw-spark", "data-layer": curve.name });
-  const pts = sparkPoints(curve.ratios, curve.bound, 60, 16, top);
-  if (pts) svg.append(svgEl("polyline", { points: pts, fill: "none", stroke: "var(--pw-warn-strong)", "stroke-width": "1.5" }));
-  const last = curve.bound.filter((b) => b != null).pop();
-  svg.append(svgEl("title", {}, `${curve.name}: pruned alone to ${fmt.pct(curve.ratios[curve.ratios.length - 1])}, no output moves by more than ${fmt.num(last)} (certified)`));
+  const bounded = curve.bound.slice(1).some((b) => b != null);
+  const ys = bounded ? curve.bound : curve.score || [];
+  const pts = sparkPoints(curve.ratios, ys, 60, 16, bounded ? top : scoreTop);
+  if (pts) svg.append(svgEl("polyline", {
+    points: pts,
+    fill: "none",
+    stroke: "var(--pw-warn-strong)",
+    "stroke-width": "1.5",
+    "stroke-dasharray": bounded ? "" : "2 1"
+  }));
+  const last = ys.filter((b) => b != null).pop();
+  const end = fmt.pct(curve.ratios[curve.ratios.length - 1]);
+  svg.append(svgEl("title", {}, bounded ? `${curve.name}: pruned alone to ${end}, no output moves by more than ${fmt.num(last)} (certified)` : `${curve.name}: pruned alone to ${end}, strategy score ${fmt.num(last)} (no certified bound: dashed)`));
   return svg;
 }
 function sensitivityChart(curve) {
@@ -587,7 +596,7 @@ function render({ model, el: root }) {
     const mark = markText(row.proposal, units);
     canvas.title = `${row.name}, ${what}${mark ? `: ${mark}` : ""}`;
   }
-  function drawRow(row, index, sens, top) {
+  function drawRow(row, index, sens, top, scoreTop) {
     const acts = rowActions(row);
     const canvas = el("canvas", { class: "pw-heat", "data-layer": row.name });
     const img = heatmaps.get(row.name);
@@ -624,7 +633,7 @@ function render({ model, el: root }) {
     const sensCell = el(
       "span",
       { class: `pw-sens-cell${sens.current === false ? " pw-stale" : ""}` },
-      curve && row.heatmap ? [sparkline(curve, top)] : []
+      curve && row.heatmap ? [sparkline(curve, top, scoreTop)] : []
     );
     if (row.group && plan[row.group] != null && row.heatmap) {
       sensCell.append(el("span", { class: "pw-plan-share", text: fmt.pct(plan[row.group]), title: "planned share" }));
@@ -733,6 +742,8 @@ function render({ model, el: root }) {
     const sens = model.get("sensitivity") || {};
     const tops = Object.values(sens.curves || {}).flatMap((c) => c.bound.filter((b) => b != null));
     const top = tops.length ? Math.max(...tops) : 1;
+    const scores = Object.values(sens.curves || {}).flatMap((c) => (c.score || []).filter((b) => b != null));
+    const scoreTop = scores.length ? Math.max(...scores) : 1;
     const header = el("div", { class: "pw-row pw-head" }, [
       "layer",
       "type",
@@ -744,7 +755,7 @@ function render({ model, el: root }) {
       "sensitivity",
       ""
     ].map((t, i) => el("span", { text: t, class: i === 0 ? "pw-name" : "" })));
-    tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top)));
+    tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top, scoreTop)));
   }
   function metricItems(m) {
     const size = m.size || {};
