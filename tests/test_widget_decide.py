@@ -328,3 +328,13 @@ def test_a_plan_without_certified_bounds_uses_the_strategys_score() -> None:
     assert p.reached and p.targets == {"cheap": 0.5}
     p = plan_mod.make_plan(sens, 0.25, locked=["cheap"])
     assert p.reached and p.targets == {"dear": 0.5}
+
+
+def test_the_front_end_may_echo_the_value_but_not_change_it(session: PruningSession, widget: PruningWidget) -> None:
+    """marimo re-runs cells when the front end reports a value: the echo of the kernel's own value is accepted."""
+    act(widget, "propose")
+    widget.set_state({"value": dict(widget.value)})
+    assert widget.error == ""
+    before = dict(widget.value)
+    widget.set_state({"value": {**before, "position": 99}})
+    assert widget.value == before and "refused" in widget.error

@@ -106,8 +106,8 @@ def test_the_widget_in_marimo(marimo_app, tmp_path_factory: pytest.TempPathFacto
             page.wait_for_selector(".pw-root .pw-row[data-layer='h1']")
             page.wait_for_selector("text=session at position 0")
             # marimo's reset: the fields and buttons still have borders
-            borders = page.evaluate("""() => ['.pw-step', '.pw-target', '.pw-export-path', '.pw-propose']
-              .map(s => getComputedStyle(document.querySelector('.pw-root ' + s)).borderTopWidth)""")
+            borders = [page.locator(f".pw-root {s}").evaluate("e => getComputedStyle(e).borderTopWidth")
+                       for s in (".pw-step", ".pw-target", ".pw-export-path", ".pw-propose")]  # in a shadow root
             assert all(b not in ("0px", "") for b in borders), borders
             page.click(".pw-root .pw-propose")
             page.wait_for_selector(".pw-row[data-layer='h1'][data-status='pending']")

@@ -158,10 +158,12 @@ function render({ model, el: root }) {
   // field, pressing a focused button -- still happens).
   root.setAttribute("data-lm-suppress-shortcuts", "true");
   const guard = (e) => {
-    if (!(e.target instanceof Node) || !root.contains(e.target)) return;
+    const path = typeof e.composedPath === "function" ? e.composedPath() : [];
+    const inside = path.length ? path.includes(root) : e.target instanceof Node && root.contains(e.target);
+    if (!inside) return; // (the path reaches into a shadow root, as in marimo; e.target would be its host)
     if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") return;
     e.stopPropagation();
-    if (tree.contains(e.target)) onTreeKey(e);
+    if (path.length ? path.includes(tree) : tree.contains(e.target)) onTreeKey(e);
   };
   window.addEventListener("keydown", guard, true); // removed by the view's cleanup
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar", "aria-label": "pruning" });
@@ -557,6 +559,17 @@ function render({ model, el: root }) {
     model.on(`change:${t}`, t === "layers" || t === "states" ? newRows
       : ["history", "position", "error"].includes(t) ? newState : redraw);
   }
+  // Reactive notebooks (marimo) re-run the cells that read a widget only when its front end reports a change:
+  // echo every new session value back once (the kernel accepts an echo equal to its own value, nothing else).
+  let echoed = JSON.stringify(model.get("value") ?? null);
+  model.on("change:value", () => {
+    const v = model.get("value");
+    const text = JSON.stringify(v ?? null);
+    if (text === echoed || v == null) return;
+    echoed = text;
+    model.set("value", { ...v });
+    model.save_changes();
+  });
   redrawNow();
   act("hello");
   return () => { window.removeEventListener("keydown", guard, true); };

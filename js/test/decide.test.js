@@ -226,3 +226,16 @@ describe("metrics, history, comparison", () => {
     expect(actions().at(-1)).toEqual({ type: "action", action: "compare_clear" });
   });
 });
+
+describe("reactive notebooks", () => {
+  it("echoes each new session value back once (marimo re-runs the cells that read it)", async () => {
+    const { model } = mount({ value: { position: 0 } });
+    let saves = 0;
+    model.save_changes = () => { saves += 1; };
+    await model.update("value", { position: 1 });
+    expect(saves).toBe(1);
+    expect(model.get("value")).toEqual({ position: 1 });
+    await model.update("value", { position: 1 });
+    expect(saves).toBe(1); // the same value again: no echo
+  });
+});

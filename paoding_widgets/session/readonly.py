@@ -283,6 +283,8 @@ class SessionView:
             revision = s.revision
             pruner = private_pruner(s.pruner, s.seed) if props else None
         out: dict[str, float | None] = {}
+        if pruner is not None and not np.isfinite(pruner.output_bound_width()):
+            return revision, {name: None for name in props}  # the value bounds overflow: nothing to certify
         for name, prop in props.items():
             if pruner is None or (still is not None and not still(revision)):
                 break

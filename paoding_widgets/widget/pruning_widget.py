@@ -375,6 +375,8 @@ class PruningWidget(anywidget.AnyWidget):
         for key, value in dict(sync_data).items():
             if key not in self.keys:
                 continue
+            if key == "value" and value == self.value:  # the front end echoing the session's value (marimo)
+                continue
             if key in FRONT_END_WRITABLE and _valid_export_path(value):
                 accepted[key] = value
             else:

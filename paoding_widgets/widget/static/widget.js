@@ -405,10 +405,12 @@ function render({ model, el: root }) {
   root.classList.add("pw-root");
   root.setAttribute("data-lm-suppress-shortcuts", "true");
   const guard = (e) => {
-    if (!(e.target instanceof Node) || !root.contains(e.target)) return;
+    const path2 = typeof e.composedPath === "function" ? e.composedPath() : [];
+    const inside = path2.length ? path2.includes(root) : e.target instanceof Node && root.contains(e.target);
+    if (!inside) return;
     if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") return;
     e.stopPropagation();
-    if (tree.contains(e.target)) onTreeKey(e);
+    if (path2.length ? path2.includes(tree) : tree.contains(e.target)) onTreeKey(e);
   };
   window.addEventListener("keydown", guard, true);
   const toolbar = el("div", { class: "pw-toolbar", role: "toolbar", "aria-label": "pruning" });
@@ -1037,6 +1039,15 @@ function render({ model, el: root }) {
   ]) {
     model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : ["history", "position", "error"].includes(t) ? newState : redraw);
   }
+  let echoed = JSON.stringify(model.get("value") ?? null);
+  model.on("change:value", () => {
+    const v = model.get("value");
+    const text = JSON.stringify(v ?? null);
+    if (text === echoed || v == null) return;
+    echoed = text;
+    model.set("value", { ...v });
+    model.save_changes();
+  });
   redrawNow();
   act("hello");
   return () => {
