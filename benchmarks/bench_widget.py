@@ -373,6 +373,17 @@ def bench_model(key: str, repeats: int, tmp: Path | None, frontend_reason: str) 
                               "heatmaps_resent": upd_all["count"], "heatmap_buffers": upd_all["buffers"],
                               "total": update_all_bytes},
     }
+    # sensitivity of every prunable group, in the background as the widget runs it (goal: < 30 s, < 100 KiB)
+    act(widget, "undo")
+    t = time.perf_counter()
+    act(widget, "sensitivity")
+    widget.wait_sensitivity(1800)
+    t_sens = time.perf_counter() - t
+    sens_bytes = jsize(widget.sensitivity)
+    sens = widget.sensitivity
+    out["sensitivity"] = {"seconds": t_sens, "status": sens.get("status"), "groups": len(sens.get("curves", {})),
+                          "trait_json": sens_bytes, "notes": sens.get("notes", []),
+                          "pass_time": t_sens < 30, "pass_size": sens_bytes < 100 * 1024}
     if tmp is not None and not frontend_reason:
         data = {"state": frontend_state, "hello": heat_payload(hello_msgs),
                 "changed": {k: v for k, v in frontend_changed.items() if k in DATA_TRAITS},
@@ -416,6 +427,11 @@ def report(r: dict[str, Any]) -> None:
         print(f"  NOTE: traits {', '.join(r['nonfinite_traits'])} hold NaN/inf (metrics "
               f"output_bound_width={r.get('output_bound_width')}): not valid JSON; the kernel falls back to "
               f"jupyter_client's json_clean ('nan' strings) with a DeprecationWarning on every update")
+    sv = r.get("sensitivity")
+    if sv:
+        print(f"  sensitivity        {sv['groups']} layers in {sv['seconds']:.1f} s (background; goal < 30 s: "
+              f"{'PASS' if sv['pass_time'] else 'MISS'}), trait {kib(sv['trait_json'])} (goal < 100 KiB: "
+              f"{'PASS' if sv['pass_size'] else 'MISS'}){'; ' + '; '.join(sv['notes']) if sv['notes'] else ''}")
     f = r["frontend_ms"]
     if f is None:
         print(f"  front-end render   not timed: {r['frontend_skipped']}")

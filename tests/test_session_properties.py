@@ -160,7 +160,7 @@ class Tracker:
         if changed and kind in ("undo", "redo"):
             assert_state(s, self.states[pos])
         elif changed and pos == self.position and len(s.history.entries) == self.length:
-            assert kind == "configure"  # the same settings again: no entry, no change
+            assert kind in ("configure", "run", "propose")  # nothing to do: no entry, no change
             assert_state(s, self.states[pos])
         elif changed:
             assert pos == self.position + 1 == len(s.history.entries)

@@ -170,7 +170,8 @@ def wait_run_finished(page, runs_before: int) -> None:
     """A run entry was added to the history and the toolbar is usable again."""
     page.wait_for_function(f"document.querySelectorAll('.pw-hist').length && "
                            f"[...document.querySelectorAll('.pw-hist')].filter(e => e.textContent.startsWith('run:'))"
-                           f".length > {runs_before} && !document.querySelector('.pw-run').disabled",
+                           f".length > {runs_before} && "
+                           "document.querySelector('.pw-run').getAttribute('aria-disabled') === 'false'",
                            timeout=120_000)
 
 
@@ -251,7 +252,7 @@ def test_a_person_prunes_with_the_widget(page, lab):
       document.querySelector('.pw-run').click();
       const t = setInterval(() => {
         const c = document.querySelector('.pw-cancel');
-        if (!c.disabled) { c.click(); clearInterval(t); resolve(); }
+        if (c.getAttribute('aria-disabled') === 'false') { c.click(); clearInterval(t); resolve(); }
       }, 2);
     })""")
     wait_run_finished(page, runs_before)
@@ -270,11 +271,12 @@ def test_a_person_prunes_with_the_widget(page, lab):
     target = lab["work"] / "from_widget.keras"
     page.fill(".pw-export-path", str(target))
     page.click(".pw-export")
-    page.wait_for_selector(".pw-error:has-text('exported')")
+    page.wait_for_selector(".pw-notice:has-text('exported')")
     assert target.exists() and target.stat().st_size > 0
-    # exporting again refuses to overwrite, and says so
+    # exporting again asks before overwriting
     page.click(".pw-export")
-    page.wait_for_selector(".pw-error:has-text('exists')")
+    page.wait_for_selector(".pw-confirm:has-text('exists')")
+    page.click(".pw-keep")
     shot(page, "07_exported")
 
     # an action the kernel refuses is shown, and the kernel stays usable
@@ -315,14 +317,15 @@ def test_cancel_from_a_second_view_stops_the_run(page, lab):
     first.locator(".pw-run").click()
     # both views learn of the run from the session (the second never sent anything)
     for root in (first, second):
-        root.locator(".pw-cancel:not([disabled])").wait_for(timeout=30_000)
+        root.locator(".pw-cancel[aria-disabled='false']").wait_for(timeout=30_000)
     assert kernel(page, STATE)["running"] is True
-    assert first.locator(".pw-run").is_disabled() and second.locator(".pw-run").is_disabled()
+    assert all(r.locator(".pw-run").get_attribute("aria-disabled") == "true" for r in (first, second))
     shot(page, "09_two_views_running")
 
     second.locator(".pw-cancel").focus()
     page.keyboard.press("Space")  # the keyboard works the toolbar too
-    page.wait_for_function("() => [...document.querySelectorAll('.pw-root .pw-run')].every(b => !b.disabled)",
+    page.wait_for_function("() => [...document.querySelectorAll('.pw-root .pw-run')]"
+                           ".every(b => b.getAttribute('aria-disabled') === 'false')",
                            timeout=60_000)
     st = kernel(page, STATE)
     runs = [x for x in st["labels"] if x.startswith("run:")]
@@ -330,7 +333,7 @@ def test_cancel_from_a_second_view_stops_the_run(page, lab):
     assert not st["running"] and st["share"] < 0.5
     assert kernel(page, "import json; print(json.dumps(session.state))") == "idle"
     for root in (first, second):  # both views idle, both show the cancelled run
-        assert root.locator(".pw-cancel").is_disabled()
+        assert root.locator(".pw-cancel").get_attribute("aria-disabled") == "true"
         assert root.locator(".pw-hist").last.inner_text().startswith("run:")
         assert "cancelled" in root.locator(".pw-hist").last.inner_text()
     shot(page, "10_cancelled_from_second_view")

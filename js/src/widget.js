@@ -1,10 +1,11 @@
 // PruningWidget front end (anywidget ESM): a thin view over the kernel-side session.
-import { drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
+import { colormap, drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
 import {
   childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryStatus, summaryText, treeKey, unitsText,
   visibleRows,
 } from "./tree.js";
 import { applyHeatmaps, asBytes, detailAt, sendAction } from "./wire.js";
+import { filterRows, fmt, markText, progressText, sparkPoints } from "./format.js";
 
 function el(tag, attrs = {}, children = []) {
   const e = document.createElement(tag);
@@ -18,38 +19,126 @@ function el(tag, attrs = {}, children = []) {
   return e;
 }
 
-const fmt = {
-  int: (v) => (v == null ? "–" : Number(v).toLocaleString("en-US")),
-  pct: (v) => (v == null ? "–" : `${(100 * v).toFixed(1)}%`),
-  kib: (v) => (v == null ? "–" : `${(v / 1024).toFixed(1)} KiB`),
-};
+const SVG = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs = {}, text = "") {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text) e.textContent = text;
+  return e;
+}
 
-/** A small SVG line chart of metrics across history positions. */
+const SERIES = [["accuracy", "var(--pw-accent)", "accuracy"], ["agreement", "var(--pw-ok)", "agreement (box samples)"]];
+
+/**
+ * Metrics across history points: share pruned on x (0-100 %), accuracy / agreement on y (0-100 %),
+ * axes, a legend, a dot per point (readable with one point) with its values on hover.
+ */
 function chart(history) {
-  const W = 220, H = 80, P = 4;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("class", "pw-chart");
-  const series = [
-    ["accuracy", "var(--pw-accent)"], ["agreement", "var(--pw-ok)"], ["share_pruned", "var(--pw-warn)"],
-  ];
-  if (history.length < 1) return svg;
-  const xs = history.map((m) => m.position);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  for (const [key, color] of series) {
-    const pts = history.filter((m) => m[key] != null)
-      .map((m) => `${P + ((m.position - x0) / (x1 - x0)) * (W - 2 * P)},${H - P - m[key] * (H - 2 * P)}`);
-    if (!pts.length) continue;
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", pts.join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", color);
-    line.setAttribute("stroke-width", "1.5");
-    line.setAttribute("data-series", key);
-    svg.append(line);
+  const W = 240, H = 120, L = 30, R = 14, T = 6, B = 22;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "pw-chart", role: "img",
+    "aria-label": "metrics by share pruned" });
+  const x = (v) => L + v * (W - L - R);
+  const y = (v) => T + (1 - v) * (H - T - B);
+  svg.append(svgEl("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), class: "pw-axis" }),
+    svgEl("line", { x1: L, y1: T, x2: L, y2: y(0), class: "pw-axis" }));
+  for (const t of [0, 0.5, 1]) {
+    svg.append(svgEl("text", { x: x(t), y: H - 10, class: "pw-tick", "text-anchor": "middle" }, `${t * 100}%`),
+      svgEl("text", { x: L - 3, y: y(t) + 3, class: "pw-tick", "text-anchor": "end" }, `${t * 100}%`));
+  }
+  svg.append(svgEl("text", { x: (L + W) / 2, y: H - 1, class: "pw-tick", "text-anchor": "middle" }, "share pruned"));
+  const pts = (history || []).filter((m) => m.share_pruned != null).sort((a, b) => a.share_pruned - b.share_pruned);
+  for (const [key, color, label] of SERIES) {
+    const have = pts.filter((m) => m[key] != null);
+    if (!have.length) continue;
+    const g = svgEl("g", { "data-series": key });
+    if (have.length > 1) {
+      g.append(svgEl("polyline", { points: have.map((m) => `${x(m.share_pruned)},${y(m[key])}`).join(" "),
+        fill: "none", stroke: color, "stroke-width": "1.5", "data-series": key }));
+    }
+    for (const m of have) {
+      const dot = svgEl("circle", { cx: x(m.share_pruned), cy: y(m[key]), r: 2.5, fill: color, class: "pw-dot" });
+      dot.append(svgEl("title", {}, `point ${m.position}: ${label} ${fmt.pct(m[key])} at ${fmt.pct(m.share_pruned)} pruned`));
+      g.append(dot);
+    }
+    svg.append(g);
   }
   return svg;
 }
+
+function chartLegend() {
+  return el("div", { class: "pw-legend" }, SERIES.map(([, color, label]) =>
+    el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: `background:${color}` }), label])));
+}
+
+/** The heatmap legend: colour scale of |w| and what the marks mean. */
+function heatLegend() {
+  const stops = [0, 64, 128, 192, 255].map((v) => `rgb(${colormap(v).join(",")})`).join(",");
+  return el("div", { class: "pw-heat-legend", "aria-label": "heatmap legend" }, [
+    el("span", { text: "weights |w|: 0" }),
+    el("span", { class: "pw-scale", style: `background:linear-gradient(to right,${stops})`,
+      title: "colour scale: square root of |w| over the layer's largest" }),
+    el("span", { text: "max (√ scale)" }),
+    el("span", { class: "pw-swatch pw-mark-drop" }), el("span", { text: "unit removed / merged away" }),
+    el("span", { class: "pw-swatch pw-mark-keep" }), el("span", { text: "unit it merges into" }),
+  ]);
+}
+
+/** A tiny SVG curve of a layer's certified bound over its shares (scaled by the largest bound of any layer). */
+function sparkline(curve, top, scoreTop) {
+  const svg = svgEl("svg", { viewBox: "0 0 60 16", class: "pw-spark", "data-layer": curve.name });
+  const bounded = curve.bound.slice(1).some((b) => b != null);
+  const ys = bounded ? curve.bound : (curve.score || []);
+  const pts = sparkPoints(curve.ratios, ys, 60, 16, bounded ? top : scoreTop);
+  if (pts) svg.append(svgEl("polyline", { points: pts, fill: "none", stroke: "var(--pw-warn-strong)", "stroke-width": "1.5",
+    "stroke-dasharray": bounded ? "" : "2 1" }));
+  const last = ys.filter((b) => b != null).pop();
+  const end = fmt.pct(curve.ratios[curve.ratios.length - 1]);
+  svg.append(svgEl("title", {}, bounded
+    ? `${curve.name}: pruned alone to ${end}, no output moves by more than ${fmt.num(last)} (certified)`
+    : `${curve.name}: pruned alone to ${end}, strategy score ${fmt.num(last)} (no certified bound: dashed)`));
+  return svg;
+}
+
+/** The side panel's chart of one layer's sensitivity: bound (left scale) and agreement. */
+function sensitivityChart(curve) {
+  const W = 240, H = 110, L = 34, R = 14, T = 6, B = 22;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "pw-sens-chart", "data-layer": curve.name });
+  const bounds = curve.bound.filter((b) => b != null);
+  const top = Math.max(...bounds, 1e-9);
+  const x = (v) => L + v * (W - L - R);
+  const y = (v) => T + (1 - v) * (H - T - B);
+  svg.append(svgEl("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), class: "pw-axis" }),
+    svgEl("line", { x1: L, y1: T, x2: L, y2: y(0), class: "pw-axis" }));
+  for (const t of [0, 0.5, 1]) svg.append(svgEl("text", { x: x(t), y: H - 10, class: "pw-tick", "text-anchor": "middle" }, `${t * 100}%`));
+  svg.append(svgEl("text", { x: L - 3, y: y(1) + 6, class: "pw-tick", "text-anchor": "end" }, fmt.num(top).replace(/\.?0+$/, "")),
+    svgEl("text", { x: L - 3, y: y(0), class: "pw-tick", "text-anchor": "end" }, "0"),
+    svgEl("text", { x: (L + W) / 2, y: H - 1, class: "pw-tick", "text-anchor": "middle" }, "share of this layer's units pruned"));
+  const line = (ys, scale, color, key) => {
+    const pts = curve.ratios.map((r, i) => [r, ys[i]]).filter(([, v]) => v != null);
+    if (!pts.length) return;
+    svg.append(svgEl("polyline", { points: pts.map(([r, v]) => `${x(r)},${y(v / scale)}`).join(" "), fill: "none",
+      stroke: color, "stroke-width": "1.5", "data-series": key }));
+    for (const [r, v] of pts) {
+      const dot = svgEl("circle", { cx: x(r), cy: y(v / scale), r: 2, fill: color });
+      dot.append(svgEl("title", {}, `${fmt.pct(r)} pruned: ${key} ${key === "bound" ? fmt.num(v) : fmt.pct(v)}`));
+      svg.append(dot);
+    }
+  };
+  line(curve.bound, top, "var(--pw-warn-strong)", "bound");
+  line(curve.agreement, 1, "var(--pw-ok)", "agreement");
+  if (curve.accuracy.some((a) => a != null)) line(curve.accuracy, 1, "var(--pw-accent)", "accuracy");
+  return svg;
+}
+
+const METRIC_HELP = {
+  parameters: "parameters of the physically smaller model",
+  size: "bytes of its weights (float32)",
+  FLOPs: "floating-point operations of one forward pass",
+  pruned: "share of the prunable units removed",
+  accuracy: "top-1 accuracy on the session's eval data",
+  agreement: "share of random inputs from the input box on which the pruned model gives the original's answer",
+  "bound width": "mean width of the certified output intervals over the whole input box (data-free; smaller is tighter)",
+};
 
 function render({ model, el: root }) {
   const heatmaps = new Map();
@@ -57,36 +146,67 @@ function render({ model, el: root }) {
   const details = new Map(); // layer -> detail message with data
   const openDetail = new Set();
   let focus = 0;
-  let notice = ""; // a kernel reply (error, "exported …") shown until the session's state next changes
+  let notice = ""; // a kernel reply (error) shown until the session's state next changes
+  let confirm = null; // {path, format}: the file exists, overwrite?
+  let filter = "";
+  let pick = { a: null, b: null }; // history points to compare
 
   root.classList.add("pw-root");
-  const toolbar = el("div", { class: "pw-toolbar", role: "toolbar" });
+  // Keys typed anywhere in the widget are the widget's: JupyterLab's command mode binds a, s, l, the arrows...
+  // Notebook 7 listens in the capture phase, so the guard sits on the window, the first stop of every key event:
+  // a plain key typed anywhere inside the widget goes to the widget only (its default action -- typing into a
+  // field, pressing a focused button -- still happens).
+  root.setAttribute("data-lm-suppress-shortcuts", "true");
+  const guard = (e) => {
+    const path = typeof e.composedPath === "function" ? e.composedPath() : [];
+    const inside = path.length ? path.includes(root) : e.target instanceof Node && root.contains(e.target);
+    if (!inside) return; // (the path reaches into a shadow root, as in marimo; e.target would be its host)
+    if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") return;
+    e.stopPropagation();
+    if (path.length ? path.includes(tree) : tree.contains(e.target)) onTreeKey(e);
+  };
+  window.addEventListener("keydown", guard, true); // removed by the view's cleanup
+  const toolbar = el("div", { class: "pw-toolbar", role: "toolbar", "aria-label": "pruning" });
   const banner = el("div", { class: "pw-error", role: "alert" });
-  // data-lm-suppress-shortcuts: while the tree has focus its keys are its own, not JupyterLab's
-  // (command mode binds a, s, l and the arrows to notebook commands).
+  const noticeBox = el("div", { class: "pw-notice", role: "status" });
+  const confirmBox = el("div", { class: "pw-confirm", role: "alertdialog", hidden: true });
   const tree = el("div", { class: "pw-tree", role: "tree", tabindex: "0", "aria-label": "layers",
     "data-lm-suppress-shortcuts": "true" });
+  const search = el("input", { class: "pw-filter", type: "search", placeholder: "filter layers by name or type",
+    "aria-label": "filter layers", oninput: (e) => { filter = e.target.value; focus = 0; drawTree(); } });
   const side = el("div", { class: "pw-side" });
-  root.append(toolbar, banner, el("div", { class: "pw-main" }, [tree, side]));
+  const treeBox = el("div", { class: "pw-tree-box" }, [search, tree, heatLegend()]);
+  root.append(toolbar, banner, noticeBox, confirmBox, el("div", { class: "pw-main" }, [treeBox, side]));
 
   const act = (action, fields) => sendAction(model, action, fields);
-  // Rows as shown: the fixed tree merged with the groups' states; rebuilt when either trait changes.
   let rowsCache = null;
   const allRows = () => (rowsCache ??= mergeRows(model.get("layers"), model.get("states")));
   let parentsCache = null;
   const isParent = (name) => (parentsCache ??= new Set(allRows().map((r) => r.parent))).has(name);
+  const shownRows = () => filterRows(allRows(), filter) ?? visibleRows(allRows(), expanded);
 
-  // The toolbar is built once and updated in place, so a button never vanishes under the pointer.
-  const button = (text, cls, onclick) => el("button", { class: `pw-btn ${cls}`, text, onclick });
+  // Toolbar buttons stay focusable when off (aria-disabled): the tab order never jumps as they enable.
+  const off = (b) => b.getAttribute("aria-disabled") === "true";
+  const setOff = (b, v) => { b.setAttribute("aria-disabled", v ? "true" : "false"); };
+  const button = (text, cls, onclick, title) => el("button", { class: `pw-btn ${cls}`, text, title,
+    onclick: (e) => { if (!off(e.currentTarget)) onclick(e); } });
   const strategy = el("select", { class: "pw-strategy", "aria-label": "strategy",
     onchange: (e) => act("configure", { settings: { strategy: e.target.value } }) });
   const numInput = (key) => el("input", { type: "number", min: "0.01", max: "0.99", step: "0.01",
-    class: `pw-${key}`, "aria-label": key,
+    class: `pw-input pw-${key}`, "aria-label": key,
     onchange: (e) => act("configure", { settings: { [key]: Number(e.target.value) } }) });
   const stepInput = numInput("step");
   const targetInput = numInput("target");
-  const path = el("input", { class: "pw-export-path", "aria-label": "export path",
+  const path = el("input", { class: "pw-input pw-export-path", "aria-label": "export path",
     onchange: (e) => { model.set("export_path", e.target.value); model.save_changes(); } });
+  const format = el("select", { class: "pw-format", "aria-label": "export format" }, [
+    el("option", { value: "keras", text: ".keras" }), el("option", { value: "tflite16", text: "TFLite float16" })]);
+  const exportMsg = (overwrite) => {
+    const f = { path: path.value };
+    if (format.value !== "keras") f.format = format.value;
+    if (overwrite) f.overwrite = true;
+    return f;
+  };
   const buttons = {
     propose: button("Propose next iteration", "pw-propose", () => act("propose")),
     acceptAll: button("Accept all pending", "pw-accept-all", () => act("accept_all")),
@@ -94,12 +214,17 @@ function render({ model, el: root }) {
     cancel: button("Cancel", "pw-cancel", () => act("cancel")),
     undo: button("Undo", "pw-undo", () => act("undo")),
     redo: button("Redo", "pw-redo", () => act("redo")),
-    export: button("Export", "pw-export", () => act("export", { path: path.value })),
+    export: button("Export", "pw-export", () => act("export", exportMsg(false))),
+    sens: button("Sensitivity", "pw-sens", () => act("sensitivity"),
+      "prune each layer alone at 10-90 % on a copy of the weights: how much can the output move? (data-free)"),
+    sensCancel: button("Stop", "pw-sens-cancel", () => act("cancel_sensitivity"), "stop computing the sensitivity"),
   };
   const progress = el("progress", { class: "pw-progress", max: "1" });
+  const progressLabel = el("span", { class: "pw-progress-text", "aria-live": "polite" });
   toolbar.append(strategy, el("label", { class: "pw-num" }, ["step ", stepInput]),
     el("label", { class: "pw-num" }, ["target ", targetInput]), buttons.propose, buttons.acceptAll, buttons.run,
-    buttons.cancel, buttons.undo, buttons.redo, path, buttons.export, progress);
+    buttons.cancel, buttons.undo, buttons.redo, buttons.sens, buttons.sensCancel, path, format, buttons.export,
+    progress, progressLabel);
 
   function drawToolbar() {
     const s = model.get("settings") || {};
@@ -116,31 +241,60 @@ function render({ model, el: root }) {
     if (document.activeElement !== path) path.value = model.get("export_path") || "";
     const pending = allRows().some((r) => r.status === "pending");
     strategy.disabled = stepInput.disabled = targetInput.disabled = running;
-    buttons.propose.disabled = running;
-    buttons.acceptAll.disabled = running || !pending;
-    buttons.run.disabled = running;
-    buttons.cancel.disabled = !running;
-    buttons.undo.disabled = running || pos === 0;
-    buttons.redo.disabled = running || pos >= hist.length;
-    buttons.export.disabled = running;
+    setOff(buttons.propose, running);
+    setOff(buttons.acceptAll, running || !pending);
+    setOff(buttons.run, running);
+    setOff(buttons.cancel, !running);
+    setOff(buttons.undo, running || pos === 0);
+    setOff(buttons.redo, running || pos >= hist.length);
+    setOff(buttons.export, running);
+    const sens = model.get("sensitivity") || {};
+    const computing = sens.status === "computing";
+    setOff(buttons.sens, computing);
+    buttons.sensCancel.hidden = !computing;
+    buttons.sens.textContent = computing ? `Sensitivity ${sens.done || 0}/${sens.total || "?"}` : "Sensitivity";
     progress.value = Number(model.get("progress") || 0);
     progress.hidden = !running;
+    progressLabel.hidden = !running;
+    progressLabel.textContent = running ? progressText(model.get("progress"), model.get("progress_info")) : "";
   }
 
   function drawBanner() {
     const msg = model.get("error") || notice;
     banner.textContent = msg;
     banner.hidden = !msg;
+    const note = model.get("notice") || "";
+    noticeBox.textContent = note;
+    noticeBox.hidden = !note || Boolean(msg);
+    confirmBox.hidden = !confirm;
+    if (confirm) {
+      const c = confirm;
+      confirmBox.replaceChildren(el("span", { text: `${c.path} exists. Overwrite it?` }),
+        el("button", { class: "pw-btn pw-overwrite", text: "Overwrite",
+          onclick: () => { confirm = null; act("export", { ...exportMsg(true), path: c.path }); drawBanner(); } }),
+        el("button", { class: "pw-btn pw-keep", text: "Keep the file",
+          onclick: () => { confirm = null; drawBanner(); } }));
+    }
   }
 
-  function drawRow(row, index) {
+  function heatTitle(row, img, canvas, e) {
+    const rect = canvas.getBoundingClientRect();
+    const col = Math.min(img.w - 1, Math.max(0, Math.floor(((e.clientX - rect.left) / (rect.width || 1)) * img.w)));
+    const units = row.units_total ? unitsOfColumn(col, row.units_total, img.w) : null;
+    const what = units ? (units[0] === units[1] ? `unit ${units[0]}` : `units ${units[0]}–${units[1]}`) : "";
+    const mark = markText(row.proposal, units);
+    canvas.title = `${row.name}, ${what}${mark ? `: ${mark}` : ""}`;
+  }
+
+  function drawRow(row, index, sens, top, scoreTop) {
     const acts = rowActions(row);
     const canvas = el("canvas", { class: "pw-heat", "data-layer": row.name });
     const img = heatmaps.get(row.name);
     if (img) {
       drawHeatmap(canvas, img, proposalMarks(row.proposal, row.units_total, img.w));
       canvas.title = `${row.name}: |weights| (inputs down, units across)` +
-        (row.proposal ? `; proposal: ${row.proposal.drop.length} units go` : "");
+        (row.proposal ? `; proposal: ${row.proposal.drop.length} units go (point at a marked column)` : "");
+      canvas.addEventListener("mousemove", (e) => heatTitle(row, img, canvas, e));
     }
     const nested = isParent(row.name);
     const counts = nested ? childSummary(allRows(), row.name) : {};
@@ -148,27 +302,52 @@ function render({ model, el: root }) {
     const chipStatus = row.status || summaryStatus(counts);
     const chipClass = `pw-chip pw-${chipStatus.replace(" ", "-")}${summary ? " pw-summary" : ""}`;
     const chip = chipStatus ? el("span", { class: chipClass, text: row.status || summary,
-      title: row.reason || row.status || summary }) : el("span");
+      title: row.reason || row.status || summary }) : el("span", { class: "pw-chip-empty" });
     const button = (name, label, on) => el("button", { class: `pw-row-btn pw-${name}`, text: label,
-      disabled: !on, onclick: (e) => { e.stopPropagation(); act(name, { layer: row.name }); } });
+      disabled: !on, tabindex: "-1", "aria-label": `${label} ${row.name}`,
+      onclick: (e) => { e.stopPropagation(); act(name, { layer: row.name }); } });
+    const live = (model.get("live_params") || {})[row.name];
+    const params = live != null && row.params != null ? live : row.params;
+    const curve = row.group && sens.curves ? sens.curves[row.group] : null;
+    const plan = (model.get("plan") || {}).targets || {};
+    const sensCell = el("span", { class: `pw-sens-cell${sens.current === false ? " pw-stale" : ""}` },
+      curve && row.heatmap ? [sparkline(curve, top, scoreTop)] : []);
+    if (row.group && plan[row.group] != null && row.heatmap) {
+      sensCell.append(el("span", { class: "pw-plan-share", text: fmt.pct(plan[row.group]), title: "planned share" }));
+    }
+    const cmp = model.get("compare") || {};
+    const cmpRow = row.heatmap && cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
     const r = el("div", {
       class: `pw-row${index === focus ? " pw-focus" : ""}${row.depth ? " pw-child" : ""}`, role: "treeitem",
       "data-layer": row.name, "data-status": row.status, "aria-selected": index === focus ? "true" : "false",
       "aria-expanded": nested ? String(expanded.has(row.name)) : false,
       onclick: () => { focus = index; toggleDetail(row); },
     }, [
-      el("span", { class: "pw-name", style: `padding-left:${row.depth * 16}px`,
+      el("span", { class: "pw-name", style: `padding-left:${row.depth * 12}px`, title: `${row.name} · ${row.type} ${row.shape || ""}`,
         text: `${nested ? (expanded.has(row.name) ? "▾ " : "▸ ") : ""}${row.name}` }),
-      el("span", { class: "pw-type", text: row.type }),
+      el("span", { class: "pw-type", text: row.type, title: row.type }),
       el("span", { class: "pw-shape", text: row.shape }),
-      el("span", { class: "pw-units", text: unitsText(row) }),
-      el("span", { class: "pw-params", text: fmt.int(row.params) }),
-      chip, row.heatmap ? canvas : el("span", { class: "pw-heat-empty" }),
+      el("span", { class: "pw-units", text: cmpRow ? `${cmpRow.units_a} → ${cmpRow.units_b}` : unitsText(row),
+        title: cmpRow ? `units at point ${cmp.a} → point ${cmp.b}` : "units alive / total" }),
+      el("span", { class: "pw-params", text: fmt.int(params),
+        title: params !== row.params ? `${fmt.int(params)} of ${fmt.int(row.params)} parameters alive` : "parameters" }),
+      chip, row.heatmap ? canvas : el("span", { class: "pw-heat-empty" }), sensCell,
       el("span", { class: "pw-actions" }, row.group ? [
         button("accept", "Accept", acts.accept), button("skip", "Skip", acts.skip),
         acts.unlock ? button("unlock", "Unlock", true) : button("lock", "Lock", acts.lock)] : []),
     ]);
     const frag = [r];
+    const pv = row.status === "pending" && row.heatmap ? (model.get("previews") || {})[row.group] : null;
+    if (pv) {
+      const bound = pv.bound_pending ? "bound: computing…" : pv.bound == null ? "no certified bound"
+        : `no output moves by more than ${fmt.num(pv.bound)} (certified)`;
+      frag.push(el("div", { class: "pw-preview", "data-layer": row.name },
+        [el("span", { text: `Accepting removes ${pv.units} unit${pv.units === 1 ? "" : "s"}, ${fmt.int(pv.params)} parameters, ${fmt.si(pv.flops)} FLOPs; ${bound}` })]));
+    }
+    if (cmpRow && cmpRow.went_count) {
+      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text:
+        `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " …" : ""} went` })]));
+    }
     if (openDetail.has(row.name)) frag.push(drawDetail(row));
     return frag;
   }
@@ -176,7 +355,7 @@ function render({ model, el: root }) {
   function drawDetail(row) {
     const d = details.get(row.name);
     const box = el("div", { class: "pw-detail", "data-layer": row.name });
-    const kindBtn = (kind) => el("button", { class: `pw-detail-${kind}`, text: kind,
+    const kindBtn = (kind) => el("button", { class: `pw-btn pw-detail-${kind}`, text: kind,
       onclick: (e) => { e.stopPropagation(); act("detail", { layer: row.name, kind }); } });
     box.append(el("div", { class: "pw-detail-bar" }, [kindBtn("weights"), kindBtn("saliency")]));
     if (!d) { box.append(el("span", { text: "loading…" })); return box; }
@@ -202,48 +381,141 @@ function render({ model, el: root }) {
       else { openDetail.add(row.name); act("detail", { layer: row.name, kind: "weights" }); }
     }
     drawTree();
+    drawSide();
   }
 
   function drawTree() {
-    const rows = visibleRows(allRows(), expanded);
+    const rows = shownRows();
     focus = Math.min(focus, Math.max(0, rows.length - 1));
+    const sens = model.get("sensitivity") || {};
+    const tops = Object.values(sens.curves || {}).flatMap((c) => c.bound.filter((b) => b != null));
+    const top = tops.length ? Math.max(...tops) : 1;
+    const scores = Object.values(sens.curves || {}).flatMap((c) => (c.score || []).filter((b) => b != null));
+    const scoreTop = scores.length ? Math.max(...scores) : 1;
     const header = el("div", { class: "pw-row pw-head" }, ["layer", "type", "output", "units", "params", "status",
-      "weights", ""].map((t) => el("span", { text: t })));
-    tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i)));
+      "weights", "sensitivity", ""].map((t, i) => el("span", { text: t, class: i === 0 ? "pw-name" : "" })));
+    tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top, scoreTop)));
+  }
+
+  function metricItems(m) {
+    const size = m.size || {};
+    const rob = m.robust_preserved || {};
+    const n = m.eval_samples != null ? `on ${fmt.int(m.eval_samples)} eval samples` : "";
+    const p = m.probes != null ? `on ${fmt.int(m.probes)} random inputs from the box` : "";
+    return [["parameters", fmt.int(size.params)], ["size", fmt.bytes(size.bytes)],
+      ["FLOPs", fmt.si(size.flops)], ["pruned", fmt.pct(m.share_pruned)], ["accuracy", fmt.pct(m.accuracy), n],
+      ...Object.entries(rob).map(([e, v]) => [`robust @${e}`, fmt.pct(v), n]),
+      ["agreement", fmt.pct(m.agreement), p],
+      ["bound width", m.output_bound_width == null ? "–" : Number(m.output_bound_width).toPrecision(4)]];
+  }
+
+  function drawSensitivityPanel() {
+    const sens = model.get("sensitivity") || {};
+    const box = el("div", { class: "pw-sens-panel" });
+    if (sens.status === "computing") {
+      box.append(el("div", { class: "pw-sens-status", text: `sensitivity: ${sens.done || 0} of ${sens.total || "?"} layers` +
+        (sens.layer ? ` (last: ${sens.layer})` : "") }));
+    } else if (sens.status === "cancelled") box.append(el("div", { class: "pw-sens-status", text: "sensitivity stopped" }));
+    else if (sens.status === "error") box.append(el("div", { class: "pw-sens-status", text: `sensitivity failed: ${sens.message}` }));
+    if (!sens.curves) return box;
+    if (sens.current === false) box.append(el("div", { class: "pw-sens-status pw-stale-note", text: "of an earlier state: press Sensitivity again" }));
+    const rows = shownRows();
+    const row = rows[focus];
+    const curve = row && row.group ? sens.curves[row.group] : null;
+    if (curve) {
+      box.append(el("h4", { text: `Sensitivity of ${curve.name}` }), sensitivityChart(curve),
+        el("div", { class: "pw-legend" }, [
+          el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-warn-strong)" }), "certified bound of the largest output change"]),
+          el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-ok)" }), "agreement (box samples)"])]));
+    } else box.append(el("div", { class: "pw-tip", text: "select a prunable row to see its curve" }));
+    for (const n of sens.notes || []) box.append(el("div", { class: "pw-tip", text: n }));
+    // the plan
+    const goal = el("input", { type: "number", min: "1", max: "99", step: "1", value: "50", class: "pw-input pw-goal",
+      "aria-label": "plan goal (% removed)" });
+    const metric = el("select", { class: "pw-plan-metric", "aria-label": "plan metric" }, [
+      el("option", { value: "params", text: "parameters" }), el("option", { value: "flops", text: "FLOPs" })]);
+    box.append(el("h4", { text: "Plan" }), el("div", { class: "pw-plan-bar" }, [
+      el("label", {}, ["remove ", goal, " % of "]), metric,
+      el("button", { class: "pw-btn pw-make-plan", text: "Make plan",
+        onclick: () => act("plan", { goal: Number(goal.value) / 100, metric: metric.value }) })]));
+    const plan = model.get("plan") || {};
+    if (plan.targets) {
+      box.append(el("div", { class: `pw-plan-msg${plan.reached ? "" : " pw-warn-text"}`, text: plan.message || "" }));
+      const table = el("div", { class: "pw-plan" });
+      for (const [name, share] of Object.entries(plan.targets)) {
+        table.append(el("label", { class: "pw-plan-row", "data-layer": name }, [el("span", { text: name }),
+          el("input", { type: "number", min: "0", max: "99", step: "1", value: String(Math.round(share * 100)),
+            class: "pw-input pw-plan-share-input", "aria-label": `planned share of ${name} (%)`,
+            onchange: (e) => act("plan_set", { layer: name, share: Number(e.target.value) / 100 }) }), "%"]));
+      }
+      box.append(table, el("div", { class: "pw-plan-bar" }, [
+        el("button", { class: "pw-btn pw-run-plan", text: "Run plan", onclick: () => act("run_plan") }),
+        el("button", { class: "pw-btn pw-clear-plan", text: "Clear", onclick: () => act("plan_clear") })]));
+    }
+    return box;
+  }
+
+  function drawCompare() {
+    const cmp = model.get("compare") || {};
+    if (!cmp.layers) {
+      const hint = pick.a != null ? `point ${pick.a} picked: pick another with B` : "pick two points (A, B) to compare";
+      return el("div", { class: "pw-tip pw-compare-hint", text: hint });
+    }
+    const ma = cmp.metrics_a || {}, mb = cmp.metrics_b || {};
+    const table = el("table", { class: "pw-compare" });
+    table.append(el("tr", {}, [el("th", { text: "" }), el("th", { text: `point ${cmp.a}` }), el("th", { text: `point ${cmp.b}` })]));
+    const ia = metricItems(ma), ib = metricItems(mb);
+    ia.forEach(([k, v], i) => table.append(el("tr", {}, [el("td", { text: k }), el("td", { text: cmp.metrics_a ? v : "–" }),
+      el("td", { text: cmp.metrics_b ? ib[i][1] : "–" })])));
+    for (const l of cmp.layers) {
+      table.append(el("tr", { "data-layer": l.name }, [el("td", { text: l.name, title: l.name }),
+        el("td", { text: `${l.units_a} u · ${fmt.si(l.params_a)}` }),
+        el("td", { text: `${l.units_b} u · ${fmt.si(l.params_b)}`, title: l.went_count ? `${l.went_count} units went` : "" })]));
+    }
+    return el("div", { class: "pw-compare-box" }, [el("h4", { text: `Compare ${cmp.a} ↔ ${cmp.b}` }), table,
+      el("button", { class: "pw-btn pw-compare-clear", text: "Close comparison",
+        onclick: () => { pick = { a: null, b: null }; act("compare_clear"); } })]);
   }
 
   function drawSide() {
     const m = model.get("metrics") || {};
-    const size = m.size || {};
-    const rob = m.robust_preserved || {};
-    const items = [["parameters", fmt.int(size.params)], ["size", fmt.kib(size.bytes)],
-      ["FLOPs", fmt.int(size.flops)], ["pruned", fmt.pct(m.share_pruned)], ["accuracy", fmt.pct(m.accuracy)],
-      ...Object.entries(rob).map(([e, v]) => [`robust @${e}`, fmt.pct(v)]),
-      ["agreement", fmt.pct(m.agreement)],
-      ["bound width", m.output_bound_width == null ? "–" : Number(m.output_bound_width).toPrecision(4)]];
+    const stale = Boolean(model.get("metrics_pending") || model.get("running"));
     const hist = model.get("history") || [];
     const pos = model.get("position");
+    const pickBtn = (which, n) => el("button", { class: `pw-pick pw-pick-${which}${pick[which] === n ? " pw-picked" : ""}`,
+      text: which.toUpperCase(), title: `compare: point ${n} as ${which.toUpperCase()}`, "aria-label": `compare point ${n} as ${which.toUpperCase()}`,
+      onclick: (e) => {
+        e.stopPropagation();
+        pick[which] = n;
+        if (pick.a != null && pick.b != null) act("compare", { a: pick.a, b: pick.b });
+        drawSide();
+      } });
+    const histItem = (n, label, cls, hm) => el("li", { class: cls, "data-index": String(n),
+      title: hm ? `parameters ${fmt.int(hm.params)} · agreement ${fmt.pct(hm.agreement)}${hm.accuracy != null ? ` · accuracy ${fmt.pct(hm.accuracy)}` : ""}` : "metrics not computed yet",
+      onclick: () => act("goto", { n }) }, [el("span", { class: "pw-hist-label", text: label }),
+      el("span", { class: "pw-picks" }, [pickBtn("a", n), pickBtn("b", n)])]);
     side.replaceChildren(
-      el("h4", { text: model.get("metrics_pending") ? "Metrics (computing…)" : "Metrics",
-        class: model.get("metrics_pending") ? "pw-pending-metrics" : "" }),
-      el("dl", { class: "pw-metrics" }, items.flatMap(([k, v]) => [el("dt", { text: k }),
-        el("dd", { text: v, "data-metric": k })])),
-      chart(model.get("metrics_history") || []),
+      el("h4", { text: stale ? "Metrics (of the previous state: computing…)" : "Metrics",
+        class: stale ? "pw-pending-metrics" : "" }),
+      el("dl", { class: `pw-metrics${stale ? " pw-stale" : ""}` }, metricItems(m).flatMap(([k, v, extra]) => [
+        el("dt", { text: k, title: METRIC_HELP[k] || (k.startsWith("robust") ? "FGSM robustness kept: robust eval samples at this step size, as a share of the original's" : "") }),
+        el("dd", { text: v, "data-metric": k, title: extra || "" })])),
+      chart(model.get("metrics_history") || []), chartLegend(),
+      drawSensitivityPanel(),
       el("h4", { text: "History" }),
       el("ol", { class: "pw-history", start: "0" }, [
-        el("li", { class: `pw-hist${pos === 0 ? " pw-current" : ""}`, "data-index": "0", text: "original model",
-          onclick: () => act("goto", { n: 0 }) }),
-        ...hist.map((h) => el("li", {
-          class: `pw-hist${h.applied ? "" : " pw-undone"}${h.index === pos ? " pw-current" : ""}`,
-          "data-index": String(h.index), text: h.label, onclick: () => act("goto", { n: h.index }) })),
+        histItem(0, "original model", `pw-hist${pos === 0 ? " pw-current" : ""}`, (model.get("metrics_history") || []).find((x) => x.position === 0)),
+        ...hist.map((h) => histItem(h.index, h.label,
+          `pw-hist${h.applied ? "" : " pw-undone"}${h.index === pos ? " pw-current" : ""}`, h.metrics)),
       ]),
+      drawCompare(),
     );
   }
 
-  tree.addEventListener("keydown", (e) => {
-    const rows = visibleRows(allRows(), expanded);
+  function onTreeKey(e) {
+    const rows = shownRows();
     const next = moveFocus(rows.length, focus, e.key);
-    if (next !== null) { focus = next; e.preventDefault(); drawTree(); return; }
+    if (next !== null) { focus = next; e.preventDefault(); drawTree(); drawSide(); return; }
     const row = rows[focus];
     const move = treeKey(e.key, row, row && isParent(row.name), row && expanded.has(row.name));
     if (move) {
@@ -258,6 +530,10 @@ function render({ model, el: root }) {
     if ((e.key === "Enter" || e.key === " ") && rows[focus]) { toggleDetail(rows[focus]); e.preventDefault(); return; }
     const action = keyAction(e.key, rows[focus]);
     if (action) { act(action, { layer: rows[focus].name }); e.preventDefault(); }
+  }
+  // keys with modifiers (and Tab, Escape) are not caught by the guard: the tree still sees them
+  tree.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.key === "Escape" || e.key === "Tab") onTreeKey(e);
   });
 
   model.on("msg:custom", (msg, buffers) => {
@@ -269,22 +545,34 @@ function render({ model, el: root }) {
       details.set(msg.name, { ...msg, data: asBytes(buffers[0]) });
       drawTree();
     } else if (msg.type === "error") { notice = msg.message; drawBanner(); }
-    else if (msg.type === "exported") { notice = `exported ${msg.path}`; drawBanner(); }
+    else if (msg.type === "confirm_overwrite") { confirm = { path: msg.path, format: msg.format }; drawBanner(); }
+    else if (msg.type === "exported") { notice = ""; confirm = null; drawBanner(); }
   });
-  // One redraw per batch of trait changes (a kernel update changes several traits at once).
   let queued = false;
   const redrawNow = () => { queued = false; drawToolbar(); drawBanner(); drawTree(); drawSide(); };
   const redraw = () => { if (!queued) { queued = true; queueMicrotask(redrawNow); } };
   const newRows = () => { rowsCache = null; parentsCache = null; notice = ""; redraw(); };
-  const newState = () => { notice = ""; redraw(); }; // metrics landing later are not a new state
+  const newState = () => { notice = ""; redraw(); };
   for (const t of ["layers", "states", "settings", "history", "position", "running", "progress", "metrics",
-    "metrics_pending", "metrics_history", "error", "strategies"]) {
+    "metrics_pending", "metrics_history", "error", "strategies", "notice", "progress_info", "live_params", "previews",
+    "sensitivity", "plan", "compare"]) {
     model.on(`change:${t}`, t === "layers" || t === "states" ? newRows
       : ["history", "position", "error"].includes(t) ? newState : redraw);
   }
+  // Reactive notebooks (marimo) re-run the cells that read a widget only when its front end reports a change:
+  // echo every new session value back once (the kernel accepts an echo equal to its own value, nothing else).
+  let echoed = JSON.stringify(model.get("value") ?? null);
+  model.on("change:value", () => {
+    const v = model.get("value");
+    const text = JSON.stringify(v ?? null);
+    if (text === echoed || v == null) return;
+    echoed = text;
+    model.set("value", { ...v });
+    model.save_changes();
+  });
   redrawNow();
-  act("hello"); // ask for every heatmap: this view may be new
-  return () => {};
+  act("hello");
+  return () => { window.removeEventListener("keydown", guard, true); };
 }
 
 export default { render };

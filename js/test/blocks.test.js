@@ -125,7 +125,7 @@ describe("rendered blocks", () => {
     expect(el.querySelector(".pw-row[data-layer='res_a'] .pw-units").textContent).toBe("7 / 8");
     expect(el.querySelector(".pw-row[data-layer='res_a']").dataset.status).toBe("accepted");
     expect(el.querySelector(".pw-row[data-layer='conv2_block1'] .pw-chip").textContent).toBe("2 accepted");
-    expect(el.querySelector(".pw-accept-all").disabled).toBe(true); // nothing pending any more
+    expect(el.querySelector(".pw-accept-all").getAttribute("aria-disabled")).toBe("true"); // nothing pending any more
   });
 
   it("says when the metrics are being computed", async () => {

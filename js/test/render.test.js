@@ -52,20 +52,21 @@ describe("rendered widget", () => {
   it("toolbar buttons follow the state and keep their identity across updates", async () => {
     const { model, el } = mount([row("d1", "ready")]);
     const undo = el.querySelector(".pw-undo");
-    expect(undo.disabled).toBe(true);
-    expect(el.querySelector(".pw-cancel").disabled).toBe(true);
+    const isOff = (b) => b.getAttribute("aria-disabled") === "true";
+    expect(isOff(undo)).toBe(true);
+    expect(isOff(el.querySelector(".pw-cancel"))).toBe(true);
     model.update("history", [{ index: 1, kind: "propose", label: "propose iteration 1", applied: true }]);
     model.update("position", 1);
     model.update("running", true);
     await tick();
     expect(el.querySelector(".pw-undo")).toBe(undo);  // updated in place, never replaced
-    expect(undo.disabled).toBe(true);  // running
-    expect(el.querySelector(".pw-cancel").disabled).toBe(false);
+    expect(isOff(undo)).toBe(true);  // running
+    expect(isOff(el.querySelector(".pw-cancel"))).toBe(false);
     el.querySelector(".pw-cancel").click();
     expect(model.sent.at(-1)).toEqual({ type: "action", action: "cancel" });
     model.update("running", false);
     await tick();
-    expect(undo.disabled).toBe(false);
+    expect(isOff(undo)).toBe(false);
     el.querySelector(".pw-hist[data-index='1']").click();
     expect(model.sent.at(-1)).toEqual({ type: "action", action: "goto", n: 1 });
   });

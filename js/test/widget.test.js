@@ -354,12 +354,14 @@ describe("keyboard", () => {
 
 describe("toolbar", () => {
   const btn = (ctx, cls) => ctx.$(`.pw-toolbar .${cls}`);
+  // toolbar buttons are "off" with aria-disabled (they stay in the tab order); fields with disabled
+  const isOff = (b) => b.disabled || b.getAttribute("aria-disabled") === "true";
 
   it("Propose / Accept all / Run / Undo / Redo / Export send their actions", () => {
     const ctx = mount({ history: [{ index: 1, kind: "propose", label: "propose iteration 1", applied: true },
       { index: 2, kind: "accept", label: "accept dense_1", applied: false }], position: 1 });
     for (const cls of ["pw-propose", "pw-accept-all", "pw-run", "pw-undo", "pw-redo", "pw-export"]) {
-      expect(btn(ctx, cls).disabled, cls).toBe(false);
+      expect(isOff(btn(ctx, cls)), cls).toBe(false);
       btn(ctx, cls).click();
     }
     expect(ctx.model.actions()).toEqual([
@@ -374,10 +376,10 @@ describe("toolbar", () => {
 
   it("Cancel is only enabled while running, and sends cancel", async () => {
     const ctx = mount();
-    expect(btn(ctx, "pw-cancel").disabled).toBe(true);
+    expect(isOff(btn(ctx, "pw-cancel"))).toBe(true);
     expect(ctx.$(".pw-progress").hidden).toBe(true);
     await ctx.model.change({ running: true, progress: 0.4 });
-    expect(btn(ctx, "pw-cancel").disabled).toBe(false);
+    expect(isOff(btn(ctx, "pw-cancel"))).toBe(false);
     expect(ctx.$(".pw-progress").hidden).toBe(false);
     expect(ctx.$(".pw-progress").value).toBeCloseTo(0.4);
     btn(ctx, "pw-cancel").click();
@@ -389,34 +391,34 @@ describe("toolbar", () => {
     await ctx.model.change({ running: true });
     for (const cls of ["pw-propose", "pw-accept-all", "pw-run", "pw-undo", "pw-redo", "pw-export", "pw-strategy",
       "pw-step", "pw-target"]) {
-      expect(btn(ctx, cls).disabled, cls).toBe(true);
+      expect(isOff(btn(ctx, cls)), cls).toBe(true);
     }
     await ctx.model.change({ running: false });
-    expect(btn(ctx, "pw-propose").disabled).toBe(false);
-    expect(btn(ctx, "pw-cancel").disabled).toBe(true);
+    expect(isOff(btn(ctx, "pw-propose"))).toBe(false);
+    expect(isOff(btn(ctx, "pw-cancel"))).toBe(true);
   });
 
   it("Undo is disabled at position 0 and Redo at the end of the history", async () => {
     const history = [{ index: 1, kind: "propose", label: "propose iteration 1", applied: true },
       { index: 2, kind: "accept", label: "accept dense_1", applied: true }];
     const ctx = mount({ history, position: 0 });
-    expect(btn(ctx, "pw-undo").disabled).toBe(true);
-    expect(btn(ctx, "pw-redo").disabled).toBe(false);
+    expect(isOff(btn(ctx, "pw-undo"))).toBe(true);
+    expect(isOff(btn(ctx, "pw-redo"))).toBe(false);
     await ctx.model.change({ position: 1 });
-    expect(btn(ctx, "pw-undo").disabled).toBe(false);
-    expect(btn(ctx, "pw-redo").disabled).toBe(false);
+    expect(isOff(btn(ctx, "pw-undo"))).toBe(false);
+    expect(isOff(btn(ctx, "pw-redo"))).toBe(false);
     await ctx.model.change({ position: 2 });
-    expect(btn(ctx, "pw-undo").disabled).toBe(false);
-    expect(btn(ctx, "pw-redo").disabled).toBe(true);
+    expect(isOff(btn(ctx, "pw-undo"))).toBe(false);
+    expect(isOff(btn(ctx, "pw-redo"))).toBe(true);
     btn(ctx, "pw-redo").click();
     expect(ctx.model.actions()).toEqual([]);
   });
 
   it("Accept all is enabled only while some layer is pending", async () => {
     const ctx = mount();
-    expect(btn(ctx, "pw-accept-all").disabled).toBe(false);
+    expect(isOff(btn(ctx, "pw-accept-all"))).toBe(false);
     await ctx.model.change({ layers: LAYERS.map((l) => ({ ...l, status: l.status === "pending" ? "ready" : l.status })) });
-    expect(btn(ctx, "pw-accept-all").disabled).toBe(true);
+    expect(isOff(btn(ctx, "pw-accept-all"))).toBe(true);
   });
 
   it("shows the settings and sends configure when they change", async () => {
@@ -483,20 +485,34 @@ describe("error banner", () => {
     expect($(".pw-error").textContent).toBe("new");
   });
 
-  it("shows where an export went", () => {
+  it("shows where an export went as a notice, not as an error", async () => {
     const { model, $ } = mount();
     model.custom({ type: "exported", path: "/tmp/pruned.keras" });
-    expect($(".pw-error").hidden).toBe(false);
-    expect($(".pw-error").textContent).toBe("exported /tmp/pruned.keras");
+    await model.change({ notice: "exported /tmp/pruned.keras (2.0 KiB)" });
+    expect($(".pw-error").hidden).toBe(true);
+    expect($(".pw-notice").hidden).toBe(false);
+    expect($(".pw-notice").getAttribute("role")).toBe("status");
+    expect($(".pw-notice").textContent).toBe("exported /tmp/pruned.keras (2.0 KiB)");
+    await model.change({ notice: "" });
+    expect($(".pw-notice").hidden).toBe(true);
   });
 
-  it("keeps the export notice when metrics land afterwards, drops it on the next state", async () => {
+  it("asks before overwriting a file, in the widget", () => {
     const { model, $ } = mount();
-    model.custom({ type: "exported", path: "/tmp/pruned.keras" });
-    await model.change({ metrics_pending: false, metrics: { accuracy: 0.5 } }); // a background evaluation lands
-    expect($(".pw-error").textContent).toBe("exported /tmp/pruned.keras");
-    await model.change({ position: 1 });
-    expect($(".pw-error").hidden).toBe(true);
+    $(".pw-format").value = "tflite16";
+    $(".pw-export").click();
+    expect(model.actions().at(-1)).toEqual({ type: "action", action: "export", path: "pruned.keras", format: "tflite16" });
+    model.custom({ type: "confirm_overwrite", path: "pruned.tflite", format: "tflite16" });
+    expect($(".pw-confirm").hidden).toBe(false);
+    expect($(".pw-confirm").textContent).toContain("pruned.tflite exists");
+    $(".pw-overwrite").click();
+    expect(model.actions().at(-1)).toEqual({ type: "action", action: "export", path: "pruned.tflite",
+      format: "tflite16", overwrite: true });
+    expect($(".pw-confirm").hidden).toBe(true);
+    model.custom({ type: "confirm_overwrite", path: "pruned.tflite", format: "tflite16" });
+    $(".pw-keep").click();
+    expect($(".pw-confirm").hidden).toBe(true);
+    expect(model.actions().filter((m) => m.action === "export")).toHaveLength(2);
   });
 
   // BUG: the kernel reports a refused action both ways (error trait + {type: "error"} message) and
@@ -522,7 +538,7 @@ describe("history and metrics", () => {
   it("lists the original model and every entry, marking the current and undone ones", () => {
     const { $$ } = mount({ history, position: 2 });
     const items = $$(".pw-history li");
-    expect(items.map((li) => li.textContent))
+    expect(items.map((li) => li.querySelector(".pw-hist-label").textContent))
       .toEqual(["original model", "propose iteration 1", "accept dense_1", "accept dense_2"]);
     expect(items.map((li) => li.dataset.index)).toEqual(["0", "1", "2", "3"]);
     expect(items.map((li) => li.classList.contains("pw-current"))).toEqual([false, false, true, false]);
@@ -558,8 +574,12 @@ describe("history and metrics", () => {
     expect(metric("pruned")).toBe("25.0%");
     expect(metric("robust @0.01")).toBe("90.0%");
     expect(metric("bound width")).toBe("0.1235");
+    expect(metric("FLOPs")).toBe("999");
     expect($$(".pw-chart polyline").map((p) => p.getAttribute("data-series")))
-      .toEqual(["accuracy", "agreement", "share_pruned"]);
+      .toEqual(["accuracy", "agreement"]); // share pruned is the x axis
+    expect($$(".pw-chart circle")).toHaveLength(4); // a dot per point: readable with one point
+    expect($$(".pw-chart circle title")[0].textContent).toBe("point 0: accuracy 99.0% at 0.0% pruned");
+    expect($(".pw-metrics dt[title]").title).toContain("physically smaller");
   });
 
   it("shows dashes for missing metrics", () => {
@@ -578,7 +598,8 @@ describe("heatmaps", () => {
     const canvas = rowOf("dense_1").querySelector("canvas.pw-heat");
     expect(canvas.width).toBe(48);
     expect(canvas.height).toBe(12);
-    expect(canvas.title).toBe("dense_1: |weights| (inputs down, units across); proposal: 2 units go");
+    expect(canvas.title).toBe("dense_1: |weights| (inputs down, units across); proposal: 2 units go "
+      + "(point at a marked column)");
     expect(rowOf("dense_2").querySelector("canvas.pw-heat").title).toBe("dense_2: |weights| (inputs down, units across)");
     expect(rowOf("dense_3").querySelector("canvas.pw-heat").width).toBe(300); // no heatmap yet: default size
     expect(rowOf("input").querySelector("canvas")).toBeNull();

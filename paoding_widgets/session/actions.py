@@ -35,9 +35,20 @@ class ActionsMixin(SessionBase):
     def propose(self) -> dict[str, Proposal]:
         """One automated iteration's proposals for every unlocked layer (not applied)."""
         with self._transaction():
-            def change(patch: Patch, st: SessionState) -> None:
-                groups = [g for g in self.graph.prunable_groups if st.status[g.name] != LOCKED]
+            groups = [g for g in self.graph.prunable_groups if self._state.status[g.name] != LOCKED]
+            try:
                 props = self._pruner.propose(groups)
+            except ENGINE_ERRORS as exc:
+                self._set_rng_state(self._state.rng)
+                self._queue("error", action="propose", message=str(exc))
+                raise SessionError(f"propose failed: {exc}; nothing changed") from exc
+            if not props:  # an empty action: say so, record nothing
+                self._set_rng_state(self._state.rng)
+                self._queue("state", action="propose", state=self._run_state, position=self.history.position,
+                            share_pruned=self.share_pruned(), message=self._nothing_to_do("propose"))
+                return {}
+
+            def change(patch: Patch, st: SessionState) -> None:
                 st.proposals = {self.graph.groups[gid].name: p for gid, p in props.items()}
                 for g in groups:
                     st.status[g.name] = PENDING if g.name in st.proposals else READY
@@ -195,11 +206,29 @@ class ActionsMixin(SessionBase):
         patch.extend(self._pruner.apply(st.proposals.pop(name)))
         st.status[name] = ACCEPTED
 
-    def _iterate(self, patch: Patch, st: SessionState, target: float | None) -> dict[str, Proposal]:
-        """One automated iteration on ``st``: propose for the unlocked layers and apply everything."""
+    def _nothing_to_do(self, action: str) -> str:
+        """Why an action found nothing to do (shown by views; no history entry is recorded)."""
+        locked = [n for n, v in self._state.status.items() if v == LOCKED]
+        why = "every unlocked layer is at its target" if locked else "every layer is at its target"
+        extra = f" ({len(locked)} locked layer{'s' if len(locked) != 1 else ''} kept whole)" if locked else ""
+        return f"nothing to {action}: {why} ({100 * self._state.settings['target']:.0f} %){extra}"
+
+    def _iterate(self, patch: Patch, st: SessionState, target: float | None,
+                 targets: dict[str, float] | None = None) -> dict[str, Proposal]:
+        """One automated iteration on ``st``: propose for the unlocked layers and apply everything.
+
+        ``targets`` (layer -> share, from a plan) replaces the one ``target`` per layer; layers
+        it does not name are left alone.
+        """
         drop_proposals(st)  # an automated iteration replaces any open proposal
         groups = [g for g in self.graph.prunable_groups if st.status[g.name] != LOCKED]
-        props = self._pruner.propose(groups, target)
+        if targets is None:
+            props = self._pruner.propose(groups, target)
+        else:
+            props = {}
+            for g in groups:
+                if targets.get(g.name, 0.0) > 0:
+                    props.update(self._pruner.propose([g], targets[g.name]))
         out = {}
         for gid, p in props.items():
             name = self.graph.groups[gid].name

@@ -75,6 +75,7 @@ class SessionView:
                              for g in graph.groups)
         self._names = frozenset(self._node_by_name) | frozenset(g.name for g in self._groups)
         self._blocks: tuple[Block, ...] | None = None
+        self._keys_of: dict[str, list[tuple[str, str]]] | None = None
         # the variable each layer's rule says holds its units (heatmaps are drawn from it)
         self._kernel_keys = {n.name: (n.name, n.rule.kernel_var) for n in graph.nodes if n.rule.kernel_var}
 
@@ -196,6 +197,12 @@ class SessionView:
     def share_pruned(self) -> float:
         return self._session.share_pruned()
 
+    @property
+    def sample_counts(self) -> tuple[int | None, int]:
+        """(eval samples behind accuracy and robustness or None without eval data, box samples behind agreement)."""
+        s = self._session
+        return (None if s.eval_data is None else len(s.eval_data[0])), len(s._probes)
+
     def cached_metrics(self) -> Metrics | None:
         """The current state's metrics if already computed (never computes)."""
         return self._session.cached_metrics()
@@ -203,6 +210,102 @@ class SessionView:
     def metrics(self) -> Metrics:
         """The current state's metrics (computes them: seconds on a large model)."""
         return self._session.metrics()
+
+    def reading(self) -> Any:
+        """A context holding the session still (its lock) for several consistent reads.
+
+        A view thread that also holds its own lock must take this one first: the
+        session's events reach views with the session lock held, so that order is the only safe one.
+        """
+        return self._session._lock
+
+    # ------------------------------------------------------------ deciding (per layer, previews, history points)
+    def state_key(self, position: int | None = None) -> tuple[int, int]:
+        """Identifies the state at a history position (default: the current one) while its entry lives:
+        (position, id of the entry that leads there; 0 for the original model)."""
+        h = self._session.history
+        n = h.position if position is None else position
+        return (n, id(h.entries[n - 1]) if 0 < n <= len(h.entries) else 0)
+
+    def layer_params(self) -> dict[str, int]:
+        """Parameters of every top-level layer that live now (removed rows and columns not counted)."""
+        s = self._session
+        with s._lock:
+            store, graph = s.pruner.store, s.graph
+            dead: dict[tuple[str, str], dict[int, int]] = {}
+            for g in graph.groups:
+                gone = np.flatnonzero(~store.alive[g.id])
+                if not len(gone):
+                    continue
+                for slot in g.slots():
+                    axes = dead.setdefault((slot.layer, slot.var), {})
+                    axes[slot.axis] = axes.get(slot.axis, 0) + int(slot.index[gone].size)
+            if self._keys_of is None:  # which arrays each layer owns (fixed)
+                keys_of: dict[str, list[tuple[str, str]]] = {}
+                for key in store.arrays:
+                    keys_of.setdefault(key[0], []).append(key)
+                self._keys_of = keys_of
+            out: dict[str, int] = {}
+            for node in self._nodes:
+                keys = self._keys_of.get(node.name)
+                if not keys:
+                    out[node.name] = node.params
+                    continue
+                total = 0
+                for key in keys:
+                    shape = list(store.arrays[key].shape)
+                    for axis, n in dead.get(key, {}).items():
+                        shape[axis] = max(0, shape[axis] - n)
+                    total += int(np.prod(shape))
+                out[node.name] = total
+            return out
+
+    def unit_costs(self) -> dict[str, tuple[int, int]]:
+        """Per prunable group: (parameters, estimated FLOPs) that go with one unit."""
+        from .sensitivity import flops_per_unit
+
+        s = self._session
+        with s._lock:
+            return {g.name: (s.pruner.params_per_unit(g), flops_per_unit(s.graph, s.pruner.store, g))
+                    for g in s.graph.prunable_groups}
+
+    def proposal_bounds(self, still: Any = None) -> tuple[tuple[int, int], dict[str, float | None]]:
+        """(revision, layer -> certified bound of the largest output change if its open proposal were
+        accepted), computed on a private copy of the weights, off the session lock.
+
+        ``still(revision)`` may return False to stop early (the state moved on).
+        """
+        from .sensitivity import private_pruner, proposal_bound
+
+        s = self._session
+        with s._lock:
+            props = dict(s.proposals)
+            revision = s.revision
+            pruner = private_pruner(s.pruner, s.seed) if props else None
+        out: dict[str, float | None] = {}
+        if pruner is not None and not np.isfinite(pruner.output_bound_width()):
+            return revision, {name: None for name in props}  # the value bounds overflow: nothing to certify
+        for name, prop in props.items():
+            if pruner is None or (still is not None and not still(revision)):
+                break
+            out[name] = proposal_bound(pruner, pruner.graph.group(name), prop.candidates)
+        return revision, out
+
+    def alive_at(self, position: int) -> dict[str, np.ndarray]:
+        """Which units of every group live at a history position (read from the patches; nothing moves)."""
+        s = self._session
+        with s._lock:
+            h, store = s.history, s.pruner.store
+            if not 0 <= position <= len(h.entries):
+                raise KeyError(f"history position must be in 0..{len(h.entries)}, got {position}")
+            masks = {g: m.copy() for g, m in store.alive.items()}
+            for e in reversed(h.entries[position:h.position]):
+                for g, units, value in reversed(e.patch.alive):
+                    masks[g][units] = not value
+            for e in h.entries[h.position:position]:
+                for g, units, value in e.patch.alive:
+                    masks[g][units] = value
+            return {g.name: masks[g.id] for g in s.graph.groups}
 
 
 def _params(layer: Any) -> int:

@@ -12,6 +12,7 @@ started it and from whichever thread or view.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ class RunResult:
     iterations: int
     reason: str  # "target", "exhausted", "min_accuracy", "min_fidelity", "cancelled"
     share_pruned: float
+    locked: tuple[str, ...] = ()  # layers the run left whole because they were locked
+    recorded: bool = True  # False: the run had nothing to do and added no history entry
 
 
 class RunMixin(ActionsMixin):
@@ -39,27 +42,34 @@ class RunMixin(ActionsMixin):
 
     def run(self, target: float | None = None, min_accuracy: float | None = None,
             min_fidelity: float | None = None, progress: Progress | None = None,
-            cancel: CancelFlag | None = None, max_iterations: int = 10_000) -> RunResult:
+            cancel: CancelFlag | None = None, max_iterations: int = 10_000,
+            targets: dict[str, float] | None = None) -> RunResult:
         """Iterate (propose + accept all on unlocked layers) until a stop condition.
 
         Stops at the target share, when no candidate remains, when
         ``min_accuracy`` (needs eval data) or ``min_fidelity`` (agreement with the
         original on box samples) fails -- then the iteration that broke it is
         undone -- or when cancelled (:meth:`cancel`, or the ``cancel`` event or
-        callable).  The whole run is one history entry.
+        callable).  The whole run is one history entry; a run with nothing to do
+        (every unlocked layer at its target, no open proposal) records none and says so
+        in its "state" event's ``message``.
+
+        ``targets`` (layer name -> share of its units, e.g. from a plan) prunes each named
+        layer to its own share instead of ``target``; layers it does not name stay as they are.
         """
-        job = self._prepare_run(target, min_accuracy, min_fidelity, progress, cancel, max_iterations)
+        job = self._prepare_run(target, min_accuracy, min_fidelity, progress, cancel, max_iterations, targets)
         return job()
 
     def start_run(self, target: float | None = None, min_accuracy: float | None = None,
                   min_fidelity: float | None = None, progress: Progress | None = None,
-                  cancel: CancelFlag | None = None, max_iterations: int = 10_000) -> RunHandle:
+                  cancel: CancelFlag | None = None, max_iterations: int = 10_000,
+                  targets: dict[str, float] | None = None) -> RunHandle:
         """:meth:`run` in a background thread; returns a handle to cancel or wait.
 
         Arguments are checked and the session is running before this returns,
         so no other change can slip in before the thread starts.
         """
-        job = self._prepare_run(target, min_accuracy, min_fidelity, progress, cancel, max_iterations)
+        job = self._prepare_run(target, min_accuracy, min_fidelity, progress, cancel, max_iterations, targets)
         return RunHandle(self, job, self._cancel_event)
 
     def cancel(self) -> bool:
@@ -80,7 +90,7 @@ class RunMixin(ActionsMixin):
     # ------------------------------------------------------------ the loop
     def _prepare_run(self, target: float | None, min_accuracy: float | None, min_fidelity: float | None,
                      progress: Progress | None, cancel: CancelFlag | None,
-                     max_iterations: int) -> Callable[[], RunResult]:
+                     max_iterations: int, targets: dict[str, float] | None = None) -> Callable[[], RunResult]:
         """Check the arguments, reserve the session, and return the job that runs the loop.
 
         Refusals come in this order: a run in progress, then bad arguments.
@@ -89,6 +99,8 @@ class RunMixin(ActionsMixin):
         self._refuse_if_running()
         if target is not None:
             target = validate.fraction("target", target)
+        if targets is not None:
+            targets = self._check_targets(targets)
         if min_accuracy is not None:
             min_accuracy = validate.unit_interval("min_accuracy", min_accuracy)
             if self.eval_data is None:
@@ -113,15 +125,40 @@ class RunMixin(ActionsMixin):
             return event.is_set() or bool(external())
 
         def job() -> RunResult:
-            return self._run_loop(target, min_accuracy, min_fidelity, progress, cancelled, max_iterations)
+            return self._run_loop(target, min_accuracy, min_fidelity, progress, cancelled, max_iterations, targets)
         return job
 
+    def _check_targets(self, targets: Any) -> dict[str, float]:
+        """Per-layer targets: known prunable layers, each a share in [0, 1)."""
+        if not isinstance(targets, dict) or not targets:
+            raise SessionError(f"targets must be a non-empty dict of layer name -> share, got {targets!r}")
+        out: dict[str, float] = {}
+        for name, value in targets.items():
+            g = self._group(name)
+            if not validate.is_number(value) or not 0.0 <= float(value) < 1.0:
+                raise SessionError(f"target of layer {g.name!r} must be a number in [0, 1), got {value!r}")
+            out[g.name] = float(value)
+        return out
+
+    def _todo_units(self, st: SessionState, target: float | None, targets: dict[str, float] | None) -> int:
+        """Units the run still has to remove on the layers it may touch."""
+        p = self._pruner
+        return sum(max(0, p.target_units(g, targets.get(g.name, 0.0) if targets is not None else target)
+                       - p.pruned_units(g))
+                   for g in self.graph.prunable_groups if st.status[g.name] != LOCKED
+                   and (targets is None or targets.get(g.name, 0.0) > 0))
+
     def _run_loop(self, target: float | None, min_accuracy: float | None, min_fidelity: float | None,
-                  progress: Progress | None, cancelled: Callable[[], bool], max_iterations: int) -> RunResult:
+                  progress: Progress | None, cancelled: Callable[[], bool], max_iterations: int,
+                  targets: dict[str, float] | None = None) -> RunResult:
         patch = Patch()
         with self._lock:
             before = self._state.copy()
             work = self._state.copy()
+            todo = self._todo_units(work, target, targets)
+            pruned0 = sum(self._pruner.pruned_units(g) for g in self.graph.prunable_groups)
+        locked = tuple(n for n, v in before.status.items() if v == LOCKED)
+        started = time.monotonic()
         reason, n = "exhausted", 0
         try:
             drop_proposals(work)
@@ -133,13 +170,13 @@ class RunMixin(ActionsMixin):
                     part = Patch()
                     kept = work.copy()
                     try:
-                        done = self._iterate(part, work, target)
+                        done = self._iterate(part, work, target, targets)
                         failed = self._failed_condition(min_accuracy, min_fidelity) if done else ""
                     except BaseException:
                         move_patch(self._pruner.store, part, revert=True)
                         raise
                     if not done:
-                        reason = "target" if self._at_target(work, target) else "exhausted"
+                        reason = "target" if self._at_target(work, target, targets) else "exhausted"
                         break
                     if failed:  # undo the iteration that broke the condition
                         move_patch(self._pruner.store, part, revert=True)
@@ -150,8 +187,15 @@ class RunMixin(ActionsMixin):
                     patch.extend(part)
                     self._state = work  # the tree can follow the run
                 n += 1
+                with self._lock:
+                    removed = sum(self._pruner.pruned_units(g) for g in self.graph.prunable_groups) - pruned0
+                fraction = min(1.0, removed / todo) if todo else 1.0
+                elapsed = time.monotonic() - started
                 info = {"iteration": n, "share_pruned": self.share_pruned(), "accepted": sorted(done),
-                        "target": target if target is not None else work.settings["target"]}
+                        "target": target if target is not None else work.settings["target"],
+                        "fraction": fraction, "elapsed": elapsed,
+                        "eta": elapsed * (1 - fraction) / fraction if fraction > 0 else None,
+                        "units_removed": removed, "units_to_remove": todo}
                 self._queue("progress", **info)
                 if progress is not None:
                     progress(info)
@@ -167,14 +211,35 @@ class RunMixin(ActionsMixin):
         with self._queued_events():
             with self._lock:
                 self._finish_run()
-                self._commit("run", f"run: {n} iterations ({reason})", patch, before, work, {"reason": reason})
-        return RunResult(n, reason, self.share_pruned())
+                if n == 0 and not before.proposals and reason in ("target", "exhausted"):
+                    # an empty run: nothing changed, so nothing is recorded; the views are told why
+                    self._state = before
+                    self._set_rng_state(before.rng)
+                    message = (self._nothing_to_do("run") if reason == "target"
+                               else "nothing to run: no layer has a candidate left to prune")
+                    self._queue("state", action="run", state=self._run_state, position=self.history.position,
+                                share_pruned=self.share_pruned(), message=message)
+                    return RunResult(0, reason, self.share_pruned(), locked, recorded=False)
+                what = "run plan" if targets is not None else "run"
+                if reason == "target" and locked:
+                    why = (f"target on the unlocked layers; {len(locked)} locked layer"
+                           f"{'s' if len(locked) != 1 else ''} kept whole")
+                else:
+                    why = reason
+                info = {"reason": reason, "locked": list(locked)}
+                if targets is not None:
+                    info["targets"] = dict(targets)
+                self._commit("run", f"{what}: {n} iterations ({why})", patch, before, work, info)
+        return RunResult(n, reason, self.share_pruned(), locked)
 
     def _finish_run(self) -> None:
         with self._cancel_guard:
             self._run_state = IDLE
 
-    def _at_target(self, st: SessionState, target: float | None) -> bool:
+    def _at_target(self, st: SessionState, target: float | None, targets: dict[str, float] | None = None) -> bool:
+        if targets is not None:
+            return all(self._pruner.next_k(g, targets.get(g.name, 0.0)) == 0 for g in self.graph.prunable_groups
+                       if st.status[g.name] != LOCKED and targets.get(g.name, 0.0) > 0)
         return all(self._pruner.next_k(g, target) == 0 for g in self.graph.prunable_groups
                    if st.status[g.name] != LOCKED)
 

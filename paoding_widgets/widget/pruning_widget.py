@@ -40,9 +40,35 @@ progress: float
     Share of the run's target reached (0..1) while running.
 error: str
     The last error message ("" when the last action succeeded).
+progress_info: dict
+    While a run goes: fraction (of the units the run removes), iteration, elapsed and
+    eta (seconds left, estimated), units_removed / units_to_remove.
+notice: str
+    The last message that is not an error ("exported …", "nothing to run: …", why a
+    run stopped short of the target); "" after the next state change.
+value: dict
+    Changes with every change of the session (position, revision, share_pruned,
+    state, history_length): reactive notebooks (marimo) re-run cells that read it.
+live_params: dict
+    Layer name -> parameters alive now (follows the units; ``layers[i].params`` is the original).
+previews: dict
+    Per pending layer: units, params and flops the proposal removes, and ``bound``
+    (certified bound of the largest output change if accepted; computed in the
+    background, None until then or when it cannot be bounded).
+sensitivity: dict
+    ``{"status": "idle"|"computing"|"done"|"cancelled"|"error", "done", "total",
+    "current": bool (computed for the state shown), "seconds", "notes",
+    "curves": {layer: {ratios, bound, agreement, accuracy, params, flops}}}``
+    (see :mod:`paoding_widgets.session.sensitivity`).
+plan: dict
+    The plan (layer -> share) from sensitivity and a goal, as the user edited it:
+    ``{"targets", "metric", "goal", "saved", "total", "share", "reached", "message"}`` or {}.
+compare: dict
+    Two history points side by side (``{"a", "b", "layers": [{name, units_a, units_b,
+    params_a, params_b, went}], "metrics_a", "metrics_b"}``) or {}.
 export_path: str
     Default path the Export button writes to.  The only trait the front end may
-    write (checked: a ``.keras`` file name); writes to any other trait are
+    write (checked: a ``.keras`` or ``.tflite`` file name); writes to any other trait are
     refused and the kernel's value is sent back.
 
 Lifetime: the session holds only a weak reference to a widget (its event
@@ -73,6 +99,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anywidget
+import numpy as np
 import traitlets
 
 from ..engine.strategies import STRATEGIES
@@ -115,6 +142,14 @@ class PruningWidget(anywidget.AnyWidget):
     progress = traitlets.Float(0.0).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     export_path = traitlets.Unicode("pruned.keras").tag(sync=True)
+    progress_info = traitlets.Dict().tag(sync=True)
+    notice = traitlets.Unicode("").tag(sync=True)
+    value = traitlets.Dict().tag(sync=True)
+    live_params = traitlets.Dict().tag(sync=True)
+    previews = traitlets.Dict().tag(sync=True)
+    sensitivity = traitlets.Dict().tag(sync=True)
+    plan = traitlets.Dict().tag(sync=True)
+    compare = traitlets.Dict().tag(sync=True)
 
     def __init__(self, session: PruningSession, export_path: str = "pruned.keras", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -124,7 +159,13 @@ class PruningWidget(anywidget.AnyWidget):
         self.strategies = sorted(STRATEGIES)
         self._sent: dict[str, str] = {}  # layer -> digest of the heatmap last sent
         self._drawn: dict[str, int] = {}  # layer -> the write version its heatmap was last drawn at
-        self._metrics_by_position: dict[int, dict[str, Any]] = {}
+        self._metrics_by_position: dict[tuple[int, int], dict[str, Any]] = {}  # state key -> metrics
+        self._sens_cache: dict[tuple[int, int], dict[str, Any]] = {}  # state key -> sensitivity result
+        self._sens_cancel = threading.Event()
+        self._sens_thread: threading.Thread | None = None
+        self._preview_rev: tuple[int, int] | None = None
+        self._unit_costs: dict[str, tuple[int, int]] | None = None
+        self.sensitivity = {"status": "idle"}
         self._run: RunHandle | None = None  # the last run started from this view (for scripts and tests)
         self._lock = threading.RLock()
         self._metrics_wanted = threading.Event()  # set: the shown metrics may be stale
@@ -158,13 +199,60 @@ class PruningWidget(anywidget.AnyWidget):
             with self.hold_sync():
                 self.states = payload.layer_states(v)
                 self.settings = {k: v.settings[k] for k in ("strategy", "step", "target")}
-                self.history = [{"index": h.index, "kind": h.kind, "label": h.label, "applied": h.applied,
-                                 "share_pruned": h.share_pruned} for h in v.history_items]
+                self.history = self._history_rows(v)
                 self.position = v.position
                 self.running = v.running
+                self.live_params = v.layer_params()
+                self.value = {"position": v.position, "revision": list(v.revision), "share_pruned": v.share_pruned(),
+                              "state": v.state, "history_length": v.history_length}
+                self._refresh_previews(v)
+                self._refresh_sensitivity(v)
+                if self.compare and max(self.compare.get("a", 0), self.compare.get("b", 0)) > v.history_length:
+                    self.compare = {}
             self._send_heatmaps(v, force=False)
         if metrics and not v.running:
             self._request_metrics()
+
+    def _history_rows(self, v: SessionView) -> list[dict[str, Any]]:
+        rows = []
+        for h in v.history_items:
+            m = self._metrics_by_position.get(v.state_key(h.index)) if h.index <= v.history_length else None
+            rows.append({"index": h.index, "kind": h.kind, "label": h.label, "applied": h.applied,
+                         "share_pruned": h.share_pruned, "metrics": _short_metrics(m)})
+        return rows
+
+    def _refresh_previews(self, v: SessionView) -> None:
+        """What accepting each open proposal removes (now), and its certified bound (in the background)."""
+        costs = self._unit_costs
+        if costs is None:
+            costs = self._unit_costs = v.unit_costs()
+        out: dict[str, Any] = {}
+        for info in v.layers:
+            if info.proposal is None:
+                continue
+            n = len(info.proposal["drop"])
+            ppu, fpu = costs.get(info.name, (0, 0))
+            old = self.previews.get(info.name, {})
+            same = old.get("drop") == info.proposal["drop"]
+            out[info.name] = {"units": n, "params": ppu * n, "flops": fpu * n, "drop": info.proposal["drop"],
+                              "bound": old.get("bound") if same else None,
+                              "bound_pending": old.get("bound_pending", True) if same else True}
+        self.previews = out
+        if any(p["bound_pending"] for p in out.values()) and v.revision != self._preview_rev:
+            self._preview_rev = v.revision
+            threading.Thread(target=_preview_worker, args=(weakref.ref(self), v), name="paoding-preview",
+                             daemon=True).start()
+
+    def _refresh_sensitivity(self, v: SessionView) -> None:
+        sens = self.sensitivity
+        if sens.get("status") == "computing":
+            return
+        key = v.state_key()
+        cached = self._sens_cache.get(key)
+        if cached is not None:
+            self.sensitivity = {**cached, "current": True}
+        elif sens.get("curves"):
+            self.sensitivity = {**sens, "current": False}
 
     def rows(self) -> list[dict[str, Any]]:
         """The tree rows as the front end shows them (structure with each group's state)."""
@@ -207,17 +295,24 @@ class PruningWidget(anywidget.AnyWidget):
             return True
 
     def _publish(self, position: int, m: Any) -> None:
-        with self._lock:
-            v = self._view
-            if v is None:  # a late result for a view that is gone
+        v = self._view
+        if v is None:  # a late result for a view that is gone
+            return
+        with v.reading(), self._lock:  # session lock first: events arrive holding it
+            if self._view is None:
                 return
-            d = {**m.as_dict(), "share_pruned": v.share_pruned()}
-            self._metrics_by_position[position] = d
+            n_eval, n_probes = v.sample_counts
+            d = {**m.as_dict(), "share_pruned": v.share_pruned(), "eval_samples": n_eval, "probes": n_probes}
+            if position > v.history_length:
+                return
+            self._metrics_by_position[v.state_key(position)] = d
             with self.hold_sync():
                 self.metrics = d
-                n = v.history_length
-                self.metrics_history = [{"position": p, **x} for p, x in sorted(self._metrics_by_position.items())
-                                        if p <= n]
+                live = {v.state_key(n) for n in range(v.history_length + 1)}
+                for k in [k for k in self._metrics_by_position if k not in live]:  # entries that are gone
+                    del self._metrics_by_position[k]
+                self.metrics_history = [{"position": k[0], **x} for k, x in sorted(self._metrics_by_position.items())]
+                self.history = self._history_rows(v)
 
     def _send_heatmaps(self, v: SessionView, force: bool) -> None:
         """Send heatmaps: all of them if ``force`` (a new view), else those whose weights were written since."""
@@ -244,10 +339,27 @@ class PruningWidget(anywidget.AnyWidget):
             return
         try:
             if event.kind == "progress":
-                target = event.data.get("target") or self.settings.get("target") or 1.0
-                self.progress = min(1.0, float(event.data.get("share_pruned", 0.0)) / target)
+                d = event.data
+                if "fraction" in d:  # share of the units this run removes (locked layers do not count)
+                    self.progress = float(d["fraction"])
+                else:
+                    target = d.get("target") or self.settings.get("target") or 1.0
+                    self.progress = min(1.0, float(d.get("share_pruned", 0.0)) / target)
+                self.progress_info = {k: d.get(k) for k in ("fraction", "iteration", "elapsed", "eta",
+                                                            "units_removed", "units_to_remove")}
                 self.refresh(metrics=False)
             elif event.kind in ("state", "proposal"):
+                if event.kind == "state":
+                    msg = event.data.get("message")
+                    if msg:
+                        self.notice = str(msg)
+                    elif event.data.get("action") == "run started":
+                        self.notice = ""
+                        self.progress, self.progress_info = 0.0, {}
+                    elif event.data.get("action") == "run":
+                        self.notice = self._run_notice()
+                    else:
+                        self.notice = ""
                 self.refresh(metrics=event.kind == "state")
             elif event.kind == "error":
                 self.error = str(event.data.get("message", ""))
@@ -263,6 +375,8 @@ class PruningWidget(anywidget.AnyWidget):
         for key, value in dict(sync_data).items():
             if key not in self.keys:
                 continue
+            if key == "value" and value == self.value:  # the front end echoing the session's value (marimo)
+                continue
             if key in FRONT_END_WRITABLE and _valid_export_path(value):
                 accepted[key] = value
             else:
@@ -273,7 +387,8 @@ class PruningWidget(anywidget.AnyWidget):
             bad = ", ".join(sorted(refused))
             log.warning("paoding_widgets: refused a front-end write to %s", bad)
             if refused == ["export_path"]:
-                self.error = f"export path must be a .keras file name, got {str(sync_data['export_path'])[:80]!r}"
+                got = str(sync_data["export_path"])[:80]
+                self.error = f"export path must be a .keras or .tflite file name, got {got!r}"
             else:
                 self.error = f"refused a front-end write to {bad} (owned by the kernel)"
             self.send_state(key=refused)  # the front end shows the kernel's values again
@@ -315,14 +430,142 @@ class PruningWidget(anywidget.AnyWidget):
         elif a == "cancel":
             s.cancel()  # the session's run, whoever started it (this view, another one, or code)
         elif a == "export":
-            path = s.export(msg.get("path") or self.export_path, overwrite=bool(msg.get("overwrite")))
-            self.send({"type": "exported", "path": path})
+            self._export(s, msg)
+        elif a == "sensitivity":
+            self._start_sensitivity()
+        elif a == "cancel_sensitivity":
+            self._sens_cancel.set()
+        elif a == "plan":
+            self._make_plan(msg["goal"], msg.get("metric", "params"))
+        elif a == "plan_set":
+            if not self.plan:
+                raise WireError("no plan to edit: make one from the sensitivity first")
+            targets = dict(self.plan.get("targets", {}))
+            if msg["share"] <= 0:
+                targets.pop(msg["layer"], None)
+            else:
+                targets[msg["layer"]] = msg["share"]
+            self.plan = {**self.plan, "targets": targets, "edited": True}
+        elif a == "plan_clear":
+            self.plan = {}
+        elif a == "run_plan":
+            targets = {k: float(x) for k, x in (self.plan or {}).get("targets", {}).items() if x > 0}
+            if not targets:
+                raise WireError("the plan is empty: make one from the sensitivity first")
+            self._run = s.start_run(targets=targets)
+        elif a == "compare":
+            self._compare(msg["a"], msg["b"])
+        elif a == "compare_clear":
+            self.compare = {}
         elif a == "detail":
             header, bufs = payload.detail(self._view, msg["layer"], msg.get("kind", "weights"))
             self.send({"type": "detail", **header}, bufs)
 
+    # ------------------------------------------------------------ helpers for the actions
+    def _run_notice(self) -> str:
+        """What the last run did, when it is worth saying (stopped short of the target, by locks or else)."""
+        v = self._view
+        if v is None or not v.history_items:
+            return ""
+        last = v.history_items[-1]
+        if last.kind != "run" or not last.applied:
+            return ""
+        if "locked layer" in last.label:
+            share = 100 * (last.share_pruned or 0.0)
+            return (f"{last.label}: {share:.1f} % of the prunable units are pruned; the locked layers count "
+                    "in that share but were not touched")
+        if "(exhausted)" in last.label:
+            return f"{last.label}: no candidate left before the target"
+        return ""
+
+    def _export(self, s: PruningSession, msg: dict[str, Any]) -> None:
+        fmt = msg.get("format") or "keras"
+        path = msg.get("path") or self.export_path
+        stem = path.rsplit(".", 1)[0] if path.endswith((".keras", ".tflite")) else path
+        path = stem + (".keras" if fmt == "keras" else ".tflite")
+        overwrite = bool(msg.get("overwrite"))
+        if not overwrite and pathlib.Path(path).exists():  # ask the person, in the view
+            self.send({"type": "confirm_overwrite", "path": path, "format": fmt})
+            return
+        if fmt == "keras":
+            out = s.export(path, overwrite=overwrite)
+        else:
+            out = s.export_tflite(path, quantize="float16", overwrite=overwrite)
+        size = pathlib.Path(out).stat().st_size
+        self.notice = f"exported {out} ({_size(size)})"
+        self.send({"type": "exported", "path": out, "format": fmt, "bytes": size})
+
+    def _start_sensitivity(self) -> None:
+        v = self._view
+        if v is None:
+            return
+        if self._sens_thread is not None and self._sens_thread.is_alive():
+            return  # already computing
+        key = v.state_key()
+        if key in self._sens_cache:
+            self.sensitivity = {**self._sens_cache[key], "current": True}
+            return
+        self._sens_cancel = threading.Event()
+        self.sensitivity = {**{k: x for k, x in self.sensitivity.items() if k != "status"}, "status": "computing",
+                            "done": 0, "total": len([g for g in v.groups if g.prunable])}
+        self._sens_thread = threading.Thread(target=_sensitivity_worker,
+                                             args=(weakref.ref(self), v, key, self._sens_cancel),
+                                             name="paoding-sensitivity", daemon=True)
+        self._sens_thread.start()
+
+    def wait_sensitivity(self, timeout: float | None = 300.0) -> dict[str, Any]:
+        """Wait for a sensitivity computation to end (for scripts and tests); returns the trait."""
+        t = self._sens_thread
+        if t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                raise TimeoutError(f"sensitivity still computing after {timeout} s")
+        return self.sensitivity
+
+    def _make_plan(self, goal: float, metric: str) -> None:
+        from ..session.plan import make_plan
+        from ..session.sensitivity import Curve, Sensitivity
+
+        v = self._view
+        sens = self.sensitivity
+        if v is None or not sens.get("curves"):
+            raise WireError("compute the sensitivity first (the Sensitivity button)")
+        if not sens.get("current"):
+            raise WireError("the sensitivity is of another state: compute it again for this one")
+        curves = {k: Curve(k, c["ratios"], c["bound"], c["agreement"], c["accuracy"], c["params"], c["flops"],
+                           score=c.get("score", []))
+                  for k, c in sens["curves"].items()}
+        rev = sens.get("revision") or (0, 0)
+        obj = Sensitivity((int(rev[0]), int(rev[1])), curves, 0.0, int(sens["total_params"]),
+                          int(sens["total_flops"]))
+        locked = [i.name for i in v.layers if i.status == "locked"]
+        self.plan = make_plan(obj, goal, metric, locked).as_dict()
+
+    def _compare(self, a: int, b: int) -> None:
+        v = self._view
+        if v is None:
+            return
+        ma, mb = v.alive_at(a), v.alive_at(b)
+        costs = self._unit_costs if self._unit_costs is not None else v.unit_costs()
+        layers = []
+        for g in v.groups:
+            if not g.prunable:
+                continue
+            x, y = ma[g.name], mb[g.name]
+            ppu = costs.get(g.name, (0, 0))[0]
+            went = np.flatnonzero(x & ~y)
+            back = np.flatnonzero(~x & y)
+            layers.append({"name": g.name, "units_a": int(x.sum()), "units_b": int(y.sum()),
+                           "params_a": ppu * int(x.sum()), "params_b": ppu * int(y.sum()),
+                           "went": went[:64].tolist(), "went_count": int(len(went)),
+                           "back": back[:64].tolist(), "back_count": int(len(back))})
+        self.compare = {"a": a, "b": b, "layers": layers,
+                        "metrics_a": self._metrics_by_position.get(v.state_key(a)),
+                        "metrics_b": self._metrics_by_position.get(v.state_key(b))}
+
     def close(self) -> None:
         """Close the view: stop following the session, let the metrics thread end, drop every reference."""
+        self._sens_cancel.set()
         with self._lock:
             self._closed = True
             self._metrics_wanted.clear()
@@ -381,4 +624,70 @@ def _metrics_worker(ref: weakref.ref[PruningWidget], v: SessionView) -> None:
 
 def _valid_export_path(value: Any) -> bool:
     return (isinstance(value, str) and 0 < len(value) <= MAX_PATH and "\x00" not in value
-            and bool(value.strip()) and value.strip().endswith(".keras"))
+            and bool(value.strip()) and value.strip().endswith((".keras", ".tflite")))
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _short_metrics(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a history row shows of its state's metrics."""
+    if m is None:
+        return None
+    size = m.get("size") or {}
+    return {"params": size.get("params"), "bytes": size.get("bytes"), "flops": size.get("flops"),
+            "accuracy": m.get("accuracy"), "agreement": m.get("agreement"),
+            "output_bound_width": m.get("output_bound_width"), "share_pruned": m.get("share_pruned")}
+
+
+def _preview_worker(ref: weakref.ref[PruningWidget], v: SessionView) -> None:
+    """Certified bounds of the open proposals, on a private copy of the weights (never under the lock)."""
+    try:
+        revision, bounds = v.proposal_bounds(still=lambda rev: v.revision == rev)
+    except Exception:  # a preview is a hint: never raise into a thread
+        log.exception("paoding_widgets: proposal preview failed")
+        bounds, revision = {}, None
+    w = ref()
+    if w is None or w._closed:
+        return
+    with v.reading(), w._lock:  # session lock first: events arrive holding it
+        view = w._view
+        if view is None or (revision is not None and view.revision != revision):
+            return
+        w.previews = {k: {**p, "bound": bounds.get(k), "bound_pending": False} for k, p in w.previews.items()}
+
+
+def _sensitivity_worker(ref: weakref.ref[PruningWidget], v: SessionView, key: tuple[int, int],
+                        cancel: threading.Event) -> None:
+    from ..session import sensitivity
+
+    def progress(d: dict[str, Any]) -> None:
+        w = ref()
+        if w is not None and not w._closed:
+            w.sensitivity = {**w.sensitivity, "status": "computing", "done": d["done"], "total": d["total"],
+                             "layer": d["layer"], "elapsed": round(d["elapsed"], 2)}
+
+    try:
+        result = sensitivity.compute(v, progress=progress, cancelled=cancel.is_set).as_dict()
+        result.update(status="done", done=len(result["curves"]), total=len(result["curves"]))
+        w = ref()
+        if w is None or w._closed:
+            return
+        w._sens_cache[key] = result
+        while len(w._sens_cache) > 8:
+            del w._sens_cache[next(iter(w._sens_cache))]
+        w.sensitivity = {**result, "current": w._view is not None and w._view.state_key() == key}
+    except sensitivity.Cancelled:
+        w = ref()
+        if w is not None and not w._closed:
+            w.sensitivity = {**w.sensitivity, "status": "cancelled"}
+    except Exception as exc:
+        log.exception("paoding_widgets: sensitivity failed")
+        w = ref()
+        if w is not None and not w._closed:
+            w.sensitivity = {**w.sensitivity, "status": "error", "message": str(exc)}

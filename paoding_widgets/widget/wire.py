@@ -18,7 +18,10 @@ ACTIONS = {
     "hello": (), "propose": (), "accept_all": (), "step": (), "undo": (), "redo": (), "cancel": (),
     "accept": ("layer",), "skip": ("layer",), "lock": ("layer",), "unlock": ("layer",),
     "detail": ("layer",), "goto": ("n",), "configure": ("settings",), "run": (), "export": (),
+    "sensitivity": (), "cancel_sensitivity": (), "plan": ("goal",), "plan_set": ("layer", "share"),
+    "plan_clear": (), "run_plan": (), "compare": ("a", "b"), "compare_clear": (),
 }
+EXPORT_FORMATS = {"keras": ".keras", "tflite16": ".tflite"}  # TFLite with float16 weights
 
 
 class WireError(PaodingError, ValueError):
@@ -45,21 +48,39 @@ def validate(content: Any, session: Any) -> dict[str, Any]:
         if not isinstance(layer, str) or layer not in view.names:
             raise WireError(f"unknown layer {str(layer)[:60]!r}")
         out["layer"] = layer
-    if action == "goto":
-        n = content["n"]
-        length = view.history_length
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= length:
-            raise WireError(f"history position must be an integer in 0..{length}, got {n!r}")
-        out["n"] = n
+    for field in ("n", "a", "b"):
+        if field in ACTIONS[action]:
+            n = content[field]
+            length = view.history_length
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= length:
+                raise WireError(f"history position must be an integer in 0..{length}, got {n!r}")
+            out[field] = n
+    if action == "plan":
+        out["goal"] = _fraction("goal", content["goal"])
+        metric = content.get("metric", "params")
+        if metric not in ("params", "flops"):
+            raise WireError(f"plan metric must be 'params' or 'flops', got {str(metric)[:40]!r}")
+        out["metric"] = metric
+    if action == "plan_set":
+        share = content["share"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share) \
+                or not 0 <= share < 1:
+            raise WireError(f"a layer's share must be a number in [0, 1), got {share!r}")
+        out["share"] = float(share)
     if action == "configure":
         out["settings"] = _settings(content["settings"])
     if action == "run" and content.get("target") is not None:
         out["target"] = _fraction("target", content["target"])
     if action == "export":
         path = content.get("path")
-        if path is not None and (not isinstance(path, str) or not path.strip() or not path.endswith(".keras")):
-            raise WireError(f"export path must be a .keras file name, got {str(path)[:80]!r}")
+        fmt = content.get("format", "keras")
+        if fmt not in EXPORT_FORMATS:
+            raise WireError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {str(fmt)[:40]!r}")
+        if path is not None and (not isinstance(path, str) or not path.strip() or "\x00" in path
+                                 or not path.endswith((".keras", ".tflite"))):
+            raise WireError(f"export path must be a .keras or .tflite file name, got {str(path)[:80]!r}")
         out["path"] = path
+        out["format"] = fmt
         out["overwrite"] = content.get("overwrite") is True
     if action == "detail":
         kind = content.get("kind", "weights")
