@@ -93,8 +93,9 @@ class SessionBase:
 
         The first check needs no lock, so a caller never waits for a run
         iteration to learn it is refused; the second, under the lock, closes
-        the gap with a run starting meanwhile.  Queued events are sent after
-        the lock is released.
+        the gap with a run starting meanwhile.  Queued events are sent when the
+        action is complete, still under the lock: listeners see whole states, in
+        order, and must not wait for another thread that needs the session.
         """
         self._refuse_if_running()
         with self._lock:
