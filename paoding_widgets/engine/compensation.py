@@ -221,6 +221,8 @@ def activation_moments(graph: ModelGraph, store: WeightStore, input_range: tuple
     model's own layers in chunks (at most ``budget`` activation values alive at once); the moments
     are accumulated.
     """
+    import keras
+
     per_sample = sum(int(np.prod([d or 1 for d in s[1:]])) for s in graph.shapes.values()) or 1
     total = int(max(16, min(samples, budget * 8 // per_sample))) if inputs is None else len(inputs)
     chunk = int(max(1, min(total, budget // per_sample)))
@@ -265,7 +267,7 @@ def activation_moments(graph: ModelGraph, store: WeightStore, input_range: tuple
                 continue
             outs = out if isinstance(out, (list, tuple)) else [out]
             for t, o in zip(node.outputs, outs):
-                vals[t] = np.asarray(o, np.float32)
+                vals[t] = np.asarray(keras.ops.convert_to_numpy(o), np.float32)  # a PyTorch tensor may carry grads
             for t in node.inputs:
                 if last_use.get(t) == k and t not in needed:
                     vals.pop(t, None)
