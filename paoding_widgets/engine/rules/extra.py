@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import REGISTRY, Interval, LayerRule, NoIntervalRule
-from .builtin import ConvRule, DenseRule
+from .builtin import ConvRule, DenseRule, resized_entry
 
 if TYPE_CHECKING:
     from ..bounds import Bounds, Propagator
@@ -43,7 +43,7 @@ class EmbeddingRule(LayerRule):
         graph.set_layout(node.outputs[0], graph.channels(gid, n))
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
-        return {**config, self.size_key: width} if int(config[self.size_key]) != width else None
+        return resized_entry(config, self.size_key, width)
 
     def values(self, prop: Propagator, node: LayerNode, ins: list[Interval], bounds: Bounds) -> Interval:
         table = prop.store[(node.name, "embeddings")]
@@ -73,12 +73,6 @@ class EinsumDenseRule(DenseRule):
     def units(self, config: dict[str, Any]) -> int:
         return int(list(config["output_shape"])[-1])
 
-    def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
-        shape = list(config["output_shape"])
-        if int(shape[-1]) == width:
-            return None
-        shape[-1] = width
-        return {**config, "output_shape": tuple(shape)}
 
 
 class ConvTransposeRule(ConvRule):
@@ -87,17 +81,8 @@ class ConvTransposeRule(ConvRule):
     description = "filters removed (kernel axis -2); input channels read on axis -1"
 
     def read(self, graph: ModelGraph, node: LayerNode) -> None:
-        nd = node.var_ndim(self.kernel_var)
-        n = int(node.config[self.size_key])
-        graph.consume(node, node.inputs[0], self.kernel_var, nd - 1)
-        gid = graph.new_group(n, "conv")
-        graph.produce(node, gid, self.kernel_var, nd - 2)
-        if "bias" in node.var_shapes:
-            graph.produce(node, gid, "bias", 0)
-        why = self.check_activation(graph, node)
-        if why:
-            graph.pending(gid).reasons.append(why)
-        graph.set_layout(node.outputs[0], graph.channels(gid, n))
+        nd = node.var_ndim(self.kernel_var or "kernel")
+        self.produce_units(graph, node, int(node.config[self.size_key]), nd - 1, nd - 2, "conv")
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
         import keras

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import REGISTRY, Interval, LayerRule, NoIntervalRule
+from .builtin import resized_entry
 
 if TYPE_CHECKING:
     from ..bounds import Bounds, Propagator
@@ -65,7 +66,7 @@ class RecurrentRule(LayerRule):
             graph.set_layout(tid, graph.channels(gid, u))
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
-        return {**config, self.size_key: width} if int(config[self.size_key]) != width else None
+        return resized_entry(config, self.size_key, width)
 
     def _range(self, node: LayerNode) -> tuple[float, float]:
         act = str(node.config.get("activation", "tanh"))
