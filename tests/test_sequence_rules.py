@@ -275,3 +275,73 @@ def test_application_opens_prunes_one_iteration_and_shrinks_exactly(name):
     x = np.random.default_rng(0).uniform(0, 255, (2, *APPS[name])).astype(np.float32)
     ref = run(pruner.edited_model(), x)
     np.testing.assert_allclose(run(small, x), ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+# ------------------------------------------------------------------ GroupNormalization
+def _group_norm_model(seed: int = 0, join: bool = False):
+    keras.utils.set_random_seed(seed)
+    img = keras.Input((6, 6, 3))
+    c = L.Conv2D(12, 3, name="conv")(img)
+    g = L.GroupNormalization(groups=4, name="gn")(c)
+    g = L.Activation("relu")(g)
+    if join:  # a residual join with a conv whose channels are grouped by the GroupNormalization
+        g = L.Add(name="add")([g, L.Conv2D(12, 1, name="side")(c)])
+    g = L.Conv2D(5, 3, activation="relu", name="c2")(g)
+    return randomize(keras.Model(img, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(g))), seed)
+
+
+def test_group_norm_groups_are_units_and_a_zero_group_is_removed_exactly():
+    model = _group_norm_model()
+    gn = model.get_layer("gn")
+    gamma, beta = (np.array(w) for w in gn.get_weights())
+    gamma[3:6] = 0.0  # group 1 (channels 3..5) outputs relu(0) = 0 whatever its input
+    beta[3:6] = 0.0
+    gn.set_weights([gamma, beta])
+    x = _seq_inputs(model)
+    before = run(model, x)
+    pruner = Pruner(model, strategy="magnitude")
+    group = pruner.graph.group("conv")
+    assert group.prunable and group.size == 4 and group.width == 3
+    assert any(s.var == "kernel" and s.layer == "conv" and s.index[1].tolist() == [3, 4, 5] for s in group.producers)
+    assert any(s.layer == "gn" and s.var == "gamma" and s.index[1].tolist() == [3, 4, 5] for s in group.passthrough)
+    _remove(pruner, "conv", [1])
+    small = pruner.pruned_model()
+    assert small.get_layer("gn").groups == 3 and small.get_layer("conv").filters == 9
+    assert tuple(small.get_layer("c2").kernel.shape) == (3, 3, 9, 5)
+    np.testing.assert_allclose(run(small, x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("join", [False, True])
+@pytest.mark.parametrize("strategy", ["compensated", "certified", "magnitude"])
+def test_group_norm_pruning_is_exact_after_surgery_and_undo_is_bit_exact(strategy, join):
+    model = _group_norm_model(seed=3, join=join)
+    pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
+    group = pruner.graph.group("conv")
+    assert group.prunable and group.size == 4 and "gn" in group.layers and ("side" in group.layers) == join
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    assert int(pruner.store.alive[group.id].sum()) == 2
+    small = pruner.pruned_model()
+    assert small.get_layer("gn").groups == 2 and small.get_layer("conv").filters == 6
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)
+
+
+def test_group_norm_bounds_hold_and_uneven_groups_are_reported():
+    model = _group_norm_model(seed=4)
+    pruner = Pruner(model)
+    lo, hi = pruner.bounds().out[pruner.graph.node("gn").outputs[0]]
+    y = run(keras.Model(model.inputs, model.get_layer("gn").output), _seq_inputs(model, 64, seed=2))
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+    img = keras.Input((4, 4, 6))
+    c = L.Conv2D(6, 1, name="a")(img)
+    cat = L.Concatenate()([c, L.Conv2D(6, 1, name="b")(img)])
+    odd = keras.Model(img, L.Dense(2)(L.GroupNormalization(groups=4, name="gn")(cat)))
+    graph = ModelGraph(odd)
+    assert not graph.node("gn").supported and "several sources" in graph.node("gn").reason
+    assert not graph.group("a").prunable

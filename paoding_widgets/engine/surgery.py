@@ -33,11 +33,7 @@ def dead_positions(graph: ModelGraph, store: WeightStore) -> dict[tuple[str, str
 
 def alive_width(graph: ModelGraph, store: WeightStore, tid: int) -> int:
     """Channels of tensor ``tid``'s last axis that survive (flattened positions included)."""
-    total = 0
-    for segs, rep in graph.layouts[tid]:
-        width = sum(n if g is None else int(store.alive[g][:n].sum()) for g, n in segs)
-        total += rep * width
-    return total
+    return graph.alive_channels(store.alive, graph.layouts[tid])
 
 
 def new_configs(graph: ModelGraph, store: WeightStore) -> dict[str, dict]:

@@ -154,8 +154,7 @@ class LayerRule:
         layout = graph.layouts[node.outputs[0]]
         if all(g is None or store.alive[g].all() for segs, _ in layout for g, _n in segs):
             return None
-        width = sum(rep * sum(n if g is None else int(store.alive[g][:n].sum()) for g, n in segs)
-                    for segs, rep in layout)
+        width = graph.alive_channels(store.alive, layout)
         return self.resized_config(node.config, width)
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:

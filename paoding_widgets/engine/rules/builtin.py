@@ -629,12 +629,13 @@ class LayerNormRule(LayerRule):
         return -w, w
 
 
-def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple) -> Interval:
+def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple, size: int | None = None) -> Interval:
     """Sound output interval of a LayerNormalization over the last axis, whatever its input.
 
     A centred, normalised value has ``|x_i| <= sqrt(n - 1)`` over ``n``
     features, so the output lies in ``beta -+ |gamma| sqrt(n)``:
-    loose, but finite, so the layers after it keep their bounds.
+    loose, but finite, so the layers after it keep their bounds.  ``size``: the
+    number of values normalised together (default: the last axis).
     """
     cfg = node.config
     ndim = len(in_shape)
@@ -644,7 +645,7 @@ def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple) -> In
         raise NoIntervalRule("LayerNormalization over axes other than the last")
     if cfg.get("rms_scaling"):  # Keras divides by the std without centring: unbounded as the spread -> 0
         raise NoIntervalRule("LayerNormalization with rms_scaling has no input-independent range")
-    m = np.float32(np.sqrt(in_shape[-1]))
+    m = np.float32(np.sqrt(in_shape[-1] if size is None else size))
     gamma = store.get(node.name, "gamma") if cfg.get("scale", True) else None
     beta = store.get(node.name, "beta") if cfg.get("center", True) else None
     g = np.abs(gamma) if gamma is not None else np.float32(1.0)
@@ -788,7 +789,6 @@ def _register_builtins() -> None:
       OpaqueRule("this recurrent layer kind is not pruned (SimpleRNN, LSTM and GRU are)"))
     r(("GroupedQueryAttention", "Attention", "AdditiveAttention"),
       OpaqueRule("this attention kind is not pruned (MultiHeadAttention heads are)"))
-    r("GroupNormalization", OpaqueRule("normalises groups of channels together: removing one changes the others"))
     r("Lambda", OpaqueRule("arbitrary code (Lambda) cannot be resized safely"))
 
 
