@@ -118,6 +118,7 @@ def test_bidirectional_directions_prune_exactly(kind, mode):
     pruner = Pruner(model, strategy="magnitude", step=0.34, target=0.34)
     groups = [g for g in pruner.graph.groups if "bi" in g.layers and any(s.layer == "bi" for s in g.producers)]
     assert len(groups) == (2 if mode == "concat" else 1) and all(g.prunable for g in groups)
+    assert [g.name for g in groups] == (["bi", "bi/backward"] if mode == "concat" else ["bi"])  # names of their own
     assert pruner.graph.group("pre").prunable and pruner.graph.group("pre").merge_chain is None
     run_to_target(pruner)
     small = pruner.pruned_model()
@@ -345,3 +346,78 @@ def test_group_norm_bounds_hold_and_uneven_groups_are_reported():
     graph = ModelGraph(odd)
     assert not graph.node("gn").supported and "several sources" in graph.node("gn").reason
     assert not graph.group("a").prunable
+
+
+# ------------------------------------------------------------------ key_dim / value_dim units
+def test_attention_key_and_value_dims_are_groups_of_their_own():
+    model = _attention_model()
+    graph = ModelGraph(model)
+    key, value = graph.group("mha/key_dim"), graph.group("mha/value_dim")
+    assert key.prunable and value.prunable and key.size == value.size == 5
+    assert graph.group("mha").size == 4 and graph.group("mha").name == "mha"
+    # unit j: column j of the query kernel in every head, read by the key kernel's column j
+    assert {(s.var, s.axis) for s in key.producers} == {("0:kernel", 2), ("1:bias", 1)}
+    assert {(s.var, s.axis) for s in key.consumers} == {("2:kernel", 2), ("3:bias", 1)}
+    assert {(s.var, s.axis) for s in value.consumers} == {("6:kernel", 1)}
+
+
+@pytest.mark.parametrize("dim", ["key_dim", "value_dim"])
+def test_a_zero_key_or_value_dim_unit_is_removed_without_changing_outputs(dim):
+    model = _attention_model(seed=2)
+    mha = model.get_layer("mha")
+    ws = [np.array(w) for w in mha.get_weights()]
+    if dim == "key_dim":  # unit 1 adds q_1 k_1 = 0 to every score: its key columns are zero
+        ws[2][:, :, 1] = 0.0
+        ws[3][:, 1] = 0.0
+    else:  # unit 1's values are zero in every head
+        ws[4][:, :, 1] = 0.0
+        ws[5][:, 1] = 0.0
+    mha.set_weights(ws)
+    x = _seq_inputs(model)
+    before = run(model, x)
+    pruner = Pruner(model, strategy="magnitude")
+    _remove(pruner, f"mha/{dim}", [1])
+    np.testing.assert_allclose(run(pruner.edited_model(), x), before, rtol=1e-5, atol=1e-5)
+    small = pruner.pruned_model()
+    cfg = small.get_layer("mha").get_config()
+    assert cfg[dim] == 4 and cfg["num_heads"] == 4
+    # key_dim shrinks Keras' score scale 1/sqrt(key_dim); the query is rescaled so the scores stay
+    np.testing.assert_allclose(run(small, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_without_rescaling_the_query_a_smaller_key_dim_changes_the_outputs():
+    """The rescaling is needed: the same surgery without it does not reproduce the edited model."""
+    from paoding_widgets.engine.rules.attention import AttentionRule
+
+    model = _attention_model(seed=4)
+    pruner = Pruner(model, strategy="magnitude")
+    _remove(pruner, "mha/key_dim", [0, 3])
+    x = _seq_inputs(model)
+    edited = run(pruner.edited_model(), x)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), edited, rtol=1e-5, atol=1e-5)
+    node = pruner.graph.node("mha")
+    rule = node.rule
+    try:
+        node.rule = AttentionRule()
+        node.rule.physical_arrays = lambda graph, store, node, arrays: arrays  # type: ignore[method-assign]
+        plain = run(pruner.pruned_model(), x)
+    finally:
+        node.rule = rule
+    assert not np.allclose(plain, edited, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["compensated", "certified", "magnitude", "random"])
+def test_heads_key_and_value_dims_prune_together_exactly(strategy):
+    model = _attention_model(seed=5)
+    pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    cfg = pruner.pruned_model().get_layer("mha").get_config()
+    assert (cfg["num_heads"], cfg["key_dim"], cfg["value_dim"]) == (2, 3, 3)  # two steps of one unit each
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)

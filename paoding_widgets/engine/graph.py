@@ -66,6 +66,7 @@ class UnitGroup:
     merge_chain: list[str] | None = None  # layers between producer and consumers (merge-able)
     merge_note: str = ""
     width: int = 1  # channels per unit: 1, or a GroupNormalization's channels per group (pruned whole)
+    label: str = ""  # the name of a layer's second or third group (an attention layer's key_dim units)
 
     @property
     def prunable(self) -> bool:
@@ -84,6 +85,8 @@ class UnitGroup:
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         names = list(dict.fromkeys(s.layer for s in self.producers))
         return names[0] if len(names) == 1 else "+".join(names)
 
@@ -221,11 +224,15 @@ class ModelGraph:
         self._finish()
 
     # ------------------------------------------------- builder API (used by the rules)
-    def new_group(self, size: int, kind: str) -> int:
-        """A new unit group of ``size`` channels ("dense": mergeable units, "conv": filters); its id."""
+    def new_group(self, size: int, kind: str, label: str = "") -> int:
+        """A new unit group of ``size`` channels ("dense": mergeable units, "conv": filters); its id.
+
+        ``label`` names a layer's further groups (default: the producers' layer names), so that
+        every group of a layer has a name of its own.
+        """
         gid = len(self._parent)
         self._parent.append(gid)
-        self._pending.append(UnitGroup(gid, size, kind))
+        self._pending.append(UnitGroup(gid, size, kind, label=label))
         return gid
 
     def _find(self, gid: int) -> int:

@@ -91,14 +91,17 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
     for layer in new.layers:
         if not layer.weights:
             continue
-        arrays = []
+        arrays = {}
         for var in layer_variable_names(layer):
             arr = store[(layer.name, var)]
             for axis, pos in sorted(deletions.get((layer.name, var), {}).items()):
                 arr = np.delete(arr, pos, axis=axis)
-            arrays.append(arr)
+            arrays[var] = arr
+        node = next((n for n in graph.nodes if n.name == layer.name), None)
+        if node is not None:
+            arrays = node.rule.physical_arrays(graph, store, node, arrays)
         try:
-            layer.set_weights(arrays)
+            layer.set_weights(list(arrays.values()))
         except ValueError as exc:
             raise SurgeryError(f"surgery produced wrong shapes for layer {layer.name!r}: {exc}") from exc
     return new

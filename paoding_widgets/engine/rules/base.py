@@ -52,7 +52,8 @@ class LayerRule:
       change of the inputs (raise :class:`NoIntervalRule` where there is none);
     * :meth:`activation` and :meth:`affine` -- the per-unit non-linearity or
       per-channel affine map the layer applies (merges fold through them);
-    * :meth:`resized_config` -- the layer config of the physically smaller model;
+    * :meth:`resized_config` -- the layer config of the physically smaller model
+      (and :meth:`physical_arrays`, its weights, where a size enters the arithmetic);
     * :meth:`absorbs_constant` and :meth:`flops`.
 
     Keyword arguments to the constructor override the class attributes of the
@@ -160,6 +161,16 @@ class LayerRule:
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
         """The config of the smaller layer whose output keeps ``width`` channels (None: unchanged)."""
         return None
+
+    def physical_arrays(self, graph: ModelGraph, store: WeightStore, node: LayerNode,
+                        arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The layer's arrays in the smaller model, dead positions already deleted (by variable name).
+
+        Unchanged by default; a layer whose arithmetic depends on a size it loses
+        (attention's ``1/sqrt(key_dim)``) rescales here, so the smaller model computes
+        what the edited one does.
+        """
+        return arrays
 
     def absorbs_constant(self, config: dict[str, Any]) -> bool:
         """Whether a constant input channel can be folded into this layer's bias exactly."""

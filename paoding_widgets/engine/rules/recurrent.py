@@ -141,7 +141,7 @@ class BidirectionalRule(RecurrentRule):
         for side in ("forward", "backward"):
             graph.consume(node, src, v[side]["kernel"], 0)
             if side == "forward" or mode == "concat" or mode is None:
-                gids[side] = graph.new_group(u, "conv")
+                gids[side] = graph.new_group(u, "conv", label=f"{node.name}/backward" if side == "backward" else "")
             else:
                 gids[side] = gids["forward"]  # sum / ave / mul: channel c is both directions' unit c
             g = gids[side]
