@@ -95,15 +95,51 @@ def test_lstm_states_are_outputs_of_the_same_units():
     np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
 
 
-def test_recurrent_bounds_hold_and_a_relu_recurrence_stops_them():
-    model = _rnn_model("LSTM", True)
+def _sampled(model, layer, n=256, seed=0):
+    """The layer's outputs on random inputs of the box (and its corners' mix: pixels at 0 or 1)."""
+    sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    x = _seq_inputs(model, n, seed)
+    x[: n // 2] = np.round(x[: n // 2])  # half of them at corners of the box, where bounds are tightest
+    return run(sub, x)
+
+
+RECURRENT_CASES = [("SimpleRNN", True, {}), ("SimpleRNN", False, {"activation": "relu"}),
+                   ("GRU", True, {}), ("GRU", False, {"reset_after": False}), ("GRU", True, {"use_bias": False}),
+                   ("LSTM", True, {}), ("LSTM", False, {"go_backwards": True}),
+                   ("LSTM", True, {"go_backwards": True})]
+
+
+@pytest.mark.parametrize("kind,seq,kw", RECURRENT_CASES)
+def test_unrolled_recurrent_bounds_hold_on_samples_of_the_box(kind, seq, kw):
+    model = _rnn_model(kind, seq, seed=1, **kw)
     pruner = Pruner(model)
     node = pruner.graph.node("rnn")
     lo, hi = pruner.bounds().out[node.outputs[0]]
-    y = keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer("rnn").output)(_seq_inputs(model, 64)))
-    assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
-    relu = _rnn_model("SimpleRNN", False, activation="relu")
-    assert "rnn" in Pruner(relu).bounds().missing
+    y = _sampled(model, "rnn")
+    assert lo.shape[1:] == y.shape[1:]
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+    assert np.isfinite(lo).all() and np.isfinite(hi).all()  # a ReLU recurrence too: unrolled, it is bounded
+
+
+def test_unrolled_bounds_are_tighter_than_the_range_where_weights_are_small():
+    model = _rnn_model("LSTM", True, seed=2)
+    rnn = model.get_layer("rnn")
+    rnn.set_weights([w * 0.2 for w in rnn.get_weights()])
+    lo, hi = Pruner(model).bounds().out[ModelGraph(model).node("rnn").outputs[0]]
+    assert float((hi - lo).mean()) < 0.5  # the range [-1, 1] alone is 2 wide
+    y = _sampled(model, "rnn")
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+
+
+@pytest.mark.parametrize("mode", ["concat", "sum", "ave", "mul"])
+def test_bidirectional_bounds_hold_on_samples(mode):
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((5, 4))
+    x = L.Bidirectional(L.GRU(6, return_sequences=True), merge_mode=mode, name="bi")(inp)
+    model = randomize(keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(x))), 5)
+    lo, hi = Pruner(model).bounds().out[ModelGraph(model).node("bi").outputs[0]]
+    y = _sampled(model, "bi")
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
 
 
 @pytest.mark.parametrize("mode", ["concat", "sum", "mul"])
