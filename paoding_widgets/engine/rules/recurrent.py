@@ -43,8 +43,8 @@ class RecurrentRule(LayerRule):
     """``SimpleRNN`` (1 gate), ``GRU`` (3 gates) and ``LSTM`` (4 gates): hidden units removed."""
 
     description = ("hidden units removed (every gate's columns of both kernels, the recurrent row, the bias, "
-                   "the readers' rows); return_sequences and return_state both ways; bounded by the activation's "
-                   "range (tanh: [-1, 1])")
+                   "the readers' rows); return_sequences and return_state both ways; bounded by the recurrence "
+                   "unrolled with interval arithmetic, within the activation's range (tanh: [-1, 1])")
     unit_kind = "conv"  # removed by the strategies' removal criteria, never merged
     size_key = "units"
     kernel_var = "kernel"
@@ -114,7 +114,8 @@ class BidirectionalRule(RecurrentRule):
     """
 
     description = ("each direction's hidden units removed (concat: two groups; sum/ave/mul: one coupled "
-                   "group); the wrapped layer must be a SimpleRNN, GRU or LSTM")
+                   "group, named `<layer>/backward` when separate); the wrapped layer must be a SimpleRNN, GRU or "
+                   "LSTM; bounded like the wrapped layer")
 
     def _inner(self, node: LayerNode) -> tuple[str, dict[str, Any]] | None:
         layer = node.config.get("layer") or {}
