@@ -82,7 +82,8 @@ class RecurrentRule(LayerRule):
         return _RANGES[act]
 
     def values(self, prop: Propagator, node: LayerNode, ins: list[Interval], bounds: Bounds) -> Interval:
-        v = {n: prop.store[(node.name, n)] for n in ("kernel", "recurrent_kernel", "bias") if n in node.var_shapes}
+        names = ("kernel", "recurrent_kernel", "bias")
+        v: dict[str, np.ndarray] = {n: prop.store[(node.name, n)] for n in names if n in node.var_shapes}
         lo, hi = unroll(self.gates, node.config, v, ins[0], node.name)
         return _clip_to_range(self._range_or_none(node), lo, hi)
 
