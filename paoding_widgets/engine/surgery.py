@@ -88,6 +88,7 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
     """
     new = clone(graph.model, new_configs(graph, store))
     deletions = dead_positions(graph, store)
+    nodes = {n.name: n for n in graph.nodes}
     for layer in new.layers:
         if not layer.weights:
             continue
@@ -97,8 +98,8 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
             for axis, pos in sorted(deletions.get((layer.name, var), {}).items()):
                 arr = np.delete(arr, pos, axis=axis)
             arrays[var] = arr
-        node = next((n for n in graph.nodes if n.name == layer.name), None)
-        if node is not None:
+        node = nodes.get(layer.name)
+        if node is not None:  # its rule may rescale what depends on a size it lost (attention's key_dim)
             arrays = node.rule.physical_arrays(graph, store, node, arrays)
         try:
             layer.set_weights(list(arrays.values()))
