@@ -14,7 +14,8 @@ Vocabulary
   producers' channels joined by ``Add``/``Multiply``.
 * A **slot** is one array position set indexed by a group: ``(layer, variable,
   axis, index)`` where ``index[c]`` lists the positions along ``axis`` that
-  belong to channel ``c`` (several for a Dense kernel after ``Flatten``).
+  belong to unit ``c`` (several for a Dense kernel after ``Flatten``, an LSTM
+  unit's gates, or a unit of ``width`` channels: a GroupNormalization's groups).
 * A tensor's **layout** tells which group owns each position of its last axis:
   a tuple of blocks ``(segments, repeat)``; a block is ``repeat`` copies
   (flattened spatial positions) of the concatenated ``segments``, each segment
