@@ -457,3 +457,29 @@ def test_heads_key_and_value_dims_prune_together_exactly(strategy):
     for p in reversed(patches):
         pruner.store.revert(p)
     assert pruner.store.equal(original)
+
+
+@pytest.mark.parametrize("wrap", ["LSTM-backwards", "Bidirectional-GRU"])
+def test_recurrent_bounds_follow_the_time_order_of_a_box_that_changes_over_time(wrap):
+    """Steps 0-2 are pinned to 0.5, steps 3-5 range over [0, 1]: a reversal mix-up would fail on samples."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((6, 5))
+    if wrap == "LSTM-backwards":
+        layer = L.LSTM(7, return_sequences=True, go_backwards=True, name="rnn")
+    else:
+        layer = L.Bidirectional(L.GRU(7, return_sequences=True), name="rnn")
+    x = layer(inp)
+    model = randomize(keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(x))), 6)
+    rnn = model.get_layer("rnn")
+    rnn.set_weights([w * 0.3 for w in rnn.get_weights()])  # tight enough that the order shows
+    lo_in = np.concatenate([np.full((3, 5), 0.5), np.zeros((3, 5))]).astype(np.float32)
+    hi_in = np.concatenate([np.full((3, 5), 0.5), np.ones((3, 5))]).astype(np.float32)
+    pruner = Pruner(model, input_range=(lo_in, hi_in))
+    lo, hi = pruner.bounds().out[pruner.graph.node("rnn").outputs[0]]
+    rng = np.random.default_rng(0)
+    xs = np.broadcast_to(lo_in, (256, 6, 5)) + rng.uniform(0, 1, (256, 6, 5)) * (hi_in - lo_in)
+    xs[:128] = np.round(xs[:128] * 2) / 2  # corners and centres of the box
+    y = run(keras.Model(model.inputs, rnn.output), xs.astype(np.float32))
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+    flipped = (lo[:, ::-1], hi[:, ::-1])  # the same bounds in the wrong time order do not hold
+    assert not ((y >= flipped[0] - 1e-5).all() and (y <= flipped[1] + 1e-5).all())
