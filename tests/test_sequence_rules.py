@@ -95,15 +95,51 @@ def test_lstm_states_are_outputs_of_the_same_units():
     np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
 
 
-def test_recurrent_bounds_hold_and_a_relu_recurrence_stops_them():
-    model = _rnn_model("LSTM", True)
+def _sampled(model, layer, n=256, seed=0):
+    """The layer's outputs on random inputs of the box (and its corners' mix: pixels at 0 or 1)."""
+    sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    x = _seq_inputs(model, n, seed)
+    x[: n // 2] = np.round(x[: n // 2])  # half of them at corners of the box, where bounds are tightest
+    return run(sub, x)
+
+
+RECURRENT_CASES = [("SimpleRNN", True, {}), ("SimpleRNN", False, {"activation": "relu"}),
+                   ("GRU", True, {}), ("GRU", False, {"reset_after": False}), ("GRU", True, {"use_bias": False}),
+                   ("LSTM", True, {}), ("LSTM", False, {"go_backwards": True}),
+                   ("LSTM", True, {"go_backwards": True})]
+
+
+@pytest.mark.parametrize("kind,seq,kw", RECURRENT_CASES)
+def test_unrolled_recurrent_bounds_hold_on_samples_of_the_box(kind, seq, kw):
+    model = _rnn_model(kind, seq, seed=1, **kw)
     pruner = Pruner(model)
     node = pruner.graph.node("rnn")
     lo, hi = pruner.bounds().out[node.outputs[0]]
-    y = keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer("rnn").output)(_seq_inputs(model, 64)))
-    assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
-    relu = _rnn_model("SimpleRNN", False, activation="relu")
-    assert "rnn" in Pruner(relu).bounds().missing
+    y = _sampled(model, "rnn")
+    assert lo.shape[1:] == y.shape[1:]
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+    assert np.isfinite(lo).all() and np.isfinite(hi).all()  # a ReLU recurrence too: unrolled, it is bounded
+
+
+def test_unrolled_bounds_are_tighter_than_the_range_where_weights_are_small():
+    model = _rnn_model("LSTM", True, seed=2)
+    rnn = model.get_layer("rnn")
+    rnn.set_weights([w * 0.2 for w in rnn.get_weights()])
+    lo, hi = Pruner(model).bounds().out[ModelGraph(model).node("rnn").outputs[0]]
+    assert float((hi - lo).mean()) < 0.5  # the range [-1, 1] alone is 2 wide
+    y = _sampled(model, "rnn")
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+
+
+@pytest.mark.parametrize("mode", ["concat", "sum", "ave", "mul"])
+def test_bidirectional_bounds_hold_on_samples(mode):
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((5, 4))
+    x = L.Bidirectional(L.GRU(6, return_sequences=True), merge_mode=mode, name="bi")(inp)
+    model = randomize(keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(x))), 5)
+    lo, hi = Pruner(model).bounds().out[ModelGraph(model).node("bi").outputs[0]]
+    y = _sampled(model, "bi")
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
 
 
 @pytest.mark.parametrize("mode", ["concat", "sum", "mul"])
@@ -118,6 +154,7 @@ def test_bidirectional_directions_prune_exactly(kind, mode):
     pruner = Pruner(model, strategy="magnitude", step=0.34, target=0.34)
     groups = [g for g in pruner.graph.groups if "bi" in g.layers and any(s.layer == "bi" for s in g.producers)]
     assert len(groups) == (2 if mode == "concat" else 1) and all(g.prunable for g in groups)
+    assert [g.name for g in groups] == (["bi", "bi/backward"] if mode == "concat" else ["bi"])  # names of their own
     assert pruner.graph.group("pre").prunable and pruner.graph.group("pre").merge_chain is None
     run_to_target(pruner)
     small = pruner.pruned_model()
@@ -275,3 +312,174 @@ def test_application_opens_prunes_one_iteration_and_shrinks_exactly(name):
     x = np.random.default_rng(0).uniform(0, 255, (2, *APPS[name])).astype(np.float32)
     ref = run(pruner.edited_model(), x)
     np.testing.assert_allclose(run(small, x), ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+# ------------------------------------------------------------------ GroupNormalization
+def _group_norm_model(seed: int = 0, join: bool = False):
+    keras.utils.set_random_seed(seed)
+    img = keras.Input((6, 6, 3))
+    c = L.Conv2D(12, 3, name="conv")(img)
+    g = L.GroupNormalization(groups=4, name="gn")(c)
+    g = L.Activation("relu")(g)
+    if join:  # a residual join with a conv whose channels are grouped by the GroupNormalization
+        g = L.Add(name="add")([g, L.Conv2D(12, 1, name="side")(c)])
+    g = L.Conv2D(5, 3, activation="relu", name="c2")(g)
+    return randomize(keras.Model(img, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(g))), seed)
+
+
+def test_group_norm_groups_are_units_and_a_zero_group_is_removed_exactly():
+    model = _group_norm_model()
+    gn = model.get_layer("gn")
+    gamma, beta = (np.array(w) for w in gn.get_weights())
+    gamma[3:6] = 0.0  # group 1 (channels 3..5) outputs relu(0) = 0 whatever its input
+    beta[3:6] = 0.0
+    gn.set_weights([gamma, beta])
+    x = _seq_inputs(model)
+    before = run(model, x)
+    pruner = Pruner(model, strategy="magnitude")
+    group = pruner.graph.group("conv")
+    assert group.prunable and group.size == 4 and group.width == 3
+    assert any(s.var == "kernel" and s.layer == "conv" and s.index[1].tolist() == [3, 4, 5] for s in group.producers)
+    assert any(s.layer == "gn" and s.var == "gamma" and s.index[1].tolist() == [3, 4, 5] for s in group.passthrough)
+    _remove(pruner, "conv", [1])
+    small = pruner.pruned_model()
+    assert small.get_layer("gn").groups == 3 and small.get_layer("conv").filters == 9
+    assert tuple(small.get_layer("c2").kernel.shape) == (3, 3, 9, 5)
+    np.testing.assert_allclose(run(small, x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("join", [False, True])
+@pytest.mark.parametrize("strategy", ["compensated", "certified", "magnitude"])
+def test_group_norm_pruning_is_exact_after_surgery_and_undo_is_bit_exact(strategy, join):
+    model = _group_norm_model(seed=3, join=join)
+    pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
+    group = pruner.graph.group("conv")
+    assert group.prunable and group.size == 4 and "gn" in group.layers and ("side" in group.layers) == join
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    assert int(pruner.store.alive[group.id].sum()) == 2
+    small = pruner.pruned_model()
+    assert small.get_layer("gn").groups == 2 and small.get_layer("conv").filters == 6
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)
+
+
+def test_group_norm_bounds_hold_and_uneven_groups_are_reported():
+    model = _group_norm_model(seed=4)
+    pruner = Pruner(model)
+    lo, hi = pruner.bounds().out[pruner.graph.node("gn").outputs[0]]
+    y = run(keras.Model(model.inputs, model.get_layer("gn").output), _seq_inputs(model, 64, seed=2))
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+    img = keras.Input((4, 4, 6))
+    c = L.Conv2D(6, 1, name="a")(img)
+    cat = L.Concatenate()([c, L.Conv2D(6, 1, name="b")(img)])
+    odd = keras.Model(img, L.Dense(2)(L.GroupNormalization(groups=4, name="gn")(cat)))
+    graph = ModelGraph(odd)
+    assert not graph.node("gn").supported and "several sources" in graph.node("gn").reason
+    assert not graph.group("a").prunable
+
+
+# ------------------------------------------------------------------ key_dim / value_dim units
+def test_attention_key_and_value_dims_are_groups_of_their_own():
+    model = _attention_model()
+    graph = ModelGraph(model)
+    key, value = graph.group("mha/key_dim"), graph.group("mha/value_dim")
+    assert key.prunable and value.prunable and key.size == value.size == 5
+    assert graph.group("mha").size == 4 and graph.group("mha").name == "mha"
+    # unit j: column j of the query kernel in every head, read by the key kernel's column j
+    assert {(s.var, s.axis) for s in key.producers} == {("0:kernel", 2), ("1:bias", 1)}
+    assert {(s.var, s.axis) for s in key.consumers} == {("2:kernel", 2), ("3:bias", 1)}
+    assert {(s.var, s.axis) for s in value.consumers} == {("6:kernel", 1)}
+
+
+@pytest.mark.parametrize("dim", ["key_dim", "value_dim"])
+def test_a_zero_key_or_value_dim_unit_is_removed_without_changing_outputs(dim):
+    model = _attention_model(seed=2)
+    mha = model.get_layer("mha")
+    ws = [np.array(w) for w in mha.get_weights()]
+    if dim == "key_dim":  # unit 1 adds q_1 k_1 = 0 to every score: its key columns are zero
+        ws[2][:, :, 1] = 0.0
+        ws[3][:, 1] = 0.0
+    else:  # unit 1's values are zero in every head
+        ws[4][:, :, 1] = 0.0
+        ws[5][:, 1] = 0.0
+    mha.set_weights(ws)
+    x = _seq_inputs(model)
+    before = run(model, x)
+    pruner = Pruner(model, strategy="magnitude")
+    _remove(pruner, f"mha/{dim}", [1])
+    np.testing.assert_allclose(run(pruner.edited_model(), x), before, rtol=1e-5, atol=1e-5)
+    small = pruner.pruned_model()
+    cfg = small.get_layer("mha").get_config()
+    assert cfg[dim] == 4 and cfg["num_heads"] == 4
+    # key_dim shrinks Keras' score scale 1/sqrt(key_dim); the query is rescaled so the scores stay
+    np.testing.assert_allclose(run(small, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_without_rescaling_the_query_a_smaller_key_dim_changes_the_outputs():
+    """The rescaling is needed: the same surgery without it does not reproduce the edited model."""
+    from paoding_widgets.engine.rules.attention import AttentionRule
+
+    model = _attention_model(seed=4)
+    pruner = Pruner(model, strategy="magnitude")
+    _remove(pruner, "mha/key_dim", [0, 3])
+    x = _seq_inputs(model)
+    edited = run(pruner.edited_model(), x)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), edited, rtol=1e-5, atol=1e-5)
+    node = pruner.graph.node("mha")
+    rule = node.rule
+    try:
+        node.rule = AttentionRule()
+        node.rule.physical_arrays = lambda graph, store, node, arrays: arrays  # type: ignore[method-assign]
+        plain = run(pruner.pruned_model(), x)
+    finally:
+        node.rule = rule
+    assert not np.allclose(plain, edited, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["compensated", "certified", "magnitude", "random"])
+def test_heads_key_and_value_dims_prune_together_exactly(strategy):
+    model = _attention_model(seed=5)
+    pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    cfg = pruner.pruned_model().get_layer("mha").get_config()
+    assert (cfg["num_heads"], cfg["key_dim"], cfg["value_dim"]) == (2, 3, 3)  # two steps of one unit each
+    x = _seq_inputs(model)
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)
+
+
+@pytest.mark.parametrize("wrap", ["LSTM-backwards", "Bidirectional-GRU"])
+def test_recurrent_bounds_follow_the_time_order_of_a_box_that_changes_over_time(wrap):
+    """Steps 0-2 are pinned to 0.5, steps 3-5 range over [0, 1]: a reversal mix-up would fail on samples."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((6, 5))
+    if wrap == "LSTM-backwards":
+        layer = L.LSTM(7, return_sequences=True, go_backwards=True, name="rnn")
+    else:
+        layer = L.Bidirectional(L.GRU(7, return_sequences=True), name="rnn")
+    x = layer(inp)
+    model = randomize(keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(x))), 6)
+    rnn = model.get_layer("rnn")
+    rnn.set_weights([w * 0.3 for w in rnn.get_weights()])  # tight enough that the order shows
+    lo_in = np.concatenate([np.full((3, 5), 0.5), np.zeros((3, 5))]).astype(np.float32)
+    hi_in = np.concatenate([np.full((3, 5), 0.5), np.ones((3, 5))]).astype(np.float32)
+    pruner = Pruner(model, input_range=(lo_in, hi_in))
+    lo, hi = pruner.bounds().out[pruner.graph.node("rnn").outputs[0]]
+    rng = np.random.default_rng(0)
+    xs = np.broadcast_to(lo_in, (256, 6, 5)) + rng.uniform(0, 1, (256, 6, 5)) * (hi_in - lo_in)
+    xs[:128] = np.round(xs[:128] * 2) / 2  # corners and centres of the box
+    y = run(keras.Model(model.inputs, rnn.output), xs.astype(np.float32))
+    assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+    flipped = (lo[:, ::-1], hi[:, ::-1])  # the same bounds in the wrong time order do not hold
+    assert not ((y >= flipped[0] - 1e-5).all() and (y <= flipped[1] + 1e-5).all())

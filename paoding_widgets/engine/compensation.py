@@ -229,6 +229,8 @@ def activation_moments(graph: ModelGraph, store: WeightStore, input_range: tuple
     needed: dict[int, list[tuple[int, int, UnitGroup]]] = {}
     for g in groups:
         for i, slot in enumerate(g.consumers):
+            if not any(t in g.tensors for t in graph.node(slot.layer).inputs):
+                continue  # read inside its own layer (attention heads, key_dim): no tensor holds them, no moments
             needed.setdefault(_reader_input(graph, slot.layer, g), []).append((g.id, i, g))
     last_use: dict[int, int] = {}
     for k, node in enumerate(graph.nodes):

@@ -14,7 +14,8 @@ Vocabulary
   producers' channels joined by ``Add``/``Multiply``.
 * A **slot** is one array position set indexed by a group: ``(layer, variable,
   axis, index)`` where ``index[c]`` lists the positions along ``axis`` that
-  belong to channel ``c`` (several for a Dense kernel after ``Flatten``).
+  belong to unit ``c`` (several for a Dense kernel after ``Flatten``, an LSTM
+  unit's gates, or a unit of ``width`` channels: a GroupNormalization's groups).
 * A tensor's **layout** tells which group owns each position of its last axis:
   a tuple of blocks ``(segments, repeat)``; a block is ``repeat`` copies
   (flattened spatial positions) of the concatenated ``segments``, each segment
@@ -65,6 +66,8 @@ class UnitGroup:
     reasons: list[str] = field(default_factory=list)
     merge_chain: list[str] | None = None  # layers between producer and consumers (merge-able)
     merge_note: str = ""
+    width: int = 1  # channels per unit: 1, or a GroupNormalization's channels per group (pruned whole)
+    label: str = ""  # the name of a layer's second or third group (an attention layer's key_dim units)
 
     @property
     def prunable(self) -> bool:
@@ -83,6 +86,8 @@ class UnitGroup:
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         names = list(dict.fromkeys(s.layer for s in self.producers))
         return names[0] if len(names) == 1 else "+".join(names)
 
@@ -220,11 +225,15 @@ class ModelGraph:
         self._finish()
 
     # ------------------------------------------------- builder API (used by the rules)
-    def new_group(self, size: int, kind: str) -> int:
-        """A new unit group of ``size`` channels ("dense": mergeable units, "conv": filters); its id."""
+    def new_group(self, size: int, kind: str, label: str = "") -> int:
+        """A new unit group of ``size`` channels ("dense": mergeable units, "conv": filters); its id.
+
+        ``label`` names a layer's further groups (default: the producers' layer names), so that
+        every group of a layer has a name of its own.
+        """
         gid = len(self._parent)
         self._parent.append(gid)
-        self._pending.append(UnitGroup(gid, size, kind))
+        self._pending.append(UnitGroup(gid, size, kind, label=label))
         return gid
 
     def _find(self, gid: int) -> int:
@@ -237,12 +246,45 @@ class ModelGraph:
         """Make two groups one (their channels are pruned together)."""
         ra, rb = self._find(a), self._find(b)
         if ra != rb:
-            self._parent[rb] = ra
             A, B = self._pending[ra], self._pending[rb]
+            if A.width != B.width:  # a join with channels grouped by a GroupNormalization: group both alike
+                fine, coarse = (ra, B) if A.width < B.width else (rb, A)
+                self.coarsen(fine, coarse.width // self._pending[fine].width)
+            self._parent[rb] = ra
             for attr in ("producers", "passthrough", "consumers", "tensors", "reasons"):
                 getattr(A, attr).extend(getattr(B, attr))
             if B.kind == "conv":
                 A.kind = "conv"
+
+    def coarsen(self, gid: int, k: int) -> None:
+        """Make every ``k`` consecutive units of group ``gid`` one unit (a GroupNormalization's groups).
+
+        Every slot registered so far is regrouped; readers registered later get ``k``
+        channels per unit from the group's ``width``.
+        """
+        grp = self.pending(gid)
+        if k == 1:
+            return
+        if k < 1 or grp.size % k:
+            raise ModelError(f"cannot group the {grp.size} units of {grp.name} by {k}")
+
+        def regroup(slots: list[Slot]) -> list[Slot]:
+            return [Slot(s.layer, s.var, s.axis, s.index.reshape(grp.size // k, -1)) for s in slots]
+
+        grp.producers, grp.passthrough, grp.consumers = (regroup(grp.producers), regroup(grp.passthrough),
+                                                         regroup(grp.consumers))
+        grp.size //= k
+        grp.width *= k
+
+    def alive_channels(self, alive: dict[int, np.ndarray], layout: Layout) -> int:
+        """Positions of a tensor's last axis with this layout whose units are alive (``alive``: per group)."""
+        total = 0
+        for segs, rep in layout:
+            width = 0
+            for g, n in segs:
+                width += n if g is None else int(np.repeat(alive[g], self.groups[g].width)[:n].sum())
+            total += rep * width
+        return total
 
     def pending(self, gid: int) -> UnitGroup:
         """The group ``gid`` belongs to while the graph is being read (to add reasons)."""
@@ -295,6 +337,7 @@ class ModelGraph:
             for g, n in segs:
                 if g is not None:
                     idx = base + np.arange(rep)[None, :] * width + off + np.arange(n)[:, None]
+                    idx = idx.reshape(n // self.pending(g).width, -1)  # a unit's channels, each at every position
                     self.pending(g).consumers.append(Slot(ln.name, var, axis, idx.astype(np.int64)))
                 off += n
             base += rep * width
@@ -311,7 +354,7 @@ class ModelGraph:
         off = 0
         for g, n in segs:
             if g is not None:
-                idx = (off + np.arange(n))[:, None].astype(np.int64)
+                idx = (off + np.arange(n)).reshape(n // self.pending(g).width, -1).astype(np.int64)
                 self.pending(g).passthrough.append(Slot(ln.name, var, axis, idx))
             off += n
 
@@ -368,6 +411,12 @@ class ModelGraph:
         if len(set(struct)) != 1 or len({s[-1] for s in shapes}) != 1:
             self.opaque(ln, "joins tensors whose channels do not line up")
             return
+        for bi, (segs, _rep) in enumerate(layouts[0]):
+            for si in range(len(segs)):
+                ws = sorted({self.pending(g).width for lay in layouts if (g := lay[bi][0][si][0]) is not None})
+                if any(w % ws[0] for w in ws):
+                    self.opaque(ln, f"joins channels grouped {ws[0]} and {ws[-1]} per unit (GroupNormalization)")
+                    return
         first = layouts[0]
         out_blocks = []
         for bi, (segs, rep) in enumerate(first):

@@ -33,11 +33,7 @@ def dead_positions(graph: ModelGraph, store: WeightStore) -> dict[tuple[str, str
 
 def alive_width(graph: ModelGraph, store: WeightStore, tid: int) -> int:
     """Channels of tensor ``tid``'s last axis that survive (flattened positions included)."""
-    total = 0
-    for segs, rep in graph.layouts[tid]:
-        width = sum(n if g is None else int(store.alive[g][:n].sum()) for g, n in segs)
-        total += rep * width
-    return total
+    return graph.alive_channels(store.alive, graph.layouts[tid])
 
 
 def new_configs(graph: ModelGraph, store: WeightStore) -> dict[str, dict]:
@@ -92,17 +88,21 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
     """
     new = clone(graph.model, new_configs(graph, store))
     deletions = dead_positions(graph, store)
+    nodes = {n.name: n for n in graph.nodes}
     for layer in new.layers:
         if not layer.weights:
             continue
-        arrays = []
+        arrays = {}
         for var in layer_variable_names(layer):
             arr = store[(layer.name, var)]
             for axis, pos in sorted(deletions.get((layer.name, var), {}).items()):
                 arr = np.delete(arr, pos, axis=axis)
-            arrays.append(arr)
+            arrays[var] = arr
+        node = nodes.get(layer.name)
+        if node is not None:  # its rule may rescale what depends on a size it lost (attention's key_dim)
+            arrays = node.rule.physical_arrays(graph, store, node, arrays)
         try:
-            layer.set_weights(arrays)
+            layer.set_weights(list(arrays.values()))
         except ValueError as exc:
             raise SurgeryError(f"surgery produced wrong shapes for layer {layer.name!r}: {exc}") from exc
     return new

@@ -52,7 +52,8 @@ class LayerRule:
       change of the inputs (raise :class:`NoIntervalRule` where there is none);
     * :meth:`activation` and :meth:`affine` -- the per-unit non-linearity or
       per-channel affine map the layer applies (merges fold through them);
-    * :meth:`resized_config` -- the layer config of the physically smaller model;
+    * :meth:`resized_config` -- the layer config of the physically smaller model
+      (and :meth:`physical_arrays`, its weights, where a size enters the arithmetic);
     * :meth:`absorbs_constant` and :meth:`flops`.
 
     Keyword arguments to the constructor override the class attributes of the
@@ -154,13 +155,22 @@ class LayerRule:
         layout = graph.layouts[node.outputs[0]]
         if all(g is None or store.alive[g].all() for segs, _ in layout for g, _n in segs):
             return None
-        width = sum(rep * sum(n if g is None else int(store.alive[g][:n].sum()) for g, n in segs)
-                    for segs, rep in layout)
+        width = graph.alive_channels(store.alive, layout)
         return self.resized_config(node.config, width)
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
         """The config of the smaller layer whose output keeps ``width`` channels (None: unchanged)."""
         return None
+
+    def physical_arrays(self, graph: ModelGraph, store: WeightStore, node: LayerNode,
+                        arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The layer's arrays in the smaller model, dead positions already deleted (by variable name).
+
+        Unchanged by default; a layer whose arithmetic depends on a size it loses
+        (attention's ``1/sqrt(key_dim)``) rescales here, so the smaller model computes
+        what the edited one does.
+        """
+        return arrays
 
     def absorbs_constant(self, config: dict[str, Any]) -> bool:
         """Whether a constant input channel can be folded into this layer's bias exactly."""

@@ -66,6 +66,24 @@ class LinearRule(LayerRule):
             pre = (pre[0] + inject[0], pre[1] + inject[1])
         return prop.delta_activate(node, pre, base, logits)
 
+    def produce_units(self, graph: ModelGraph, node: LayerNode, n: int, read_axis: int, unit_axis: int,
+                      kind: str | None = None) -> None:
+        """The common structure of a layer that makes ``n`` units from its input's channels.
+
+        Its kernel's ``read_axis`` reads the input's channels, its ``unit_axis`` and
+        its bias (if any) hold the new group's units, the layer's own activation may
+        stop them from being pruned one by one, and the output has the units' layout.
+        """
+        graph.consume(node, node.inputs[0], self.kernel_var or "kernel", read_axis)
+        gid = graph.new_group(n, kind or self.unit_kind or "dense")
+        graph.produce(node, gid, self.kernel_var or "kernel", unit_axis)
+        if "bias" in node.var_shapes:
+            graph.produce(node, gid, "bias", 0)
+        why = self.check_activation(graph, node)
+        if why:
+            graph.pending(gid).reasons.append(why)
+        graph.set_layout(node.outputs[0], graph.channels(gid, n))
+
     def check_activation(self, graph: ModelGraph, node: LayerNode) -> str:
         """Why the layer's own activation stops its units from being pruned one by one ("" if it does not)."""
         name = activation_name(node.config.get("activation"))
@@ -90,17 +108,7 @@ class DenseRule(LinearRule):
         return int(config[self.size_key])
 
     def read(self, graph: ModelGraph, node: LayerNode) -> None:
-        src, out = node.inputs[0], node.outputs[0]
-        n = self.units(node.config)
-        graph.consume(node, src, self.kernel_var, 0)
-        gid = graph.new_group(n, self.unit_kind or "dense")
-        graph.produce(node, gid, self.kernel_var, node.var_ndim(self.kernel_var) - 1)
-        if "bias" in node.var_shapes:
-            graph.produce(node, gid, "bias", 0)
-        why = self.check_activation(graph, node)
-        if why:
-            graph.pending(gid).reasons.append(why)
-        graph.set_layout(out, graph.channels(gid, n))
+        self.produce_units(graph, node, self.units(node.config), 0, node.var_ndim(self.kernel_var or "kernel") - 1)
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
         k = prop.store[(node.name, self.kernel_var)]
@@ -108,7 +116,7 @@ class DenseRule(LinearRule):
         return (c @ k).astype(np.float32, copy=False), (r @ k_abs).astype(np.float32, copy=False)
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
-        return {**config, self.size_key: width} if int(config[self.size_key]) != width else None
+        return resized_entry(config, self.size_key, width)
 
     def absorbs_constant(self, config: dict[str, Any]) -> bool:
         return bool(config.get("use_bias", True))
@@ -130,7 +138,7 @@ class ConvRule(DenseRule):
     def read(self, graph: ModelGraph, node: LayerNode) -> None:
         cfg = node.config
         src, out = node.inputs[0], node.outputs[0]
-        nd = node.var_ndim(self.kernel_var)
+        nd = node.var_ndim(self.kernel_var or "kernel")
         groups = int(cfg.get("groups", 1))
         if groups != 1:
             if groups == int(cfg[self.size_key]) == _last(graph.shape(src)):  # depthwise written as a grouped conv
@@ -145,27 +153,10 @@ class ConvRule(DenseRule):
                 return
             graph.opaque(node, f"grouped convolution (groups={groups})")
             return
-        n = int(cfg[self.size_key])
-        graph.consume(node, src, self.kernel_var, nd - 2)
-        gid = graph.new_group(n, self.unit_kind or "conv")
-        graph.produce(node, gid, self.kernel_var, nd - 1)
-        if "bias" in node.var_shapes:
-            graph.produce(node, gid, "bias", 0)
-        why = self.check_activation(graph, node)
-        if why:
-            graph.pending(gid).reasons.append(why)
-        graph.set_layout(out, graph.channels(gid, n))
+        self.produce_units(graph, node, int(cfg[self.size_key]), nd - 2, nd - 1)
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
-        k = prop.store[(node.name, self.kernel_var)]
-        prep = prop.prepared(node, "conv", lambda: _prepare_conv(node.config, k)) if prop.fast else None
-        if prep is not None:
-            return prep.both(c, r)
-        import keras
-
-        kw = _conv_kwargs(node.config)
-        return (np.asarray(keras.ops.conv(c, k, **kw), np.float32),
-                np.asarray(keras.ops.conv(r, np.abs(k), **kw), np.float32))
+        return _conv_linear(prop, node, c, r, self.kernel_var or "kernel", "conv", _prepare_conv)
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
         if int(config.get("groups", 1)) == 1:
@@ -198,15 +189,7 @@ class DepthwiseRule(LinearRule):
         graph.set_layout(node.outputs[0], graph.layout(src))
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
-        k = prop.store[(node.name, self.kernel_var)]
-        prep = prop.prepared(node, "depthwise", lambda: _prepare_depthwise(node.config, k)) if prop.fast else None
-        if prep is not None:
-            return prep.both(c, r)
-        import keras
-
-        kw = _conv_kwargs(node.config)
-        return (np.asarray(keras.ops.depthwise_conv(c, k, **kw), np.float32),
-                np.asarray(keras.ops.depthwise_conv(r, np.abs(k), **kw), np.float32))
+        return _conv_linear(prop, node, c, r, self.kernel_var or "kernel", "depthwise", _prepare_depthwise)
 
     def flops(self, layer: Any, positions: int) -> int:
         return positions * int(np.prod(layer.kernel.shape))
@@ -224,19 +207,9 @@ class SeparableRule(ConvRule):
         if int(cfg.get("depth_multiplier", 1)) != 1:
             graph.opaque(node, f"depth_multiplier={cfg['depth_multiplier']} is not supported")
             return
-        src, out = node.inputs[0], node.outputs[0]
         nd = node.var_ndim("depthwise_kernel")
-        graph.passthrough(node, src, "depthwise_kernel", nd - 2)
-        graph.consume(node, src, self.kernel_var, nd - 2)
-        n = int(cfg[self.size_key])
-        gid = graph.new_group(n, "conv")
-        graph.produce(node, gid, self.kernel_var, nd - 1)
-        if "bias" in node.var_shapes:
-            graph.produce(node, gid, "bias", 0)
-        why = self.check_activation(graph, node)
-        if why:
-            graph.pending(gid).reasons.append(why)
-        graph.set_layout(out, graph.channels(gid, n))
+        graph.passthrough(node, node.inputs[0], "depthwise_kernel", nd - 2)
+        self.produce_units(graph, node, int(cfg[self.size_key]), nd - 2, nd - 1, "conv")
 
     def linear(self, prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray) -> Interval:
         dk, pk = prop.store[(node.name, "depthwise_kernel")], prop.store[(node.name, self.kernel_var)]
@@ -307,9 +280,7 @@ class ChannelAffineRule(LayerRule):
                 np.asarray(t if t is not None else np.float32(0.0), np.float32))
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
-        if self.size_key is None or int(config.get(self.size_key, width)) == width:
-            return None
-        return {**config, self.size_key: width}
+        return resized_entry(config, self.size_key, width) if self.size_key in config else None
 
 
 class BatchNormRule(ChannelAffineRule):
@@ -497,19 +468,15 @@ class ReshapeRule(PassThroughRule):
         return np.reshape(x, (x.shape[0], *prop.graph.shape(node.outputs[0])[1:]))  # target excludes the batch
 
     def resized_config(self, config: dict[str, Any], width: int) -> dict[str, Any] | None:
-        target = list(config["target_shape"])
-        if -1 in target or target[-1] == width:
+        if -1 in list(config["target_shape"]):  # Keras infers that axis: nothing to write
             return None
-        target[-1] = width
-        return {**config, "target_shape": tuple(target)}
+        return resized_entry(config, "target_shape", width)
 
 
 class InputRule(LayerRule):
-    description = "model inputs (never pruned)"
+    """``InputLayer``: listed among the kinds, never read (the graph lays out the model's inputs itself)."""
 
-    def read(self, graph: ModelGraph, node: LayerNode) -> None:
-        for tid in node.outputs:
-            graph.set_layout(tid, graph.channels(None, _last(graph.shape(tid))))
+    description = "model inputs (never pruned)"
 
 
 class ConcatenateRule(LayerRule):
@@ -662,12 +629,13 @@ class LayerNormRule(LayerRule):
         return -w, w
 
 
-def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple) -> Interval:
+def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple, size: int | None = None) -> Interval:
     """Sound output interval of a LayerNormalization over the last axis, whatever its input.
 
     A centred, normalised value has ``|x_i| <= sqrt(n - 1)`` over ``n``
     features, so the output lies in ``beta -+ |gamma| sqrt(n)``:
-    loose, but finite, so the layers after it keep their bounds.
+    loose, but finite, so the layers after it keep their bounds.  ``size``: the
+    number of values normalised together (default: the last axis).
     """
     cfg = node.config
     ndim = len(in_shape)
@@ -677,7 +645,7 @@ def layer_norm_range(store: WeightStore, node: LayerNode, in_shape: tuple) -> In
         raise NoIntervalRule("LayerNormalization over axes other than the last")
     if cfg.get("rms_scaling"):  # Keras divides by the std without centring: unbounded as the spread -> 0
         raise NoIntervalRule("LayerNormalization with rms_scaling has no input-independent range")
-    m = np.float32(np.sqrt(in_shape[-1]))
+    m = np.float32(np.sqrt(in_shape[-1] if size is None else size))
     gamma = store.get(node.name, "gamma") if cfg.get("scale", True) else None
     beta = store.get(node.name, "beta") if cfg.get("center", True) else None
     g = np.abs(gamma) if gamma is not None else np.float32(1.0)
@@ -721,6 +689,35 @@ def _prepare_separable(cfg: dict[str, Any], dk: np.ndarray,
     point = ConvSpec(tuple(1 for _ in spec.kernel), tuple(1 for _ in spec.kernel), tuple(1 for _ in spec.kernel),
                      "valid")
     return PreparedDepthwise.build(dk, spec, int(dk.shape[-1])), PreparedConv.build(pk, point)
+
+
+def resized_entry(config: dict[str, Any], key: str | None, width: int) -> dict[str, Any] | None:
+    """``config`` with ``width`` written into ``config[key]`` (a number, or the last entry of a shape list).
+
+    None when there is nothing to write (no key, or the width is already there).
+    """
+    if key is None:
+        return None
+    value = config[key]
+    if isinstance(value, (list, tuple)):
+        if int(value[-1]) == width:
+            return None
+        return {**config, key: (*value[:-1], width)}
+    return {**config, key: width} if int(value) != width else None
+
+
+def _conv_linear(prop: Propagator, node: LayerNode, c: np.ndarray, r: np.ndarray, var: str, tag: str,
+                 prepare: Any) -> Interval:
+    """Centre and radius through a (depthwise) convolution: NumPy kernels, else Keras' own op."""
+    k = prop.store[(node.name, var)]
+    prep = prop.prepared(node, tag, lambda: prepare(node.config, k)) if prop.fast else None
+    if prep is not None:
+        return prep.both(c, r)
+    import keras
+
+    op = keras.ops.conv if tag == "conv" else keras.ops.depthwise_conv
+    kw = _conv_kwargs(node.config)
+    return np.asarray(op(c, k, **kw), np.float32), np.asarray(op(r, np.abs(k), **kw), np.float32)
 
 
 def _last(shape: tuple) -> int:
@@ -792,7 +789,6 @@ def _register_builtins() -> None:
       OpaqueRule("this recurrent layer kind is not pruned (SimpleRNN, LSTM and GRU are)"))
     r(("GroupedQueryAttention", "Attention", "AdditiveAttention"),
       OpaqueRule("this attention kind is not pruned (MultiHeadAttention heads are)"))
-    r("GroupNormalization", OpaqueRule("normalises groups of channels together: removing one changes the others"))
     r("Lambda", OpaqueRule("arbitrary code (Lambda) cannot be resized safely"))
 
 
