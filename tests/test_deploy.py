@@ -213,13 +213,33 @@ def test_demo_mlp_pruned_int8_is_8x_smaller_within_a_point(tmp_path):
     demo = load_demo("digits_mlp")
     if not demo.data_source.startswith("mnist"):
         pytest.skip("the goal is stated for MNIST; this machine fell back to scikit-learn's digits")
-    s = demo.session(target=0.6, n_probes=16)
+    s = demo.session(target=0.5, n_probes=16)
     s.run()
     report = deploy(s.pruned_model(), tmp_path, original=demo.model, eval_data=(demo.x_test, demo.y_test),
                     formats=("keras", "tflite-int8", "onnx-int8"), epsilons=())
     for name in ("pruned + tflite-int8", "pruned + onnx-int8"):
         r = report.row(name)
         assert r.times_smaller >= 8 and r.accuracy_drop <= 0.01, report.table()
+
+
+def test_stripped_tflite_is_smaller_and_runs_by_signature_with_the_same_outputs(cnn, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, (x, _) = digits
+    plain = save_tflite(cnn, tmp_path / "plain.tflite", "dynamic")
+    stripped = save_tflite(cnn, tmp_path / "stripped.tflite", "dynamic", strip_names=True)
+    assert stripped.stat().st_size < plain.stat().st_size
+    assert b"tiny_cnn" in plain.read_bytes() and b"tiny_cnn" not in stripped.read_bytes()  # the names went
+    np.testing.assert_array_equal(load_runner(stripped).predict(x), load_runner(plain).predict(x))
+    runner = Interpreter(model_path=str(stripped)).get_signature_runner()  # the signature stayed
+    (out,) = runner(**{next(iter(runner.get_input_details())): x[:3]}).values()
+    np.testing.assert_allclose(out, load_runner(plain).predict(x[:3]), atol=1e-6)
+
+
+def test_deploy_strips_tflite_names_unless_asked(cnn, tmp_path):
+    kept = deploy(cnn, tmp_path / "kept", formats=("tflite-int8",), strip_names=False, epsilons=())
+    stripped = deploy(cnn, tmp_path / "stripped", formats=("tflite-int8",), epsilons=())
+    assert stripped.rows[0].bytes < kept.rows[0].bytes
 
 
 def test_module_imports_no_optional_package():

@@ -82,7 +82,7 @@ from .evaluate import (
     robust_instances,
     sample_box,
 )
-from .export import save_keras, save_tflite
+from .export import convert_in_tensorflow, save_keras, save_tflite
 
 PathLike = str | os.PathLike
 
@@ -138,12 +138,8 @@ def _require(module: str, pip_name: str, purpose: str) -> Any:
 
 def _check_packages(fmt: str, run: bool = False) -> None:
     """The packages writing ``fmt`` needs (and running it, with ``run``) are importable, else ExportError."""
-    import keras
-
     spec = FORMATS[fmt]
     packages = spec.packages
-    if spec.suffix.endswith(".onnx") and keras.backend.backend() != "tensorflow":
-        packages = tuple(p for p in packages if p[0] != "tf2onnx")  # Keras' JAX/torch ONNX exporters need no tf2onnx
     if run:
         packages += _RUNTIME_PACKAGES.get("." + spec.suffix.rsplit(".", 1)[-1], ())
     for module, pip_name in dict.fromkeys(packages):
@@ -228,9 +224,16 @@ def _quiet() -> Iterator[None]:
 def _onnx_to(model: Any, path: Path, opset: int | None) -> None:
     import keras
 
-    if keras.backend.backend() == "tensorflow":
-        _require("tf2onnx", "tf2onnx", "ONNX export")
+    _require("tf2onnx", "tf2onnx", "ONNX export")
     _require("onnx", "onnx", "ONNX export")
+    if keras.backend.backend() != "tensorflow":  # see export.convert_in_tensorflow for why
+        convert_in_tensorflow(model, "onnx", path, None if opset is None else str(opset))
+        return
+    write_onnx(model, path, opset)
+
+
+def write_onnx(model: Any, path: PathLike, opset: int | None = None) -> None:
+    """Keras' own ONNX export (through tf2onnx), quiet; ExportError naming the model if it fails."""
     if not getattr(model, "_called", True):  # Keras' exporter wants a model that has run once
         model(np.zeros((1, *tuple(model.inputs[0].shape[1:])), np.float32))
     try:
@@ -267,8 +270,12 @@ def save_onnx(model: Any, path: PathLike, quantize: str | None = None, overwrite
 
 
 def save_format(model: Any, fmt: str, path: PathLike, overwrite: bool = False,
-                protected: tuple[PathLike | None, ...] = (), calibration: Any = None) -> Path:
-    """Write ``model`` in one of :data:`FORMATS` to ``path`` (atomic, checked); returns the path."""
+                protected: tuple[PathLike | None, ...] = (), calibration: Any = None,
+                strip_names: bool = False) -> Path:
+    """Write ``model`` in one of :data:`FORMATS` to ``path`` (atomic, checked); returns the path.
+
+    ``strip_names`` drops the TFLite formats' debug names (see ``export.tflite_bytes``).
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown deployment format {fmt!r}; choose from {', '.join(FORMATS)}")
     _check_packages(fmt)
@@ -280,7 +287,7 @@ def save_format(model: Any, fmt: str, path: PathLike, overwrite: bool = False,
         mode = {"tflite": None, "tflite-float16": "float16", "tflite-int8": "dynamic",
                 "tflite-full-int8": "full-int8"}[fmt]
         with _quiet():
-            return save_tflite(model, path, mode, overwrite, protected, calibration)
+            return save_tflite(model, path, mode, overwrite, protected, calibration, strip_names)
     if fmt == "onnx-keras-int8":
         return save_onnx(quantize_model(model, "int8"), path, None, overwrite, protected)
     return save_onnx(model, path, "int8" if fmt == "onnx-int8" else None, overwrite, protected)
@@ -497,7 +504,7 @@ def deploy(model: Any, out_dir: PathLike, *, original: Any | None = None,
            formats: Sequence[str] | None = None, calibration_data: np.ndarray | None = None,
            epsilons: Sequence[float] = DEFAULT_EPSILONS, robust_samples: int | None = 500,
            probes: np.ndarray | None = None, stem: str = "model", overwrite: bool = False,
-           protected: tuple[PathLike | None, ...] = (), strict: bool = True,
+           protected: tuple[PathLike | None, ...] = (), strict: bool = True, strip_names: bool = True,
            progress: Callable[[str], None] | None = None) -> DeployReport:
     """Quantise and export ``model`` (the pruned Keras model) in each format, run every file, compare.
 
@@ -508,7 +515,9 @@ def deploy(model: Any, out_dir: PathLike, *, original: Any | None = None,
     ``calibration_data``, else on the eval inputs (noted in its row); without either it is not
     written (an error if asked for).  Agreement with the original is data-free, on ``probes``
     (default: samples of ``input_range``).  ``strict=False`` records a failing format's error in
-    its row instead of raising.  Returns a :class:`DeployReport` (``.table()`` is Markdown).
+    its row instead of raising.  TFLite files are written without debug names (``strip_names``; their
+    signature stays, so they run by signature): deployment is about bytes.  Returns a
+    :class:`DeployReport` (``.table()`` is Markdown).
     """
     say = progress or (lambda _msg: None)
     if formats is None:
@@ -593,7 +602,7 @@ def deploy(model: Any, out_dir: PathLike, *, original: Any | None = None,
             continue
         try:
             path = save_format(model, fmt, targets[fmt], overwrite, protected,
-                               calibration_data if spec.data else None)
+                               calibration_data if spec.data else None, strip_names)
             runner = load_runner(path)
         except (ExportError, ConfigError) as exc:
             if strict:

@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import ConfigError, ExportError
 from ..files import atomic_path, atomic_write, check_target  # one implementation for the package; re-exported here
 
-__all__ = ["TFLITE_MODES", "atomic_path", "check_target", "save_keras", "save_tflite", "tflite_bytes"]
+__all__ = ["TFLITE_MODES", "atomic_path", "check_target", "convert_in_tensorflow", "save_keras", "save_tflite",
+           "strip_tflite_names", "tflite_bytes"]
 
 
 def save_keras(model: Any, path: str | os.PathLike, overwrite: bool = False,
@@ -37,7 +38,8 @@ def save_keras(model: Any, path: str | os.PathLike, overwrite: bool = False,
 TFLITE_MODES = (None, "float16", "dynamic", "int8", "full-int8")
 
 
-def tflite_bytes(model: Any, quantize: str | None = "float16", calibration: Any = None) -> bytes:
+def tflite_bytes(model: Any, quantize: str | None = "float16", calibration: Any = None,
+                 strip_names: bool = False) -> bytes:
     """Convert to TFLite; ExportError if unsupported.
 
     ``quantize``: None (float32), ``"float16"`` (float16 weights, the default),
@@ -45,21 +47,24 @@ def tflite_bytes(model: Any, quantize: str | None = "float16", calibration: Any 
     activations; data-free), or ``"full-int8"`` (int8 weights *and* activations,
     int8 input and output): this needs ``calibration``, an array of the user's
     own inputs whose activation ranges set the scales -- never invented data.
+    ``strip_names`` drops debug strings (tensor and subgraph names, the converter's
+    metadata) as TFLite's own ``flatbuffer_utils.strip_strings`` does, but keeps the
+    signature, so the file still runs by signature: a few KiB that matter on a
+    100 KiB model (see docs/deployment.md).
     """
     import keras
 
     if quantize not in TFLITE_MODES:
         raise ValueError(f"quantize must be one of {TFLITE_MODES}, got {quantize!r}")
+    if quantize == "full-int8" and (calibration is None or len(calibration) == 0):
+        raise ConfigError("full-integer TFLite needs calibration data: pass some of your own inputs "
+                          "(e.g. your eval data); paoding_widgets never invents data")
     if keras.backend.backend() != "tensorflow":
-        return _tflite_bytes_elsewhere(model, quantize, calibration)
+        return _tflite_bytes_elsewhere(model, quantize, calibration, strip_names)
 
     import tensorflow as tf
 
-    if quantize == "full-int8":
-        if calibration is None or len(calibration) == 0:
-            raise ConfigError("full-integer TFLite needs calibration data: pass some of your own inputs "
-                              "(e.g. your eval data); paoding_widgets never invents data")
-        cal = np.asarray(calibration, np.float32)
+    cal = np.asarray(calibration, np.float32)
     try:
         conv = tf.lite.TFLiteConverter.from_keras_model(model)
         if quantize is not None:
@@ -71,42 +76,85 @@ def tflite_bytes(model: Any, quantize: str | None = "float16", calibration: Any 
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
+        conv.exclude_conversion_metadata = strip_names
         # Keras' export prints its SavedModel signature ("Saved artifact at ..."): not the user's business
         with contextlib.redirect_stdout(io.StringIO()):
-            return conv.convert()
+            data = conv.convert()
     except Exception as exc:  # the converter raises many types; keep its message
         raise ExportError(f"TFLite conversion of model {model.name!r} failed: {exc}") from exc
+    return strip_tflite_names(data) if strip_names else bytes(data)
+
+
+def strip_tflite_names(data: bytes) -> bytes:
+    """``data`` (a TFLite flatbuffer) without its description, subgraph and tensor names.
+
+    Unlike ``tensorflow.lite.tools.flatbuffer_utils.strip_strings`` the signature
+    definitions stay: they name inputs and outputs themselves and point at tensors
+    by index, so ``get_signature_runner()`` still works.
+    """
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(data), 0))
+    model.description = None
+    for subgraph in model.subgraphs or []:
+        subgraph.name = None
+        for tensor in subgraph.tensors or []:
+            tensor.name = None
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 _CONVERT_SCRIPT = """
 import sys, numpy as np, keras
 from paoding_widgets.engine.export import tflite_bytes
-model = keras.models.load_model(sys.argv[1], compile=False)
-cal = np.load(sys.argv[4]) if sys.argv[4] != "-" else None
-open(sys.argv[2], "wb").write(tflite_bytes(model, None if sys.argv[3] == "-" else sys.argv[3], cal))
+from paoding_widgets.engine.deploy import write_onnx
+kind, src, out, quantize, cal, strip = sys.argv[1:7]
+model = keras.models.load_model(src, compile=False)
+if kind == "tflite":
+    cal = np.load(cal) if cal != "-" else None
+    open(out, "wb").write(tflite_bytes(model, None if quantize == "-" else quantize, cal, strip == "strip"))
+else:
+    write_onnx(model, out, None if quantize == "-" else int(quantize))
 """
 
 
-def _tflite_bytes_elsewhere(model: Any, quantize: str | None, calibration: Any) -> bytes:
-    """TFLite conversion needs TensorFlow's Keras: under JAX or PyTorch the (backend-neutral) ``.keras``
-    file is converted in a short-lived TensorFlow process."""
+def convert_in_tensorflow(model: Any, kind: str, out: Path, quantize: str | None = None,
+                          calibration: Any = None, strip_names: bool = False) -> None:
+    """Write ``model`` as ``kind`` ("tflite" or "onnx") to ``out`` in a short-lived TensorFlow process.
+
+    Why: the TFLite converter needs TensorFlow's Keras, and Keras' JAX and PyTorch ONNX exporters fail on
+    ordinary layers (JAX: a MaxPool onnxruntime rejects; PyTorch: quantised layers' custom gradients).
+    The ``.keras`` file is backend-neutral, so the file written is the one TensorFlow would write.
+    For ONNX, ``quantize`` is the opset (or None).
+    """
     import subprocess
     import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        src, out, cal = Path(tmp) / "model.keras", Path(tmp) / "model.tflite", Path(tmp) / "cal.npy"
+        src, cal = Path(tmp) / "model.keras", Path(tmp) / "cal.npy"
         model.save(src)
         if calibration is not None:
             np.save(cal, np.asarray(calibration, np.float32))
         env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run([sys.executable, "-c", _CONVERT_SCRIPT, str(src), str(out), quantize or "-",
-                               str(cal) if calibration is not None else "-"],
+        proc = subprocess.run([sys.executable, "-c", _CONVERT_SCRIPT, kind, str(src), str(out), quantize or "-",
+                               str(cal) if calibration is not None else "-", "strip" if strip_names else "-"],
                               env=env, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            raise ExportError(f"TFLite conversion of model {model.name!r} (in a TensorFlow process, since this one "
-                              f"runs Keras on {keras_backend()}) failed: {last}")
+            raise ExportError(f"{'TFLite' if kind == 'tflite' else 'ONNX'} conversion of model {model.name!r} "
+                              f"(in a TensorFlow process, since this one runs Keras on {keras_backend()}) "
+                              f"failed: {last}")
+
+
+def _tflite_bytes_elsewhere(model: Any, quantize: str | None, calibration: Any, strip_names: bool) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model.tflite"
+        convert_in_tensorflow(model, "tflite", out, quantize, calibration, strip_names)
         return out.read_bytes()
 
 
@@ -118,9 +166,9 @@ def keras_backend() -> str:
 
 def save_tflite(model: Any, path: str | os.PathLike, quantize: str | None = "float16",
                 overwrite: bool = False, protected: tuple[str | os.PathLike | None, ...] = (),
-                calibration: Any = None) -> Path:
-    """Write a ``.tflite`` file, atomically (``quantize`` and ``calibration`` as :func:`tflite_bytes`)."""
+                calibration: Any = None, strip_names: bool = False) -> Path:
+    """Write a ``.tflite`` file, atomically (the options as :func:`tflite_bytes`)."""
     target = check_target(path, overwrite, protected)
-    data = tflite_bytes(model, quantize, calibration)
+    data = tflite_bytes(model, quantize, calibration, strip_names)
     atomic_write(target, data)
     return target
