@@ -338,3 +338,101 @@ def test_the_front_end_may_echo_the_value_but_not_change_it(session: PruningSess
     before = dict(widget.value)
     widget.set_state({"value": {**before, "position": 99}})
     assert widget.value == before and "refused" in widget.error
+
+
+# ---------------------------------------------------------------------- accuracy after accepting (eval data)
+def _eval_session() -> PruningSession:
+    model = build_mlp(hidden=(20, 16, 12), names=NAMES)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-5, 5, (300, 8)).astype("float32")
+    y = model.predict(x, verbose=0).argmax(-1)  # the original is right on all: accuracy after = agreement
+    return PruningSession(model, n_probes=64, eval_data=(x, y), step=0.6, strategy="magnitude", input_range=(-5.0, 5.0))
+
+
+def _wait(cond: Any, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _accuracy(model: Any, data: tuple[np.ndarray, np.ndarray]) -> float:
+    return float((model.predict(data[0], verbose=0).argmax(-1) == data[1]).mean())
+
+
+def test_preview_accuracy_is_the_accuracy_after_accepting(tmp_path: Path) -> None:
+    s = _eval_session()
+    w = s.widget(export_path=str(tmp_path / "p.keras")).settle()
+    try:
+        act(w, "propose")
+        _wait(lambda: w.previews and not any(p["accuracy_pending"] for p in w.previews.values()))
+        assert set(w.previews) == {"h1", "h2", "h3"}
+        before = _accuracy(s.pruned_model(), s.eval_data)
+        expected = {}
+        for name in ("h1", "h2", "h3"):
+            p = w.previews[name]
+            assert p["samples"] == 300 and p["accuracy_now"] == pytest.approx(before)
+            probe = _eval_session()
+            probe.propose()
+            probe.accept(name)
+            expected[name] = _accuracy(probe.pruned_model(), probe.eval_data)
+            assert p["accuracy"] == pytest.approx(expected[name]), name
+        assert before == 1.0 and min(expected.values()) < 1.0  # the figure says something
+        # accepting h1 moves the state on: h2's figure is kept, marked stale, then computed again
+        seen: list[dict[str, Any]] = []
+        w.observe(lambda ch: seen.append(dict(ch["new"].get("h2", {}))), "previews")
+        act(w, "accept", layer="h1")
+        assert "h1" not in w.previews
+        _wait(lambda: not w.previews["h2"]["accuracy_pending"])
+        assert any(x.get("accuracy_stale") and x.get("accuracy") == pytest.approx(expected["h2"]) for x in seen)
+        probe = _eval_session()
+        probe.propose()
+        probe.accept("h1")
+        probe.accept("h2")
+        assert w.previews["h2"]["accuracy"] == pytest.approx(_accuracy(probe.pruned_model(), probe.eval_data))
+        assert not w.previews["h2"]["accuracy_stale"]
+        # cached per state: undo brings the first figures back at once (nothing pending)
+        act(w, "undo")
+        assert not w.previews["h2"]["accuracy_pending"]
+        assert w.previews["h2"]["accuracy"] == pytest.approx(expected["h2"])
+    finally:
+        w.close()
+
+
+def test_preview_accuracy_never_blocks_an_action_and_is_cancelled(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    s = _eval_session()
+    w = s.widget(export_path=str(tmp_path / "p.keras")).settle()
+    gate, calls = threading.Event(), []
+    real = sensitivity.proposal_accuracies
+
+    def slow(view: Any, **k: Any) -> Any:
+        calls.append(view.revision)
+        gate.wait(20)
+        return real(view, **k)
+
+    monkeypatch.setattr(sensitivity, "proposal_accuracies", slow)
+    try:
+        act(w, "propose")
+        _wait(lambda: calls)
+        assert w.previews["h1"]["accuracy_pending"]
+        w_drop = w.previews["h1"]["units"]
+        act(w, "accept", layer="h1")  # not blocked by the computation in flight
+        assert s.layer("h1").units_alive == 20 - w_drop
+        _wait(lambda: len(calls) == 2)
+        gate.set()
+        _wait(lambda: not w.previews["h2"]["accuracy_pending"])
+        assert "h1" not in w.previews and w.previews["h2"]["accuracy"] is not None
+    finally:
+        gate.set()
+        w.close()
+
+
+def test_no_eval_data_no_accuracy_preview(session: PruningSession, widget: PruningWidget) -> None:
+    act(widget, "propose")
+    _wait(lambda: not any(p["bound_pending"] for p in widget.previews.values()))
+    for p in widget.previews.values():
+        assert p["eval"] is False and p["accuracy"] is None and p["accuracy_pending"] is False

@@ -353,3 +353,71 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
             progress({"done": i + 1, "total": len(wanted), "layer": g.name,
                       "elapsed": time.monotonic() - t0})
     return Sensitivity(revision, curves, time.monotonic() - t0, total_params, total_flops, notes)
+
+
+# ---------------------------------------------------------------------- accuracy after accepting a proposal
+def _labels_of(y: Any) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+
+
+def _load_layers(model: Any, store: Any, keys: set[tuple[str, str]]) -> None:
+    """Copy the store's current arrays of the layers owning ``keys`` into the full-size ``model``."""
+    from ..engine.weights import layer_variable_names
+
+    for name in sorted({k[0] for k in keys if not k[0].startswith("__")}):
+        layer = model.get_layer(name)
+        layer.set_weights([store.arrays[(name, v)] for v in layer_variable_names(layer)])
+
+
+@dataclass
+class PreviewAccuracy:
+    """Accuracy now and after accepting each open proposal alone, on the same eval samples."""
+
+    revision: tuple[int, int]
+    samples: int
+    now: float
+    after: dict[str, float]  # layer -> accuracy if its proposal alone were accepted now
+
+
+def proposal_accuracies(view: Any, limit: int = MAX_EVAL, cancelled: Callable[[], bool] | None = None,
+                        on_result: Callable[[str, float, PreviewAccuracy], None] | None = None) -> PreviewAccuracy | None:
+    """Accuracy on the session's eval data (the first ``limit`` samples) if each open proposal were accepted.
+
+    Why: "what will accepting this cost" in the one figure people trust most.  Runs on a private
+    copy of the weights, off the session lock (an action is never blocked); ``cancelled()`` stops it
+    between layers (raises :class:`Cancelled`); ``on_result(layer, accuracy, so_far)`` reports each as it comes.
+    None when the session has no eval data or no open proposal.
+    """
+    from ..engine.evaluate import predict_classes
+
+    stop = cancelled or (lambda: False)
+    session = view.session
+    with session._lock:
+        props = dict(session.proposals)
+        revision = session.revision
+        eval_data = session.eval_data
+        if eval_data is None or not props:
+            return None
+        p = private_pruner(session.pruner, session.seed)
+    x, labels = np.asarray(eval_data[0])[:limit], _labels_of(eval_data[1])[:limit]
+    model = p.edited_model()
+    now = float((predict_classes(model, x) == labels).mean())
+    out = PreviewAccuracy(revision, len(x), now, {})
+    for name, prop in props.items():
+        if stop():
+            raise Cancelled("preview accuracy cancelled")
+        # a copy: applying fills in coefficients and bookkeeping we must not write into the session's proposal
+        mine = dataclasses.replace(prop, candidates=copy.copy(prop.candidates), extra=dict(prop.extra))
+        patch = p.apply(mine)
+        keys = {a.key for a in patch.arrays}
+        try:
+            _load_layers(model, p.store, keys)
+            acc = float((predict_classes(model, x) == labels).mean())
+        finally:
+            p.store.revert(patch)
+            _load_layers(model, p.store, keys)
+        out.after[name] = acc
+        if on_result is not None:
+            on_result(name, acc, out)
+    return out

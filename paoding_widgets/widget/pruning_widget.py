@@ -163,7 +163,9 @@ class PruningWidget(anywidget.AnyWidget):
         self._sens_cache: dict[tuple[int, int], dict[str, Any]] = {}  # state key -> sensitivity result
         self._sens_cancel = threading.Event()
         self._sens_thread: threading.Thread | None = None
-        self._preview_rev: tuple[int, int] | None = None
+        self._preview_sig: Any = None  # (state key, open proposals) the preview figures are being computed for
+        self._preview_cancel = threading.Event()
+        self._preview_cache: dict[tuple[Any, ...], dict[str, Any]] = {}  # (state key, layer, drop) -> figures
         self._unit_costs: dict[str, tuple[int, int]] | None = None
         self.sensitivity = {"status": "idle"}
         self._run: RunHandle | None = None  # the last run started from this view (for scripts and tests)
@@ -222,26 +224,67 @@ class PruningWidget(anywidget.AnyWidget):
         return rows
 
     def _refresh_previews(self, v: SessionView) -> None:
-        """What accepting each open proposal removes (now), and its certified bound (in the background)."""
+        """What accepting each open proposal removes (now); its certified bound and, with eval data, the
+        accuracy after (in the background, cached per state, cancelled when the state moves on).
+
+        A value computed for an earlier state stays shown, marked stale, until the new one arrives.
+        """
         costs = self._unit_costs
         if costs is None:
             costs = self._unit_costs = v.unit_costs()
+        key = v.state_key()
+        has_eval = v.has_eval_data
         out: dict[str, Any] = {}
         for info in v.layers:
             if info.proposal is None:
                 continue
-            n = len(info.proposal["drop"])
+            drop = list(info.proposal["drop"])
+            n = len(drop)
             ppu, fpu = costs.get(info.name, (0, 0))
             old = self.previews.get(info.name, {})
-            same = old.get("drop") == info.proposal["drop"]
-            out[info.name] = {"units": n, "params": ppu * n, "flops": fpu * n, "drop": info.proposal["drop"],
-                              "bound": old.get("bound") if same else None,
-                              "bound_pending": old.get("bound_pending", True) if same else True}
+            cached = self._preview_cache.get((key, info.name, tuple(drop)), {})
+            same = old.get("drop") == drop  # an earlier state's figures for the same units: shown as stale
+            p: dict[str, Any] = {"units": n, "params": ppu * n, "flops": fpu * n, "drop": drop, "eval": has_eval}
+            for k in ("bound", "accuracy"):
+                if k in cached:
+                    p[k], p[f"{k}_pending"], p[f"{k}_stale"] = cached[k], False, False
+                elif same and old.get(k) is not None:
+                    p[k], p[f"{k}_pending"], p[f"{k}_stale"] = old[k], True, True
+                else:
+                    p[k], p[f"{k}_pending"], p[f"{k}_stale"] = None, k == "bound" or has_eval, False
+            for k in ("accuracy_now", "samples"):
+                p[k] = cached.get(k, old.get(k) if same else None)
+            out[info.name] = p
         self.previews = out
-        if any(p["bound_pending"] for p in out.values()) and v.revision != self._preview_rev:
-            self._preview_rev = v.revision
-            threading.Thread(target=_preview_worker, args=(weakref.ref(self), v), name="paoding-preview",
-                             daemon=True).start()
+        sig = (key, tuple(sorted((k, tuple(p["drop"])) for k, p in out.items())))
+        if sig == self._preview_sig:
+            return
+        self._preview_sig = sig
+        self._preview_cancel.set()  # the state moved on: whatever was being computed is of no use
+        self._preview_cancel = threading.Event()
+        if any(p["bound_pending"] or p["accuracy_pending"] for p in out.values()):
+            threading.Thread(target=_preview_worker, args=(weakref.ref(self), v, sig, self._preview_cancel),
+                             name="paoding-preview", daemon=True).start()
+
+    def _publish_preview(self, v: SessionView, sig: Any, name: str, **values: Any) -> bool:
+        """Show (and cache) a preview figure if the proposals it was computed for are still the open ones."""
+        with v.reading(), self._lock:  # session lock first: events arrive holding it
+            if self._view is None or self._closed or sig != self._preview_sig:
+                return False
+            p = self.previews.get(name)
+            if p is None:
+                return True
+            ckey = (sig[0], name, tuple(p["drop"]))
+            self._preview_cache.setdefault(ckey, {}).update(values)
+            while len(self._preview_cache) > 256:
+                del self._preview_cache[next(iter(self._preview_cache))]
+            upd = dict(p)
+            for k, x in values.items():
+                upd[k] = x
+                if k in ("bound", "accuracy"):
+                    upd[f"{k}_pending"] = upd[f"{k}_stale"] = False
+            self.previews = {**self.previews, name: upd}
+            return True
 
     def _refresh_sensitivity(self, v: SessionView) -> None:
         sens = self.sensitivity
@@ -566,6 +609,7 @@ class PruningWidget(anywidget.AnyWidget):
     def close(self) -> None:
         """Close the view: stop following the session, let the metrics thread end, drop every reference."""
         self._sens_cancel.set()
+        self._preview_cancel.set()
         with self._lock:
             self._closed = True
             self._metrics_wanted.clear()
@@ -645,21 +689,36 @@ def _short_metrics(m: dict[str, Any] | None) -> dict[str, Any] | None:
             "output_bound_width": m.get("output_bound_width"), "share_pruned": m.get("share_pruned")}
 
 
-def _preview_worker(ref: weakref.ref[PruningWidget], v: SessionView) -> None:
-    """Certified bounds of the open proposals, on a private copy of the weights (never under the lock)."""
+def _preview_worker(ref: weakref.ref[PruningWidget], v: SessionView, sig: Any, cancel: threading.Event) -> None:
+    """Certified bounds, then (with eval data) the accuracy after, of the open proposals: on a private
+    copy of the weights, never under the lock; stops when the state moves on."""
+    from ..session.sensitivity import Cancelled
+
+    def publish(name: str, **values: Any) -> None:
+        w = ref()
+        if w is None or not w._publish_preview(v, sig, name, **values):
+            cancel.set()
+
     try:
-        revision, bounds = v.proposal_bounds(still=lambda rev: v.revision == rev)
+        revision, bounds = v.proposal_bounds(still=lambda rev: not cancel.is_set() and v.revision == rev)
+        for name, b in bounds.items():
+            publish(name, bound=b)
+        if not v.has_eval_data or cancel.is_set():
+            return
+
+        def stale() -> bool:
+            return cancel.is_set() or v.revision != revision
+
+        v.proposal_accuracies(cancelled=stale, on_result=lambda name, acc, res: publish(
+            name, accuracy=acc, accuracy_now=res.now, samples=res.samples))
+    except Cancelled:
+        return
     except Exception:  # a preview is a hint: never raise into a thread
         log.exception("paoding_widgets: proposal preview failed")
-        bounds, revision = {}, None
-    w = ref()
-    if w is None or w._closed:
-        return
-    with v.reading(), w._lock:  # session lock first: events arrive holding it
-        view = w._view
-        if view is None or (revision is not None and view.revision != revision):
-            return
-        w.previews = {k: {**p, "bound": bounds.get(k), "bound_pending": False} for k, p in w.previews.items()}
+        w = ref()
+        if w is not None:
+            for name in list(w.previews):
+                publish(name, bound=w.previews[name].get("bound"), accuracy=None)
 
 
 def _sensitivity_worker(ref: weakref.ref[PruningWidget], v: SessionView, key: tuple[int, int],
