@@ -436,3 +436,48 @@ def test_no_eval_data_no_accuracy_preview(session: PruningSession, widget: Pruni
     _wait(lambda: not any(p["bound_pending"] for p in widget.previews.values()))
     for p in widget.previews.values():
         assert p["eval"] is False and p["accuracy"] is None and p["accuracy_pending"] is False
+
+
+# ---------------------------------------------------------------------- deploying from the widget
+def test_deploy_from_the_widget(tmp_path: Path) -> None:
+    s = _eval_session()
+    w = s.widget(export_path=str(tmp_path / "small.keras")).settle()
+    sent = Recorder(w)
+    try:
+        offered = {f["name"]: f for f in w.deploy["offered"]}
+        assert {"keras", "keras-int8", "tflite-int8", "onnx", "tflite-full-int8"} <= set(offered)
+        assert offered["tflite-full-int8"]["data"] and w.deploy["eval"] is True
+        act(w, "step")
+        folder = tmp_path / "out"
+        act(w, "deploy", formats=["keras", "keras-int8", "tflite-int8"], dir=str(folder))
+        assert w.error == ""
+        d = w.wait_deploy(300)
+        assert d["status"] == "done", d
+        names = [r["name"] for r in d["rows"]]
+        assert names == ["original", "pruned", "pruned + keras-int8", "pruned + tflite-int8"]
+        for r in d["rows"][1:]:
+            assert Path(r["path"]).is_file() and Path(r["path"]).stat().st_size == r["bytes"] > 0
+            assert Path(r["path"]).name.startswith("small.")
+            assert 0 <= r["accuracy"] <= 1 and 0 <= r["agreement"] <= 1
+            assert r["times_smaller"] == pytest.approx(d["original_bytes"] / r["bytes"])
+        assert d["rows"][1]["accuracy"] == pytest.approx(_accuracy(s.pruned_model(), s.eval_data))
+        assert "deployed 3 files" in w.notice
+        # a second time: the widget asks before overwriting, and writes nothing until confirmed
+        data = (folder / "small.int8.tflite").read_bytes()
+        act(w, "deploy", formats=["tflite-int8"], dir=str(folder))
+        ask = sent.of("confirm_overwrite")[-1]
+        assert ask["kind"] == "deploy" and ask["paths"] == [str(folder / "small.int8.tflite")]
+        assert w.deploy["status"] == "done" and (folder / "small.int8.tflite").read_bytes() == data
+        act(w, "deploy", formats=["tflite-int8"], dir=str(folder), overwrite=True)
+        assert w.wait_deploy(300)["status"] == "done" and [r["name"] for r in w.deploy["rows"]][-1] == "pruned + tflite-int8"
+        act(w, "deploy", formats=["zip"], dir=str(folder))
+        assert "deploy formats" in w.error
+    finally:
+        w.close()
+
+
+def test_full_int8_deploy_needs_eval_data(session: PruningSession, widget: PruningWidget, tmp_path: Path) -> None:
+    assert widget.deploy["eval"] is False
+    act(widget, "deploy", formats=["tflite-full-int8"], dir=str(tmp_path / "d"))
+    assert "eval_data" in widget.error and widget.deploy["status"] == "idle"
+    assert not (tmp_path / "d").exists()

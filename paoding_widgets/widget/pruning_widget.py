@@ -66,6 +66,10 @@ plan: dict
 compare: dict
     Two history points side by side (``{"a", "b", "layers": [{name, units_a, units_b,
     params_a, params_b, went}], "metrics_a", "metrics_b"}``) or {}.
+deploy: dict
+    The widget's deployment (:meth:`PruningSession.deploy` in the background): ``{"status": "idle" |
+    "running" | "done" | "error", "offered": [{name, description, data}], "eval": bool, "dir", "step",
+    "rows": [DeployRow.as_dict()], "original_bytes", "epsilons", "message"}``.
 export_path: str
     Default path the Export button writes to.  The only trait the front end may
     write (checked: a ``.keras`` or ``.tflite`` file name); writes to any other trait are
@@ -150,6 +154,7 @@ class PruningWidget(anywidget.AnyWidget):
     sensitivity = traitlets.Dict().tag(sync=True)
     plan = traitlets.Dict().tag(sync=True)
     compare = traitlets.Dict().tag(sync=True)
+    deploy = traitlets.Dict().tag(sync=True)
 
     def __init__(self, session: PruningSession, export_path: str = "pruned.keras", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -168,6 +173,8 @@ class PruningWidget(anywidget.AnyWidget):
         self._preview_cache: dict[tuple[Any, ...], dict[str, Any]] = {}  # (state key, layer, drop) -> figures
         self._unit_costs: dict[str, tuple[int, int]] | None = None
         self.sensitivity = {"status": "idle"}
+        self._deploy_thread: threading.Thread | None = None
+        self.deploy = _deploy_offer(self._view)
         self._run: RunHandle | None = None  # the last run started from this view (for scripts and tests)
         self._lock = threading.RLock()
         self._metrics_wanted = threading.Event()  # set: the shown metrics may be stale
@@ -500,6 +507,8 @@ class PruningWidget(anywidget.AnyWidget):
             self._compare(msg["a"], msg["b"])
         elif a == "compare_clear":
             self.compare = {}
+        elif a == "deploy":
+            self._start_deploy(msg)
         elif a == "detail":
             header, bufs = payload.detail(self._view, msg["layer"], msg.get("kind", "weights"))
             self.send({"type": "detail", **header}, bufs)
@@ -537,6 +546,45 @@ class PruningWidget(anywidget.AnyWidget):
         size = pathlib.Path(out).stat().st_size
         self.notice = f"exported {out} ({_size(size)})"
         self.send({"type": "exported", "path": out, "format": fmt, "bytes": size})
+
+    def _start_deploy(self, msg: dict[str, Any]) -> None:
+        """Quantise, export and verify in the chosen formats, in the background; ask before overwriting."""
+        from ..engine.deploy import target_path
+
+        v = self._view
+        if v is None:
+            return
+        if self._deploy_thread is not None and self._deploy_thread.is_alive():
+            raise WireError("a deployment is already running")
+        if v.running:
+            raise WireError("wait for the run to end (or cancel it) before deploying")
+        formats = msg["formats"]
+        if "tflite-full-int8" in formats and not v.has_eval_data:
+            raise WireError("tflite-full-int8 is calibrated on your own inputs: give the session eval_data "
+                            "(paoding_widgets never invents data)")
+        folder = pathlib.Path(msg["dir"]).expanduser()
+        stem = pathlib.Path(self.export_path).name.rsplit(".", 1)[0] or "model"
+        if not msg["overwrite"]:
+            existing = [str(target_path(folder, f, stem)) for f in formats if target_path(folder, f, stem).exists()]
+            if existing:
+                self.send({"type": "confirm_overwrite", "kind": "deploy", "paths": existing, "path": existing[0],
+                           "dir": msg["dir"], "formats": formats})
+                return
+        self.deploy = {**_deploy_offer(v), "status": "running", "dir": str(folder), "formats": formats,
+                       "step": "starting"}
+        self._deploy_thread = threading.Thread(
+            target=_deploy_worker, args=(weakref.ref(self), self.session, str(folder), stem, formats,
+                                         msg["overwrite"]), name="paoding-deploy", daemon=True)
+        self._deploy_thread.start()
+
+    def wait_deploy(self, timeout: float | None = 600.0) -> dict[str, Any]:
+        """Wait for a deployment started from this view to end (for scripts and tests); returns the trait."""
+        t = self._deploy_thread
+        if t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                raise TimeoutError(f"deployment still running after {timeout} s")
+        return self.deploy
 
     def _start_sensitivity(self) -> None:
         v = self._view
@@ -600,8 +648,8 @@ class PruningWidget(anywidget.AnyWidget):
             back = np.flatnonzero(~x & y)
             layers.append({"name": g.name, "units_a": int(x.sum()), "units_b": int(y.sum()),
                            "params_a": ppu * int(x.sum()), "params_b": ppu * int(y.sum()),
-                           "went": went[:64].tolist(), "went_count": int(len(went)),
-                           "back": back[:64].tolist(), "back_count": int(len(back))})
+                           "went": went.tolist(), "went_count": int(len(went)),
+                           "back": back.tolist(), "back_count": int(len(back))})
         self.compare = {"a": a, "b": b, "layers": layers,
                         "metrics_a": self._metrics_by_position.get(v.state_key(a)),
                         "metrics_b": self._metrics_by_position.get(v.state_key(b))}
@@ -719,6 +767,45 @@ def _preview_worker(ref: weakref.ref[PruningWidget], v: SessionView, sig: Any, c
         if w is not None:
             for name in list(w.previews):
                 publish(name, bound=w.previews[name].get("bound"), accuracy=None)
+
+
+def _deploy_offer(v: SessionView | None) -> dict[str, Any]:
+    """The formats the widget offers (the calibrated one only with the user's eval data)."""
+    from ..engine.deploy import CALIBRATED_FORMATS, DEFAULT_FORMATS, FORMATS
+
+    has_eval = v is not None and v.has_eval_data
+    return {"status": "idle", "eval": has_eval,
+            "offered": [{"name": f, "description": FORMATS[f].description, "data": FORMATS[f].data,
+                         "default": f in ("keras", "keras-int8", "tflite-int8")}
+                        for f in DEFAULT_FORMATS + CALIBRATED_FORMATS]}
+
+
+def _deploy_worker(ref: weakref.ref[PruningWidget], session: PruningSession, folder: str, stem: str,
+                   formats: list[str], overwrite: bool) -> None:
+    def say(step: str) -> None:
+        w = ref()
+        if w is not None and not w._closed:
+            w.deploy = {**w.deploy, "step": step}
+
+    try:
+        report = session.deploy(folder, formats=formats, overwrite=overwrite, strict=False, stem=stem,
+                                progress=say)
+    except Exception as exc:  # shown in the view, never raised into a thread
+        log.warning("paoding_widgets: deploy failed: %s", exc)
+        w = ref()
+        if w is not None and not w._closed:
+            w.deploy = {**w.deploy, "status": "error", "message": str(exc), "step": ""}
+            w.error = f"deploy failed: {exc}"
+        return
+    w = ref()
+    if w is None or w._closed:
+        return
+    d = report.as_dict()
+    written = [r for r in d["rows"] if r.get("path") and r.get("bytes")]
+    failed = [r["name"] for r in d["rows"] if r.get("path") and not r.get("bytes")]
+    w.deploy = {**w.deploy, **d, "status": "done", "step": ""}
+    w.notice = (f"deployed {len(written)} file{'s' if len(written) != 1 else ''} to {folder}, each run and checked"
+                + (f"; not written: {', '.join(failed)} (see the table)" if failed else ""))
 
 
 def _sensitivity_worker(ref: weakref.ref[PruningWidget], v: SessionView, key: tuple[int, int],
