@@ -296,6 +296,12 @@ def test_compare_two_history_points(session: PruningSession, widget: PruningWidg
     assert all(h["metrics"] is not None for h in widget.history)  # every point carries its metrics once seen
     act(widget, "compare", a=0, b=9)
     assert "history position" in widget.error
+    act(widget, "step")  # a new point, compared before its metrics are known: they fill in when computed
+    widget._metrics_by_position.pop(widget._view.state_key(4), None)
+    act(widget, "compare", a=0, b=4)
+    assert widget.compare["metrics_b"] is None
+    widget._publish(4, session.metrics())  # what the metrics thread does when it ends
+    assert widget.compare["metrics_b"]["size"]["params"] == session.metrics().size.params
 
 
 def test_export_formats_and_overwrite(session: PruningSession, widget: PruningWidget, tmp_path: Path) -> None:

@@ -363,6 +363,11 @@ class PruningWidget(anywidget.AnyWidget):
                     del self._metrics_by_position[k]
                 self.metrics_history = [{"position": k[0], **x} for k, x in sorted(self._metrics_by_position.items())]
                 self.history = self._history_rows(v)
+                cmp = self.compare
+                for side in ("a", "b"):  # a compared point whose metrics arrive after the comparison was made
+                    if cmp and cmp.get(side) == position and cmp.get(f"metrics_{side}") is None:
+                        cmp = {**cmp, f"metrics_{side}": d}
+                self.compare = cmp
 
     def _send_heatmaps(self, v: SessionView, force: bool) -> None:
         """Send heatmaps: all of them if ``force`` (a new view), else those whose weights were written since."""
