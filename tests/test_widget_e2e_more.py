@@ -70,8 +70,8 @@ def test_accuracy_compare_and_deploy_in_jupyterlab(pw, lab, tmp_path_factory: py
         page.wait_for_selector(f".pw-heat[data-layer='{H1}']")
 
         # the accuracy after accepting, computed in the background
-        seen = []
-        page.expose_function("pwSeen", lambda s: seen.append(s))
+        seen: list[str] = []
+        page.expose_function("pwSeen", seen.append)
         page.click(".pw-propose")
         page.wait_for_selector(ACC.format(H2))
         page.evaluate("""(sel) => { const el = document.querySelector('.pw-root');
@@ -115,13 +115,14 @@ def test_accuracy_compare_and_deploy_in_jupyterlab(pw, lab, tmp_path_factory: py
                             f"v = SessionView(session); a, b = v.alive_at(1)['{H2}'], v.alive_at({n})['{H2}']\n"
                             "print(json.dumps([int(i) for i in (a & ~b).nonzero()[0]]))")
         assert int(heat.get_attribute("data-went")) == len(went) > 0
-        # hover the column of the first unit that went (the map is one column per unit, 64 units wide here)
+        # hover the column of the first unit that went (heatmap.columnOfUnit: 128 units over the map's columns)
         box = heat.bounding_box()
         cols = page.evaluate(f"document.querySelector(\".pw-heat[data-layer='{H2}']\").width")
         u = went[0]
-        col = u if cols >= 64 else int(u * cols / 64)
+        col = u if cols >= 128 else -(-(u + 1) * cols // 128) - 1
         page.mouse.move(box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + box["height"] / 2)
-        page.wait_for_function(f"document.querySelector(\".pw-heat[data-layer='{H2}']\").title.includes('went between')")
+        page.wait_for_function(f"document.querySelector(\".pw-heat[data-layer='{H2}']\").title"
+                               ".includes('went between')")
         assert f"went between points 1 and {n}" in heat.get_attribute("title")
         assert page.locator(".pw-heat-legend").inner_text().count("went between the compared points") == 1
         shot(page, "more_02_compare_marks")
@@ -134,7 +135,8 @@ def test_accuracy_compare_and_deploy_in_jupyterlab(pw, lab, tmp_path_factory: py
         page.wait_for_selector(".pw-deploy-status:has-text('deploying')")
         page.wait_for_selector(".pw-deploy-table", timeout=300_000)
         page.wait_for_function("document.querySelector('.pw-deploy').getAttribute('aria-disabled') === 'false'")
-        names = page.evaluate("[...document.querySelectorAll('.pw-deploy-table tr[data-name]')].map(r => r.dataset.name)")
+        names = page.evaluate("[...document.querySelectorAll('.pw-deploy-table tr[data-name]')]"
+                              ".map(r => r.dataset.name)")
         assert names == ["original", "pruned + keras-int8", "pruned + tflite-int8"], names
         assert (folder / "pruned.int8.keras").is_file() and (folder / "pruned.int8.tflite").is_file()
         cells = page.evaluate("[...document.querySelectorAll('.pw-deploy-table tr[data-name]')].map("

@@ -381,7 +381,8 @@ class PreviewAccuracy:
 
 
 def proposal_accuracies(view: Any, limit: int = MAX_EVAL, cancelled: Callable[[], bool] | None = None,
-                        on_result: Callable[[str, float, PreviewAccuracy], None] | None = None) -> PreviewAccuracy | None:
+                        on_result: Callable[[str, float, PreviewAccuracy], None] | None = None
+                        ) -> PreviewAccuracy | None:
     """Accuracy on the session's eval data (the first ``limit`` samples) if each open proposal were accepted.
 
     Why: "what will accepting this cost" in the one figure people trust most.  Runs on a private

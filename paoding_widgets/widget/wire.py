@@ -89,7 +89,8 @@ def validate(content: Any, session: Any) -> dict[str, Any]:
         fmts = content["formats"]
         if not isinstance(fmts, list) or not fmts or len(fmts) > len(FORMATS) \
                 or not all(isinstance(f, str) and f in FORMATS for f in fmts):
-            raise WireError(f"deploy formats must be a non-empty list from {', '.join(FORMATS)}, got {str(fmts)[:80]!r}")
+            raise WireError(f"deploy formats must be a non-empty list from {', '.join(FORMATS)}, "
+                            f"got {str(fmts)[:80]!r}")
         folder = content["dir"]
         if not isinstance(folder, str) or not folder.strip() or "\x00" in folder or len(folder) > MAX_PATH:
             raise WireError(f"deploy folder must be a folder name, got {str(folder)[:80]!r}")
