@@ -52,9 +52,11 @@ value: dict
 live_params: dict
     Layer name -> parameters alive now (follows the units; ``layers[i].params`` is the original).
 previews: dict
-    Per pending layer: units, params and flops the proposal removes, and ``bound``
-    (certified bound of the largest output change if accepted; computed in the
-    background, None until then or when it cannot be bounded).
+    Per pending layer: units, params and flops the proposal removes; ``bound`` (certified bound
+    of the largest output change if accepted) and, with eval data (``eval``), ``accuracy`` after
+    accepting it alone next to ``accuracy_now`` on ``samples`` eval samples -- both computed in the
+    background, each with ``*_pending`` (not yet known for this state) and ``*_stale`` (the value
+    shown is of an earlier state).
 sensitivity: dict
     ``{"status": "idle"|"computing"|"done"|"cancelled"|"error", "done", "total",
     "current": bool (computed for the state shown), "seconds", "notes",
