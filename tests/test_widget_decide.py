@@ -488,3 +488,31 @@ def test_full_int8_deploy_needs_eval_data(session: PruningSession, widget: Pruni
     act(widget, "deploy", formats=["tflite-full-int8"], dir=str(tmp_path / "d"))
     assert "eval_data" in widget.error and widget.deploy["status"] == "idle"
     assert not (tmp_path / "d").exists()
+
+
+def test_certified_bounds_after_units_are_removed_need_no_widening() -> None:
+    """A removed unit's pre-activation is a point exactly at ReLU's kink: its slopes are both sides', so the
+    change carried through it is finite (it was inf * 0 before the engine's ReLU rule knew the point case)."""
+    from paoding_widgets.engine.activations import relu_rule
+
+    lo = np.array([0.0, -1.0, 2.0, 6.0], np.float32)
+    gmin, gmax = relu_rule().slope(lo, lo.copy())
+    assert gmin.tolist() == [0.0, 0.0, 1.0, 1.0] and gmax.tolist() == [1.0, 0.0, 1.0, 1.0]
+    gmin, gmax = relu_rule(max_value=6.0).slope(lo, lo.copy())
+    assert gmin.tolist() == [0.0, 0.0, 1.0, 0.0] and gmax.tolist() == [1.0, 0.0, 1.0, 1.0]
+    d = relu_rule().delta(lo, lo.copy(), np.zeros_like(lo), np.zeros_like(lo))
+    assert np.all(np.isfinite(d[0])) and np.all(d[0] == 0) and np.all(d[1] == 0)
+
+    s = make_session(step=0.3)
+    s.propose()
+    s.accept("h1")
+    s.accept("h2")
+    s.propose()
+    p = s.pruner
+    for name, prop in s.proposals.items():
+        inj = sensitivity.joint_injection(p.view(p.graph.group(name)), prop.candidates)
+        assert inj is not None
+        lo, hi = p.propagator.deltas(p.bounds(), inj, 1)
+        assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)), name
+        b = sensitivity.proposal_bound(p, p.graph.group(name), prop.candidates)
+        assert b is not None and 0 < b < np.inf

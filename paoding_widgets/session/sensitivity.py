@@ -143,31 +143,11 @@ def add_injections(total: dict[str, Interval], more: dict[str, Interval]) -> dic
     return out
 
 
-def widened(base: Any) -> Any:
-    """Value bounds with every zero-width interval (a removed unit is a constant) widened a little.
-
-    Wider value bounds are still sound, and ``Propagator.deltas`` returns infinite changes
-    across a zero-width pre-activation interval (a slope range of 0/0): without this, any
-    state with removed units would have no certified bound at all.
-    """
-    def widen(iv: Interval) -> Interval:
-        lo, hi = iv
-        with np.errstate(over="ignore", invalid="ignore"):  # deep nets' bounds may be infinite
-            flat = (hi - lo) <= 0
-        if not np.any(flat):
-            return iv
-        eps = np.where(flat, 1e-6 * (1.0 + np.abs(lo)), 0.0).astype(lo.dtype)
-        return lo - eps, hi + eps
-
-    return dataclasses.replace(base, out={k: widen(v) for k, v in base.out.items()},
-                               pre={k: widen(v) for k, v in base.pre.items()})
-
-
 def output_change_bound(pruner: Any, base: Any, injections: dict[str, Interval]) -> float | None:
     """The largest |change| of any output over the box for the injected reader changes (None: unbounded)."""
     if not injections:
         return 0.0
-    res = pruner.propagator.deltas(widened(base), injections, 1)
+    res = pruner.propagator.deltas(base, injections, 1)
     if res is None:
         return None
     lo, hi = res
