@@ -516,3 +516,21 @@ def test_certified_bounds_after_units_are_removed_need_no_widening() -> None:
         assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)), name
         b = sensitivity.proposal_bound(p, p.graph.group(name), prop.candidates)
         assert b is not None and 0 < b < np.inf
+
+
+def test_preview_accuracy_fits_its_time_budget() -> None:
+    """A large model gets fewer samples (the figure says how many), never fewer than MIN_PREVIEW_EVAL."""
+    s = _eval_session()
+    s.propose()
+    v = SessionView(s)
+    full = sensitivity.proposal_accuracies(v, budget=None)
+    assert full is not None and full.samples == 300
+    tight = sensitivity.proposal_accuracies(v, budget=1e-6)
+    assert tight is not None and tight.samples == sensitivity.MIN_PREVIEW_EVAL
+    assert set(tight.after) == set(full.after) == {"h1", "h2", "h3"}
+    x, y = s.eval_data
+    probe = _eval_session()
+    probe.propose()
+    probe.accept("h3")
+    n = sensitivity.MIN_PREVIEW_EVAL
+    assert tight.after["h3"] == pytest.approx(_accuracy(probe.pruned_model(), (x[:n], y[:n])))

@@ -360,14 +360,19 @@ class PreviewAccuracy:
     after: dict[str, float]  # layer -> accuracy if its proposal alone were accepted now
 
 
+MIN_PREVIEW_EVAL = 64  # fewer samples than this make an accuracy figure too coarse to show
+
+
 def proposal_accuracies(view: Any, limit: int = MAX_EVAL, cancelled: Callable[[], bool] | None = None,
-                        on_result: Callable[[str, float, PreviewAccuracy], None] | None = None
-                        ) -> PreviewAccuracy | None:
+                        on_result: Callable[[str, float, PreviewAccuracy], None] | None = None,
+                        budget: float | None = 60.0) -> PreviewAccuracy | None:
     """Accuracy on the session's eval data (the first ``limit`` samples) if each open proposal were accepted.
 
     Why: "what will accepting this cost" in the one figure people trust most.  Runs on a private
     copy of the weights, off the session lock (an action is never blocked); ``cancelled()`` stops it
     between layers (raises :class:`Cancelled`); ``on_result(layer, accuracy, so_far)`` reports each as it comes.
+    ``budget``: seconds the whole preview may take (it runs the model once per open proposal); on a large
+    model the sample count shrinks to fit it, down to ``MIN_PREVIEW_EVAL`` (the figure says how many).
     None when the session has no eval data or no open proposal.
     """
     from ..engine.evaluate import predict_classes
@@ -383,6 +388,13 @@ def proposal_accuracies(view: Any, limit: int = MAX_EVAL, cancelled: Callable[[]
         p = private_pruner(session.pruner, session.seed)
     x, labels = np.asarray(eval_data[0])[:limit], _labels_of(eval_data[1])[:limit]
     model = p.edited_model()
+    if budget is not None and len(x) > MIN_PREVIEW_EVAL:
+        t = time.monotonic()
+        predict_classes(model, x[:MIN_PREVIEW_EVAL])  # per-sample cost (also warms the model up)
+        per_sample = (time.monotonic() - t) / MIN_PREVIEW_EVAL
+        fits = int(budget / max(per_sample * (len(props) + 1), 1e-9))
+        n = max(MIN_PREVIEW_EVAL, min(len(x), fits))
+        x, labels = x[:n], labels[:n]
     now = float((predict_classes(model, x) == labels).mean())
     out = PreviewAccuracy(revision, len(x), now, {})
     for name, prop in props.items():
