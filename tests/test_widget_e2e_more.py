@@ -71,7 +71,11 @@ def test_accuracy_compare_and_deploy_in_jupyterlab(pw, lab, tmp_path_factory: py
 
         # the accuracy after accepting, computed in the background
         seen: list[str] = []
-        page.expose_function("pwSeen", seen.append)
+
+        def note(state: str) -> None:  # (playwright needs a Python function here, not a bound builtin)
+            seen.append(state)
+
+        page.expose_function("pwSeen", note)
         page.click(".pw-propose")
         page.wait_for_selector(ACC.format(H2))
         page.evaluate("""(sel) => { const el = document.querySelector('.pw-root');

@@ -515,37 +515,48 @@ function render({ model, el: root }) {
         onclick: () => { pick = { a: null, b: null }; act("compare_clear"); } })]);
   }
 
+  // The deploy controls are built once per offer and kept: a redraw while a key is down on a checkbox
+  // (Space toggles on key-up) must not swap the element under the keyboard.
+  let deployControls = null; // {key, bar, go}
+  const deployResult = el("div", { class: "pw-deploy-result" });
+
+  function deployBar(d) {
+    const offered = d.offered;
+    if (deployPick == null) deployPick = new Set(offered.filter((f) => f.default).map((f) => f.name));
+    const usable = (f) => !(f.data && !d.eval);
+    const boxes = offered.map((f) => el("label", { class: "pw-deploy-choice", title: usable(f) ? f.description
+      : `${f.description}: calibrated on your own inputs; give the session eval_data (never invented)` }, [
+      el("input", { type: "checkbox", class: "pw-deploy-format", value: f.name,
+        checked: deployPick.has(f.name) && usable(f), disabled: !usable(f),
+        onchange: (e) => { e.target.checked ? deployPick.add(f.name) : deployPick.delete(f.name); } }),
+      f.name]));
+    const dir = el("input", { class: "pw-input pw-deploy-dir", "aria-label": "deploy folder", value: deployDir,
+      oninput: (e) => { deployDir = e.target.value; } });
+    const go = el("button", { class: "pw-btn pw-deploy", text: "Deploy",
+      title: "quantise and export the pruned model in the ticked formats, run every file and compare (in the background)",
+      onclick: (e) => {
+        if (off(e.currentTarget)) return;
+        act("deploy", { formats: offered.filter((f) => deployPick.has(f.name) && usable(f)).map((f) => f.name),
+          dir: deployDir });
+      } });
+    const bar = el("div", { class: "pw-deploy-bar", role: "group", "aria-label": "deploy formats" },
+      [...boxes, el("label", { class: "pw-num" }, ["folder ", dir]), go]);
+    return { bar, go };
+  }
+
   function drawDeploy() {
     const d = model.get("deploy") || {};
     const offered = d.offered || [];
-    if (!offered.length) { deployBox.replaceChildren(); return; }
-    const keep = document.activeElement && deployBox.contains(document.activeElement)
-      ? document.activeElement.getAttribute("data-key") : null;
-    if (deployPick == null) deployPick = new Set(offered.filter((f) => f.default).map((f) => f.name));
+    if (!offered.length) { deployBox.replaceChildren(); deployControls = null; return; }
+    const key = JSON.stringify([offered, d.eval]);
+    if (!deployControls || deployControls.key !== key) {
+      deployControls = { key, ...deployBar(d) };
+      deployBox.replaceChildren(el("h4", { text: "Deploy" }), deployControls.bar, deployResult);
+    }
     const busy = d.status === "running";
-    const running = Boolean(model.get("running"));
-    const boxes = offered.map((f) => {
-      const needs = f.data && !d.eval;
-      const input = el("input", { type: "checkbox", class: "pw-deploy-format", value: f.name, "data-key": `fmt-${f.name}`,
-        checked: deployPick.has(f.name) && !needs, disabled: needs,
-        onchange: (e) => { e.target.checked ? deployPick.add(f.name) : deployPick.delete(f.name); } });
-      return el("label", { class: "pw-deploy-choice", title: needs
-        ? `${f.description}: calibrated on your own inputs; give the session eval_data (never invented)` : f.description },
-      [input, f.name]);
-    });
-    const dir = el("input", { class: "pw-input pw-deploy-dir", "aria-label": "deploy folder", value: deployDir,
-      "data-key": "dir", oninput: (e) => { deployDir = e.target.value; } });
-    const go = el("button", { class: "pw-btn pw-deploy", text: busy ? "Deploying…" : "Deploy", "data-key": "go",
-      "aria-disabled": busy || running ? "true" : "false",
-      title: "quantise and export the pruned model in the ticked formats, run every file and compare (in the background)",
-      onclick: () => {
-        if (busy || running) return;
-        const formats = offered.map((f) => f.name).filter((n) => deployPick.has(n) && !(offered.find((f) => f.name === n).data && !d.eval));
-        act("deploy", { formats, dir: deployDir });
-      } });
-    const parts = [el("h4", { text: "Deploy" }),
-      el("div", { class: "pw-deploy-bar", role: "group", "aria-label": "deploy formats" }, [...boxes,
-        el("label", { class: "pw-num" }, ["folder ", dir]), go])];
+    setOff(deployControls.go, busy || Boolean(model.get("running")));
+    deployControls.go.textContent = busy ? "Deploying…" : "Deploy";
+    const parts = [];
     if (busy) parts.push(el("div", { class: "pw-deploy-status", role: "status", text: `deploying: ${d.step || "starting"}…` }));
     if (d.status === "error") parts.push(el("div", { class: "pw-deploy-status pw-warn-text", text: `deploy failed: ${d.message}` }));
     if (d.rows && d.rows.length) {
@@ -561,8 +572,7 @@ function render({ model, el: root }) {
         + `${fmt.int(d.n_probes)} random inputs from the box; every file was loaded and run in its own runtime` }));
       for (const r of d.rows) if (r.note) parts.push(el("div", { class: "pw-tip", text: `${r.name}: ${r.note}` }));
     }
-    deployBox.replaceChildren(...parts);
-    if (keep) deployBox.querySelector(`[data-key="${keep}"]`)?.focus();
+    deployResult.replaceChildren(...parts);
   }
 
   function drawSide() {

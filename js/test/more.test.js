@@ -172,6 +172,10 @@ describe("rendered", () => {
     expect($(".pw-deploy-status").textContent).toBe("deploying: writing and verifying pruned + onnx…");
     expect($(".pw-deploy").getAttribute("aria-disabled")).toBe("true");
     expect($$(".pw-deploy-format").map((b) => b.checked)).toEqual([false, true, true, false]); // the ticks stay
+    const box = $(".pw-deploy-format");
+    await model.update("metrics", { accuracy: 0.5 });
+    await tick();
+    expect($(".pw-deploy-format")).toBe(box); // a redraw keeps the controls (a key held on one still lands)
     await model.update("deploy", { status: "done", eval: false, offered: OFFERED, epsilons: [], n_eval: null, n_probes: 256,
       rows: [{ name: "original", path: null, bytes: 4096, times_smaller: 1, accuracy: null, agreement: 1 },
         { name: "pruned + onnx", path: "/tmp/x/pruned.onnx", bytes: 1024, times_smaller: 4, accuracy: null, agreement: 0.98,

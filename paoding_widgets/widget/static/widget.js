@@ -1031,65 +1031,69 @@ function render({ model, el: root }) {
       })
     ]);
   }
-  function drawDeploy() {
-    const d = model.get("deploy") || {};
-    const offered = d.offered || [];
-    if (!offered.length) {
-      deployBox.replaceChildren();
-      return;
-    }
-    const keep = document.activeElement && deployBox.contains(document.activeElement) ? document.activeElement.getAttribute("data-key") : null;
+  let deployControls = null;
+  const deployResult = el("div", { class: "pw-deploy-result" });
+  function deployBar(d) {
+    const offered = d.offered;
     if (deployPick == null) deployPick = new Set(offered.filter((f) => f.default).map((f) => f.name));
-    const busy = d.status === "running";
-    const running = Boolean(model.get("running"));
-    const boxes = offered.map((f) => {
-      const needs = f.data && !d.eval;
-      const input = el("input", {
+    const usable = (f) => !(f.data && !d.eval);
+    const boxes = offered.map((f) => el("label", { class: "pw-deploy-choice", title: usable(f) ? f.description : `${f.description}: calibrated on your own inputs; give the session eval_data (never invented)` }, [
+      el("input", {
         type: "checkbox",
         class: "pw-deploy-format",
         value: f.name,
-        "data-key": `fmt-${f.name}`,
-        checked: deployPick.has(f.name) && !needs,
-        disabled: needs,
+        checked: deployPick.has(f.name) && usable(f),
+        disabled: !usable(f),
         onchange: (e) => {
           e.target.checked ? deployPick.add(f.name) : deployPick.delete(f.name);
         }
-      });
-      return el(
-        "label",
-        { class: "pw-deploy-choice", title: needs ? `${f.description}: calibrated on your own inputs; give the session eval_data (never invented)` : f.description },
-        [input, f.name]
-      );
-    });
+      }),
+      f.name
+    ]));
     const dir = el("input", {
       class: "pw-input pw-deploy-dir",
       "aria-label": "deploy folder",
       value: deployDir,
-      "data-key": "dir",
       oninput: (e) => {
         deployDir = e.target.value;
       }
     });
     const go = el("button", {
       class: "pw-btn pw-deploy",
-      text: busy ? "Deploying\u2026" : "Deploy",
-      "data-key": "go",
-      "aria-disabled": busy || running ? "true" : "false",
+      text: "Deploy",
       title: "quantise and export the pruned model in the ticked formats, run every file and compare (in the background)",
-      onclick: () => {
-        if (busy || running) return;
-        const formats = offered.map((f) => f.name).filter((n) => deployPick.has(n) && !(offered.find((f) => f.name === n).data && !d.eval));
-        act("deploy", { formats, dir: deployDir });
+      onclick: (e) => {
+        if (off(e.currentTarget)) return;
+        act("deploy", {
+          formats: offered.filter((f) => deployPick.has(f.name) && usable(f)).map((f) => f.name),
+          dir: deployDir
+        });
       }
     });
-    const parts = [
-      el("h4", { text: "Deploy" }),
-      el("div", { class: "pw-deploy-bar", role: "group", "aria-label": "deploy formats" }, [
-        ...boxes,
-        el("label", { class: "pw-num" }, ["folder ", dir]),
-        go
-      ])
-    ];
+    const bar = el(
+      "div",
+      { class: "pw-deploy-bar", role: "group", "aria-label": "deploy formats" },
+      [...boxes, el("label", { class: "pw-num" }, ["folder ", dir]), go]
+    );
+    return { bar, go };
+  }
+  function drawDeploy() {
+    const d = model.get("deploy") || {};
+    const offered = d.offered || [];
+    if (!offered.length) {
+      deployBox.replaceChildren();
+      deployControls = null;
+      return;
+    }
+    const key = JSON.stringify([offered, d.eval]);
+    if (!deployControls || deployControls.key !== key) {
+      deployControls = { key, ...deployBar(d) };
+      deployBox.replaceChildren(el("h4", { text: "Deploy" }), deployControls.bar, deployResult);
+    }
+    const busy = d.status === "running";
+    setOff(deployControls.go, busy || Boolean(model.get("running")));
+    deployControls.go.textContent = busy ? "Deploying\u2026" : "Deploy";
+    const parts = [];
     if (busy) parts.push(el("div", { class: "pw-deploy-status", role: "status", text: `deploying: ${d.step || "starting"}\u2026` }));
     if (d.status === "error") parts.push(el("div", { class: "pw-deploy-status pw-warn-text", text: `deploy failed: ${d.message}` }));
     if (d.rows && d.rows.length) {
@@ -1115,8 +1119,7 @@ function render({ model, el: root }) {
       parts.push(table, el("div", { class: "pw-tip", text: `sizes on disk; "vs original": times smaller than the original float32 .keras; accuracy on ${d.n_eval != null ? `${fmt.int(d.n_eval)} eval samples` : "\u2013"}; agreement with the original on ${fmt.int(d.n_probes)} random inputs from the box; every file was loaded and run in its own runtime` }));
       for (const r of d.rows) if (r.note) parts.push(el("div", { class: "pw-tip", text: `${r.name}: ${r.note}` }));
     }
-    deployBox.replaceChildren(...parts);
-    if (keep) deployBox.querySelector(`[data-key="${keep}"]`)?.focus();
+    deployResult.replaceChildren(...parts);
   }
   function drawSide() {
     const m = model.get("metrics") || {};
