@@ -62,7 +62,7 @@ def test_a_layer_whose_removal_changes_nothing_scores_zero() -> None:
     kernel, bias = h3.get_weights()
     h3.set_weights([np.zeros_like(kernel), bias])  # nothing h2 computes reaches the output
     s = PruningSession(model, n_probes=64, strategy="magnitude")
-    sens = sensitivity.compute(SessionView(s))
+    sens = sensitivity.compute(SessionView(s), agreement=True)  # measured however loaded the machine is
     h2 = sens.curves["h2"]
     assert len(h2.ratios) > 3 and h2.ratios[-1] > 0.8
     assert all(b == 0.0 for b in h2.bound), h2.bound
