@@ -303,14 +303,15 @@ def bench_preview_accuracy(model: Any, budget: float, n: int = 512) -> dict[str,
     """Time until a proposal preview shows the accuracy after accepting: first layer, and all (within ``budget`` s).
 
     The eval data here are box samples labelled by the model itself -- for timing only (the figure is
-    agreement); the widget itself only ever uses the user's eval data.
+    agreement); the widget itself only ever uses the user's eval data.  No FGSM step sizes: the metrics
+    thread (which runs first) then only measures accuracy, not robustness, on them.
     """
     from paoding_widgets.engine.evaluate import sample_box
 
     shape = tuple(model.inputs[0].shape[1:])
     x = sample_box(shape, (0.0, 1.0), n)
     y = np.asarray(model.predict(x, verbose=0, batch_size=64)).argmax(-1)
-    session = PruningSession(model, eval_data=(x, y))
+    session = PruningSession(model, eval_data=(x, y), epsilons=())
     widget = session.widget().settle(600)
     t = time.perf_counter()
     act(widget, "propose")
