@@ -64,17 +64,17 @@ def _deploy_by_keyboard(page, folder: str) -> None:
 
 
 def test_accuracy_compare_and_deploy_in_jupyterlab(pw, lab, tmp_path_factory: pytest.TempPathFactory):
+    seen: list[str] = []  # the states the accuracy preview of H2 went through
+
+    def note(state: str) -> None:  # (playwright needs a Python function here, not a bound builtin)
+        seen.append(state)
+
     for page in _browse(pw, lab, tmp_path_factory.mktemp("chrome_more")):
         page.set_viewport_size({"width": 1300, "height": 1100})
         open_widget(page, "more_lab")
         page.wait_for_selector(f".pw-heat[data-layer='{H1}']")
 
         # the accuracy after accepting, computed in the background
-        seen: list[str] = []
-
-        def note(state: str) -> None:  # (playwright needs a Python function here, not a bound builtin)
-            seen.append(state)
-
         page.expose_function("pwSeen", note)
         page.click(".pw-propose")
         page.wait_for_selector(ACC.format(H2))
