@@ -326,7 +326,8 @@ def bench_preview_accuracy(model: Any, budget: float, n: int = 512) -> dict[str,
         time.sleep(0.05)
     total = time.perf_counter() - t
     done = sum(p.get("accuracy") is not None for p in widget.previews.values())
-    out = {"samples": n, "pending_layers": len(widget.previews), "done": done, "first_s": first,
+    used = sorted({p["samples"] for p in widget.previews.values() if p.get("samples") is not None})
+    out = {"samples": n, "samples_used": used, "pending_layers": len(widget.previews), "done": done, "first_s": first,
            "all_s": total if done == len(widget.previews) else None, "budget_s": budget, "propose_action_s": t_action}
     widget.close()
     return out
@@ -467,7 +468,8 @@ def report(r: dict[str, Any]) -> None:
         first = "-" if pa["first_s"] is None else f"{pa['first_s']:.1f} s"
         every = f"all {pa['pending_layers']} in {pa['all_s']:.1f} s" if pa["all_s"] is not None else \
             f"{pa['done']} of {pa['pending_layers']} within the {pa['budget_s']:.0f} s budget"
-        print(f"  accuracy preview   {pa['samples']} samples: first layer {first}, {every} (background; "
+        print(f"  accuracy preview   {pa['samples']} samples (used {pa['samples_used']}): first layer {first}, {every} "
+              f"(background; "
               f"propose itself {pa['propose_action_s']:.2f} s)")
     sv = r.get("sensitivity")
     if sv:
