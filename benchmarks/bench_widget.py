@@ -299,7 +299,42 @@ def median_time(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_model(key: str, repeats: int, tmp: Path | None, frontend_reason: str) -> dict[str, Any]:
+def bench_preview_accuracy(model: Any, budget: float, n: int = 512) -> dict[str, Any]:
+    """Time until a proposal preview shows the accuracy after accepting: first layer, and all (within ``budget`` s).
+
+    The eval data here are box samples labelled by the model itself -- for timing only (the figure is
+    agreement); the widget itself only ever uses the user's eval data.  No FGSM step sizes: the metrics
+    thread (which runs first) then only measures accuracy, not robustness, on them.
+    """
+    from paoding_widgets.engine.evaluate import sample_box
+
+    shape = tuple(model.inputs[0].shape[1:])
+    x = sample_box(shape, (0.0, 1.0), n)
+    y = np.asarray(model.predict(x, verbose=0, batch_size=64)).argmax(-1)
+    session = PruningSession(model, eval_data=(x, y), epsilons=())
+    widget = session.widget().settle(600)
+    t = time.perf_counter()
+    act(widget, "propose")
+    t_action = time.perf_counter() - t
+    first = None
+    while time.perf_counter() - t < budget:
+        done = [p for p in widget.previews.values() if p.get("accuracy") is not None]
+        if done and first is None:
+            first = time.perf_counter() - t
+        if len(done) == len(widget.previews):
+            break
+        time.sleep(0.05)
+    total = time.perf_counter() - t
+    done = sum(p.get("accuracy") is not None for p in widget.previews.values())
+    used = sorted({p["samples"] for p in widget.previews.values() if p.get("samples") is not None})
+    out = {"samples": n, "samples_used": used, "pending_layers": len(widget.previews), "done": done, "first_s": first,
+           "all_s": total if done == len(widget.previews) else None, "budget_s": budget, "propose_action_s": t_action}
+    widget.close()
+    return out
+
+
+def bench_model(key: str, repeats: int, tmp: Path | None, frontend_reason: str,
+                preview_budget: float = 120.0) -> dict[str, Any]:
     label, build = MODELS[key]
     t = time.perf_counter()
     model = build()
@@ -384,6 +419,7 @@ def bench_model(key: str, repeats: int, tmp: Path | None, frontend_reason: str) 
     out["sensitivity"] = {"seconds": t_sens, "status": sens.get("status"), "groups": len(sens.get("curves", {})),
                           "trait_json": sens_bytes, "notes": sens.get("notes", []),
                           "pass_time": t_sens < 30, "pass_size": sens_bytes < 100 * 1024}
+    out["preview_accuracy"] = bench_preview_accuracy(model, preview_budget)
     if tmp is not None and not frontend_reason:
         data = {"state": frontend_state, "hello": heat_payload(hello_msgs),
                 "changed": {k: v for k, v in frontend_changed.items() if k in DATA_TRAITS},
@@ -427,6 +463,14 @@ def report(r: dict[str, Any]) -> None:
         print(f"  NOTE: traits {', '.join(r['nonfinite_traits'])} hold NaN/inf (metrics "
               f"output_bound_width={r.get('output_bound_width')}): not valid JSON; the kernel falls back to "
               f"jupyter_client's json_clean ('nan' strings) with a DeprecationWarning on every update")
+    pa = r.get("preview_accuracy")
+    if pa:
+        first = "-" if pa["first_s"] is None else f"{pa['first_s']:.1f} s"
+        every = f"all {pa['pending_layers']} in {pa['all_s']:.1f} s" if pa["all_s"] is not None else \
+            f"{pa['done']} of {pa['pending_layers']} within the {pa['budget_s']:.0f} s budget"
+        print(f"  accuracy preview   {pa['samples']} samples (used {pa['samples_used']}): first layer {first}, {every} "
+              f"(background; "
+              f"propose itself {pa['propose_action_s']:.2f} s)")
     sv = r.get("sensitivity")
     if sv:
         print(f"  sensitivity        {sv['groups']} layers in {sv['seconds']:.1f} s (background; goal < 30 s: "
@@ -448,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median); default 5")
     ap.add_argument("--json", metavar="PATH", help="also write all figures + machine info as JSON")
+    ap.add_argument("--preview-budget", type=float, default=120.0,
+                    help="seconds to wait for the accuracy previews of one proposal (default 120)")
     args = ap.parse_args(argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
@@ -467,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_widget-") as tmp:
         for key in keys:
-            r = bench_model(key, args.repeats, Path(tmp), reason)
+            r = bench_model(key, args.repeats, Path(tmp), reason, args.preview_budget)
             report(r)
             results.append(r)
             keras.backend.clear_session()

@@ -62,7 +62,7 @@ def test_a_layer_whose_removal_changes_nothing_scores_zero() -> None:
     kernel, bias = h3.get_weights()
     h3.set_weights([np.zeros_like(kernel), bias])  # nothing h2 computes reaches the output
     s = PruningSession(model, n_probes=64, strategy="magnitude")
-    sens = sensitivity.compute(SessionView(s))
+    sens = sensitivity.compute(SessionView(s), agreement=True)  # measured however loaded the machine is
     h2 = sens.curves["h2"]
     assert len(h2.ratios) > 3 and h2.ratios[-1] > 0.8
     assert all(b == 0.0 for b in h2.bound), h2.bound
@@ -296,6 +296,12 @@ def test_compare_two_history_points(session: PruningSession, widget: PruningWidg
     assert all(h["metrics"] is not None for h in widget.history)  # every point carries its metrics once seen
     act(widget, "compare", a=0, b=9)
     assert "history position" in widget.error
+    act(widget, "step")  # a new point, compared before its metrics are known: they fill in when computed
+    widget._metrics_by_position.pop(widget._view.state_key(4), None)
+    act(widget, "compare", a=0, b=4)
+    assert widget.compare["metrics_b"] is None
+    widget._publish(4, session.metrics())  # what the metrics thread does when it ends
+    assert widget.compare["metrics_b"]["size"]["params"] == session.metrics().size.params
 
 
 def test_export_formats_and_overwrite(session: PruningSession, widget: PruningWidget, tmp_path: Path) -> None:
@@ -338,3 +344,193 @@ def test_the_front_end_may_echo_the_value_but_not_change_it(session: PruningSess
     before = dict(widget.value)
     widget.set_state({"value": {**before, "position": 99}})
     assert widget.value == before and "refused" in widget.error
+
+
+# ---------------------------------------------------------------------- accuracy after accepting (eval data)
+def _eval_session() -> PruningSession:
+    model = build_mlp(hidden=(20, 16, 12), names=NAMES)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-5, 5, (300, 8)).astype("float32")
+    y = model.predict(x, verbose=0).argmax(-1)  # the original is right on all: accuracy after = agreement
+    return PruningSession(model, n_probes=64, eval_data=(x, y), step=0.6, strategy="magnitude", input_range=(-5.0, 5.0))
+
+
+def _wait(cond: Any, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _accuracy(model: Any, data: Any) -> float:
+    return float((model.predict(data[0], verbose=0).argmax(-1) == data[1]).mean())
+
+
+def test_preview_accuracy_is_the_accuracy_after_accepting(tmp_path: Path) -> None:
+    s = _eval_session()
+    w = s.widget(export_path=str(tmp_path / "p.keras")).settle()
+    try:
+        act(w, "propose")
+        _wait(lambda: w.previews and not any(p["accuracy_pending"] for p in w.previews.values()))
+        assert set(w.previews) == {"h1", "h2", "h3"}
+        before = _accuracy(s.pruned_model(), s.eval_data)
+        expected = {}
+        for name in ("h1", "h2", "h3"):
+            p = w.previews[name]
+            assert p["samples"] == 300 and p["accuracy_now"] == pytest.approx(before)
+            probe = _eval_session()
+            probe.propose()
+            probe.accept(name)
+            expected[name] = _accuracy(probe.pruned_model(), probe.eval_data)
+            assert p["accuracy"] == pytest.approx(expected[name]), name
+        assert before == 1.0 and min(expected.values()) < 1.0  # the figure says something
+        # accepting h1 moves the state on: h2's figure is kept, marked stale, then computed again
+        seen: list[dict[str, Any]] = []
+        w.observe(lambda ch: seen.append(dict(ch["new"].get("h2", {}))), "previews")
+        act(w, "accept", layer="h1")
+        assert "h1" not in w.previews
+        _wait(lambda: not w.previews["h2"]["accuracy_pending"])
+        assert any(x.get("accuracy_stale") and x.get("accuracy") == pytest.approx(expected["h2"]) for x in seen)
+        probe = _eval_session()
+        probe.propose()
+        probe.accept("h1")
+        probe.accept("h2")
+        assert w.previews["h2"]["accuracy"] == pytest.approx(_accuracy(probe.pruned_model(), probe.eval_data))
+        assert not w.previews["h2"]["accuracy_stale"]
+        # cached per state: undo brings the first figures back at once (nothing pending)
+        act(w, "undo")
+        assert not w.previews["h2"]["accuracy_pending"]
+        assert w.previews["h2"]["accuracy"] == pytest.approx(expected["h2"])
+    finally:
+        w.close()
+
+
+def test_preview_accuracy_never_blocks_an_action_and_is_cancelled(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    s = _eval_session()
+    w = s.widget(export_path=str(tmp_path / "p.keras")).settle()
+    gate, calls = threading.Event(), []
+    real = sensitivity.proposal_accuracies
+
+    def slow(view: Any, **k: Any) -> Any:
+        calls.append(view.revision)
+        gate.wait(20)
+        return real(view, **k)
+
+    monkeypatch.setattr(sensitivity, "proposal_accuracies", slow)
+    try:
+        act(w, "propose")
+        _wait(lambda: calls)
+        assert w.previews["h1"]["accuracy_pending"]
+        w_drop = w.previews["h1"]["units"]
+        act(w, "accept", layer="h1")  # not blocked by the computation in flight
+        assert s.layer("h1").units_alive == 20 - w_drop
+        _wait(lambda: len(calls) == 2)
+        gate.set()
+        _wait(lambda: not w.previews["h2"]["accuracy_pending"])
+        assert "h1" not in w.previews and w.previews["h2"]["accuracy"] is not None
+    finally:
+        gate.set()
+        w.close()
+
+
+def test_no_eval_data_no_accuracy_preview(session: PruningSession, widget: PruningWidget) -> None:
+    act(widget, "propose")
+    _wait(lambda: not any(p["bound_pending"] for p in widget.previews.values()))
+    for p in widget.previews.values():
+        assert p["eval"] is False and p["accuracy"] is None and p["accuracy_pending"] is False
+
+
+# ---------------------------------------------------------------------- deploying from the widget
+def test_deploy_from_the_widget(tmp_path: Path) -> None:
+    s = _eval_session()
+    w = s.widget(export_path=str(tmp_path / "small.keras")).settle()
+    sent = Recorder(w)
+    try:
+        offered = {f["name"]: f for f in w.deploy["offered"]}
+        assert {"keras", "keras-int8", "tflite-int8", "onnx", "tflite-full-int8"} <= set(offered)
+        assert offered["tflite-full-int8"]["data"] and w.deploy["eval"] is True
+        act(w, "step")
+        folder = tmp_path / "out"
+        act(w, "deploy", formats=["keras", "keras-int8", "tflite-int8"], dir=str(folder))
+        assert w.error == ""
+        d = w.wait_deploy(300)
+        assert d["status"] == "done", d
+        names = [r["name"] for r in d["rows"]]
+        assert names == ["original", "pruned", "pruned + keras-int8", "pruned + tflite-int8"]
+        for r in d["rows"][1:]:
+            assert Path(r["path"]).is_file() and Path(r["path"]).stat().st_size == r["bytes"] > 0
+            assert Path(r["path"]).name.startswith("small.")
+            assert 0 <= r["accuracy"] <= 1 and 0 <= r["agreement"] <= 1
+            assert r["times_smaller"] == pytest.approx(d["original_bytes"] / r["bytes"])
+        assert d["rows"][1]["accuracy"] == pytest.approx(_accuracy(s.pruned_model(), s.eval_data))
+        assert "deployed 3 files" in w.notice
+        # a second time: the widget asks before overwriting, and writes nothing until confirmed
+        data = (folder / "small.int8.tflite").read_bytes()
+        act(w, "deploy", formats=["tflite-int8"], dir=str(folder))
+        ask = sent.of("confirm_overwrite")[-1]
+        assert ask["kind"] == "deploy" and ask["paths"] == [str(folder / "small.int8.tflite")]
+        assert w.deploy["status"] == "done" and (folder / "small.int8.tflite").read_bytes() == data
+        act(w, "deploy", formats=["tflite-int8"], dir=str(folder), overwrite=True)
+        assert w.wait_deploy(300)["status"] == "done"
+        assert [r["name"] for r in w.deploy["rows"]][-1] == "pruned + tflite-int8"
+        act(w, "deploy", formats=["zip"], dir=str(folder))
+        assert "deploy formats" in w.error
+    finally:
+        w.close()
+
+
+def test_full_int8_deploy_needs_eval_data(session: PruningSession, widget: PruningWidget, tmp_path: Path) -> None:
+    assert widget.deploy["eval"] is False
+    act(widget, "deploy", formats=["tflite-full-int8"], dir=str(tmp_path / "d"))
+    assert "eval_data" in widget.error and widget.deploy["status"] == "idle"
+    assert not (tmp_path / "d").exists()
+
+
+def test_certified_bounds_after_units_are_removed_need_no_widening() -> None:
+    """A removed unit's pre-activation is a point exactly at ReLU's kink: its slopes are both sides', so the
+    change carried through it is finite (it was inf * 0 before the engine's ReLU rule knew the point case)."""
+    from paoding_widgets.engine.activations import relu_rule
+
+    lo = np.array([0.0, -1.0, 2.0, 6.0], np.float32)
+    gmin, gmax = relu_rule().slope(lo, lo.copy())
+    assert gmin.tolist() == [0.0, 0.0, 1.0, 1.0] and gmax.tolist() == [1.0, 0.0, 1.0, 1.0]
+    gmin, gmax = relu_rule(max_value=6.0).slope(lo, lo.copy())
+    assert gmin.tolist() == [0.0, 0.0, 1.0, 0.0] and gmax.tolist() == [1.0, 0.0, 1.0, 1.0]
+    d = relu_rule().delta(lo, lo.copy(), np.zeros_like(lo), np.zeros_like(lo))
+    assert np.all(np.isfinite(d[0])) and np.all(d[0] == 0) and np.all(d[1] == 0)
+
+    s = make_session(step=0.3)
+    s.propose()
+    s.accept("h1")
+    s.accept("h2")
+    s.propose()
+    p = s.pruner
+    for name, prop in s.proposals.items():
+        inj = sensitivity.joint_injection(p.view(p.graph.group(name)), prop.candidates)
+        assert inj is not None
+        lo, hi = p.propagator.deltas(p.bounds(), inj, 1)
+        assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)), name
+        b = sensitivity.proposal_bound(p, p.graph.group(name), prop.candidates)
+        assert b is not None and 0 < b < np.inf
+
+
+def test_preview_accuracy_fits_its_time_budget() -> None:
+    """A large model gets fewer samples (the figure says how many), never fewer than MIN_PREVIEW_EVAL."""
+    s = _eval_session()
+    s.propose()
+    v = SessionView(s)
+    full = sensitivity.proposal_accuracies(v, budget=None)
+    assert full is not None and full.samples == 300
+    tight = sensitivity.proposal_accuracies(v, budget=1e-6)
+    assert tight is not None and tight.samples == sensitivity.MIN_PREVIEW_EVAL
+    assert set(tight.after) == set(full.after) == {"h1", "h2", "h3"}
+    x, y = s.eval_data
+    probe = _eval_session()
+    probe.propose()
+    probe.accept("h3")
+    n = sensitivity.MIN_PREVIEW_EVAL
+    assert tight.after["h3"] == pytest.approx(_accuracy(probe.pruned_model(), (x[:n], y[:n])))

@@ -80,3 +80,48 @@ export function sparkPoints(xs, ys, w, h, yMax) {
   });
   return pts.join(" ");
 }
+
+/** What a heatmap column means while two history points are compared: "unit 5 went between points 0 and 3". */
+export function compareText(cmpRow, units, a, b) {
+  if (!cmpRow || !units) return "";
+  const [first, last] = units;
+  const inside = (xs) => (xs || []).filter((u) => u >= first && u <= last);
+  const went = inside(cmpRow.went), back = inside(cmpRow.back);
+  const list = (xs) => (xs.length === 1 ? `unit ${xs[0]}` : `units ${xs.join(", ")}`);
+  const out = [];
+  if (went.length) out.push(`${list(went)} went between points ${a} and ${b}`);
+  if (back.length) out.push(`${list(back)} alive at point ${b}, not at point ${a}`);
+  return out.join("; ");
+}
+
+/**
+ * The preview line's figures: the certified bound and (with eval data) the accuracy after accepting.
+ * state: "pending" (nothing yet), "stale" (an earlier state's figure, being recomputed), "done", or "" (no eval data).
+ */
+export function previewParts(pv) {
+  const staleNote = " (of the previous state; computing…)";
+  let bound;
+  if (pv.bound == null) bound = pv.bound_pending ? "bound: computing…" : "no certified bound";
+  else bound = `no output moves by more than ${fmt.num(pv.bound)} (certified)${pv.bound_stale ? staleNote : ""}`;
+  let accuracy = "", state = "";
+  if (pv.eval) {
+    if (pv.accuracy == null) {
+      state = pv.accuracy_pending ? "pending" : "";
+      accuracy = pv.accuracy_pending ? "accuracy after: computing…" : "";
+    } else {
+      state = pv.accuracy_stale ? "stale" : "done";
+      const n = pv.samples != null ? ` on ${fmt.int(pv.samples)} eval samples` : "";
+      accuracy = `accuracy ${fmt.pct(pv.accuracy_now)} → ${fmt.pct(pv.accuracy)}${n}${pv.accuracy_stale ? staleNote : ""}`;
+    }
+  }
+  return { bound, accuracy, state, boundStale: Boolean(pv.bound_stale) };
+}
+
+/** One deploy table row's cells: model, file, size, times smaller, accuracy, change, robust kept, agreement. */
+export function deployCells(r, eps) {
+  const file = r.path ? r.path.split(/[\\/]/).pop() : "(temporary copy)";
+  const kept = eps != null && r.robust_kept ? r.robust_kept[String(eps)] : null;
+  const drop = r.accuracy_drop == null ? "–" : `${r.accuracy_drop > 0 ? "−" : "+"}${Math.abs(100 * r.accuracy_drop).toFixed(2)} pt`;
+  return [r.name, file, r.bytes ? fmt.bytes(r.bytes) : "–", r.times_smaller == null ? "–" : `${r.times_smaller.toFixed(1)}×`,
+    fmt.pct(r.accuracy), drop, kept == null ? "–" : fmt.pct(kept), fmt.pct(r.agreement)];
+}

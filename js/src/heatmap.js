@@ -30,6 +30,10 @@ export function toRGBA(bytes, h, w, marks = new Map()) {
         out[o] = 230; out[o + 1] = 60; out[o + 2] = 60;
       } else if (mark === "keep") {
         out[o] = 60; out[o + 1] = 140; out[o + 2] = 240;
+      } else if (mark === "went") {
+        out[o] = 255; out[o + 1] = 140; out[o + 2] = 0;
+      } else if (mark === "back") {
+        out[o] = 40; out[o + 1] = 170; out[o + 2] = 80;
       } else {
         out[o] = red; out[o + 1] = green; out[o + 2] = blue;
       }
@@ -58,6 +62,18 @@ export function proposalMarks(proposal, n, w) {
   if (!proposal || !n) return marks;
   proposal.keep.forEach((k) => { if (k >= 0) marks.set(columnOfUnit(k, n, w), "keep"); });
   proposal.drop.forEach((d) => marks.set(columnOfUnit(d, n, w), "drop"));
+  return marks;
+}
+
+/**
+ * Column marks for two history points compared: units that went between them (orange) and units
+ * alive at the second point but not the first (green, when comparing backwards).
+ */
+export function compareMarks(cmpRow, n, w) {
+  const marks = new Map();
+  if (!cmpRow || !n) return marks;
+  (cmpRow.back || []).forEach((u) => marks.set(columnOfUnit(u, n, w), "back"));
+  (cmpRow.went || []).forEach((u) => marks.set(columnOfUnit(u, n, w), "went"));
   return marks;
 }
 

@@ -95,3 +95,47 @@ export function rowActions(row) {
 export function unitsText(row) {
   return row.units_total == null ? "" : `${row.units_alive} / ${row.units_total}`;
 }
+
+/** Rows under a parent row (at any depth). */
+export function descendants(rows, name) {
+  const parents = new Map(rows.map((r) => [r.name, r.parent]));
+  return rows.filter((r) => {
+    for (let p = r.parent; p != null; p = parents.get(p)) if (p === name) return true;
+    return false;
+  });
+}
+
+/** How sensitive a curve is: its largest certified bound, else (no bound) its largest strategy score. */
+function worst(curve) {
+  const bounds = curve.bound.slice(1).filter((b) => b != null);
+  if (bounds.length) return [1, Math.max(...bounds)];
+  const scores = (curve.score || []).filter((b) => b != null);
+  return [0, scores.length ? Math.max(...scores) : 0];
+}
+
+/**
+ * A collapsed block's sensitivity: the curve of its most sensitive member (largest certified bound at
+ * any share; by the strategy's score when no member has a bound). Returns {curve, member, members} or null.
+ */
+export function blockCurve(rows, name, curves) {
+  if (!curves) return null;
+  const groups = [...new Set(descendants(rows, name).map((r) => r.group).filter((g) => g != null && curves[g]))];
+  if (!groups.length) return null;
+  let best = null, key = null;
+  for (const g of groups) {
+    const k = worst(curves[g]);
+    if (!best || k[0] > key[0] || (k[0] === key[0] && k[1] > key[1])) { best = g; key = k; }
+  }
+  return { curve: curves[best], member: best, members: groups.length };
+}
+
+/** Units that went between two compared points, summed over a parent row's members: {went, layers}. */
+export function blockWent(rows, name, cmpLayers) {
+  if (!cmpLayers) return null;
+  const groups = new Set(descendants(rows, name).map((r) => r.group).filter((g) => g != null));
+  let went = 0, layers = 0;
+  for (const l of cmpLayers) {
+    if (groups.has(l.name) && l.went_count) { went += l.went_count; layers += 1; }
+  }
+  return { went, layers };
+}

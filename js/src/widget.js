@@ -1,11 +1,13 @@
 // PruningWidget front end (anywidget ESM): a thin view over the kernel-side session.
-import { colormap, drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
+import { colormap, compareMarks, drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
 import {
-  childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryStatus, summaryText, treeKey, unitsText,
-  visibleRows,
+  blockCurve, blockWent, childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryStatus, summaryText,
+  treeKey, unitsText, visibleRows,
 } from "./tree.js";
 import { applyHeatmaps, asBytes, detailAt, sendAction } from "./wire.js";
-import { filterRows, fmt, markText, progressText, sparkPoints } from "./format.js";
+import {
+  compareText, deployCells, filterRows, fmt, markText, previewParts, progressText, sparkPoints,
+} from "./format.js";
 
 function el(tag, attrs = {}, children = []) {
   const e = document.createElement(tag);
@@ -80,12 +82,15 @@ function heatLegend() {
     el("span", { text: "max (√ scale)" }),
     el("span", { class: "pw-swatch pw-mark-drop" }), el("span", { text: "unit removed / merged away" }),
     el("span", { class: "pw-swatch pw-mark-keep" }), el("span", { text: "unit it merges into" }),
+    el("span", { class: "pw-swatch pw-mark-went pw-when-compare" }),
+    el("span", { class: "pw-when-compare", text: "went between the compared points" }),
   ]);
 }
 
 /** A tiny SVG curve of a layer's certified bound over its shares (scaled by the largest bound of any layer). */
-function sparkline(curve, top, scoreTop) {
-  const svg = svgEl("svg", { viewBox: "0 0 60 16", class: "pw-spark", "data-layer": curve.name });
+function sparkline(curve, top, scoreTop, block = null) {
+  const svg = svgEl("svg", { viewBox: "0 0 60 16", class: `pw-spark${block ? " pw-spark-block" : ""}`,
+    "data-layer": block ? block.name : curve.name });
   const bounded = curve.bound.slice(1).some((b) => b != null);
   const ys = bounded ? curve.bound : (curve.score || []);
   const pts = sparkPoints(curve.ratios, ys, 60, 16, bounded ? top : scoreTop);
@@ -93,9 +98,10 @@ function sparkline(curve, top, scoreTop) {
     "stroke-dasharray": bounded ? "" : "2 1" }));
   const last = ys.filter((b) => b != null).pop();
   const end = fmt.pct(curve.ratios[curve.ratios.length - 1]);
-  svg.append(svgEl("title", {}, bounded
+  const who = block ? `${block.name}: its most sensitive of ${block.members} prunable layers is ${curve.name}; ` : "";
+  svg.append(svgEl("title", {}, who + (bounded
     ? `${curve.name}: pruned alone to ${end}, no output moves by more than ${fmt.num(last)} (certified)`
-    : `${curve.name}: pruned alone to ${end}, strategy score ${fmt.num(last)} (no certified bound: dashed)`));
+    : `${curve.name}: pruned alone to ${end}, strategy score ${fmt.num(last)} (no certified bound: dashed)`)));
   return svg;
 }
 
@@ -150,6 +156,8 @@ function render({ model, el: root }) {
   let confirm = null; // {path, format}: the file exists, overwrite?
   let filter = "";
   let pick = { a: null, b: null }; // history points to compare
+  let deployDir = "deploy"; // the deploy folder typed (kept across redraws)
+  let deployPick = null; // Set of formats ticked (null: the kernel's defaults)
 
   root.classList.add("pw-root");
   // Keys typed anywhere in the widget are the widget's: JupyterLab's command mode binds a, s, l, the arrows...
@@ -176,7 +184,8 @@ function render({ model, el: root }) {
     "aria-label": "filter layers", oninput: (e) => { filter = e.target.value; focus = 0; drawTree(); } });
   const side = el("div", { class: "pw-side" });
   const treeBox = el("div", { class: "pw-tree-box" }, [search, tree, heatLegend()]);
-  root.append(toolbar, banner, noticeBox, confirmBox, el("div", { class: "pw-main" }, [treeBox, side]));
+  const deployBox = el("div", { class: "pw-deploy-box" });
+  root.append(toolbar, banner, noticeBox, confirmBox, el("div", { class: "pw-main" }, [treeBox, side]), deployBox);
 
   const act = (action, fields) => sendAction(model, action, fields);
   let rowsCache = null;
@@ -267,7 +276,15 @@ function render({ model, el: root }) {
     noticeBox.textContent = note;
     noticeBox.hidden = !note || Boolean(msg);
     confirmBox.hidden = !confirm;
-    if (confirm) {
+    if (confirm && confirm.kind === "deploy") {
+      const c = confirm;
+      const names = c.paths.map((x) => x.split(/[\\/]/).pop()).join(", ");
+      confirmBox.replaceChildren(el("span", { text: `${c.paths.length === 1 ? "A file exists" : `${c.paths.length} files exist`} in ${c.dir}: ${names}. Overwrite?` }),
+        el("button", { class: "pw-btn pw-overwrite", text: "Overwrite",
+          onclick: () => { confirm = null; act("deploy", { formats: c.formats, dir: c.dir, overwrite: true }); drawBanner(); } }),
+        el("button", { class: "pw-btn pw-keep", text: "Keep the files",
+          onclick: () => { confirm = null; drawBanner(); } }));
+    } else if (confirm) {
       const c = confirm;
       confirmBox.replaceChildren(el("span", { text: `${c.path} exists. Overwrite it?` }),
         el("button", { class: "pw-btn pw-overwrite", text: "Overwrite",
@@ -282,7 +299,9 @@ function render({ model, el: root }) {
     const col = Math.min(img.w - 1, Math.max(0, Math.floor(((e.clientX - rect.left) / (rect.width || 1)) * img.w)));
     const units = row.units_total ? unitsOfColumn(col, row.units_total, img.w) : null;
     const what = units ? (units[0] === units[1] ? `unit ${units[0]}` : `units ${units[0]}–${units[1]}`) : "";
-    const mark = markText(row.proposal, units);
+    const cmp = model.get("compare") || {};
+    const cmpRow = cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
+    const mark = [markText(row.proposal, units), compareText(cmpRow, units, cmp.a, cmp.b)].filter(Boolean).join("; ");
     canvas.title = `${row.name}, ${what}${mark ? `: ${mark}` : ""}`;
   }
 
@@ -290,8 +309,13 @@ function render({ model, el: root }) {
     const acts = rowActions(row);
     const canvas = el("canvas", { class: "pw-heat", "data-layer": row.name });
     const img = heatmaps.get(row.name);
+    const cmp = model.get("compare") || {};
+    const cmpRow = row.group != null && cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
     if (img) {
-      drawHeatmap(canvas, img, proposalMarks(row.proposal, row.units_total, img.w));
+      const marks = compareMarks(cmpRow, row.units_total, img.w);
+      for (const [c, m] of proposalMarks(row.proposal, row.units_total, img.w)) marks.set(c, m);
+      drawHeatmap(canvas, img, marks);
+      if (cmpRow && (cmpRow.went_count || cmpRow.back_count)) canvas.setAttribute("data-went", String(cmpRow.went_count));
       canvas.title = `${row.name}: |weights| (inputs down, units across)` +
         (row.proposal ? `; proposal: ${row.proposal.drop.length} units go (point at a marked column)` : "");
       canvas.addEventListener("mousemove", (e) => heatTitle(row, img, canvas, e));
@@ -310,13 +334,19 @@ function render({ model, el: root }) {
     const params = live != null && row.params != null ? live : row.params;
     const curve = row.group && sens.curves ? sens.curves[row.group] : null;
     const plan = (model.get("plan") || {}).targets || {};
+    const agg = nested && !expanded.has(row.name) && sens.curves ? blockCurve(allRows(), row.name, sens.curves) : null;
     const sensCell = el("span", { class: `pw-sens-cell${sens.current === false ? " pw-stale" : ""}` },
-      curve && row.heatmap ? [sparkline(curve, top, scoreTop)] : []);
+      curve && row.heatmap ? [sparkline(curve, top, scoreTop)]
+        : agg ? [sparkline(agg.curve, top, scoreTop, { name: row.name, members: agg.members })] : []);
     if (row.group && plan[row.group] != null && row.heatmap) {
       sensCell.append(el("span", { class: "pw-plan-share", text: fmt.pct(plan[row.group]), title: "planned share" }));
     }
-    const cmp = model.get("compare") || {};
-    const cmpRow = row.heatmap && cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
+    const bw = nested && cmp.layers ? blockWent(allRows(), row.name, cmp.layers) : null;
+    const unitsCell = cmpRow && row.heatmap
+      ? el("span", { class: "pw-units", text: `${cmpRow.units_a} → ${cmpRow.units_b}`, title: `units at point ${cmp.a} → point ${cmp.b}` })
+      : bw ? el("span", { class: "pw-units pw-block-went", text: bw.went ? `${fmt.int(bw.went)} went` : "",
+        title: `between points ${cmp.a} and ${cmp.b}: ${fmt.int(bw.went)} units went in ${bw.layers} layer${bw.layers === 1 ? "" : "s"} of this block` })
+        : el("span", { class: "pw-units", text: unitsText(row), title: "units alive / total" });
     const r = el("div", {
       class: `pw-row${index === focus ? " pw-focus" : ""}${row.depth ? " pw-child" : ""}`, role: "treeitem",
       "data-layer": row.name, "data-status": row.status, "aria-selected": index === focus ? "true" : "false",
@@ -327,8 +357,7 @@ function render({ model, el: root }) {
         text: `${nested ? (expanded.has(row.name) ? "▾ " : "▸ ") : ""}${row.name}` }),
       el("span", { class: "pw-type", text: row.type, title: row.type }),
       el("span", { class: "pw-shape", text: row.shape }),
-      el("span", { class: "pw-units", text: cmpRow ? `${cmpRow.units_a} → ${cmpRow.units_b}` : unitsText(row),
-        title: cmpRow ? `units at point ${cmp.a} → point ${cmp.b}` : "units alive / total" }),
+      unitsCell,
       el("span", { class: "pw-params", text: fmt.int(params),
         title: params !== row.params ? `${fmt.int(params)} of ${fmt.int(row.params)} parameters alive` : "parameters" }),
       chip, row.heatmap ? canvas : el("span", { class: "pw-heat-empty" }), sensCell,
@@ -339,14 +368,23 @@ function render({ model, el: root }) {
     const frag = [r];
     const pv = row.status === "pending" && row.heatmap ? (model.get("previews") || {})[row.group] : null;
     if (pv) {
-      const bound = pv.bound_pending ? "bound: computing…" : pv.bound == null ? "no certified bound"
-        : `no output moves by more than ${fmt.num(pv.bound)} (certified)`;
-      frag.push(el("div", { class: "pw-preview", "data-layer": row.name },
-        [el("span", { text: `Accepting removes ${pv.units} unit${pv.units === 1 ? "" : "s"}, ${fmt.int(pv.params)} parameters, ${fmt.si(pv.flops)} FLOPs; ${bound}` })]));
+      const parts = previewParts(pv);
+      const line = el("span", {}, [
+        el("span", { text: `Accepting removes ${pv.units} unit${pv.units === 1 ? "" : "s"}, ${fmt.int(pv.params)} parameters, ${fmt.si(pv.flops)} FLOPs; ` }),
+        el("span", { class: `pw-preview-bound${parts.boundStale ? " pw-stale" : ""}`, text: parts.bound })]);
+      if (parts.accuracy) {
+        line.append("; ", el("span", { class: `pw-preview-acc${parts.state === "stale" ? " pw-stale" : ""}`,
+          "data-state": parts.state, text: parts.accuracy,
+          title: "top-1 accuracy on the session's eval data now → if this proposal alone is accepted (computed on a copy)" }));
+      }
+      frag.push(el("div", { class: "pw-preview", "data-layer": row.name }, [line]));
     }
-    if (cmpRow && cmpRow.went_count) {
-      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text:
-        `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " …" : ""} went` })]));
+    if (cmpRow && row.heatmap && (cmpRow.went_count || cmpRow.back_count)) {
+      const shown = cmpRow.went.slice(0, 64);
+      const text = cmpRow.went_count
+        ? `between points ${cmp.a} and ${cmp.b}: unit${cmpRow.went_count === 1 ? "" : "s"} ${shown.join(", ")}${cmpRow.went_count > shown.length ? ` … (${cmpRow.went_count} in all)` : ""} went`
+        : `between points ${cmp.a} and ${cmp.b}: ${cmpRow.back_count} units came back`;
+      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text })]));
     }
     if (openDetail.has(row.name)) frag.push(drawDetail(row));
     return frag;
@@ -477,6 +515,66 @@ function render({ model, el: root }) {
         onclick: () => { pick = { a: null, b: null }; act("compare_clear"); } })]);
   }
 
+  // The deploy controls are built once per offer and kept: a redraw while a key is down on a checkbox
+  // (Space toggles on key-up) must not swap the element under the keyboard.
+  let deployControls = null; // {key, bar, go}
+  const deployResult = el("div", { class: "pw-deploy-result" });
+
+  function deployBar(d) {
+    const offered = d.offered;
+    if (deployPick == null) deployPick = new Set(offered.filter((f) => f.default).map((f) => f.name));
+    const usable = (f) => !(f.data && !d.eval);
+    const boxes = offered.map((f) => el("label", { class: "pw-deploy-choice", title: usable(f) ? f.description
+      : `${f.description}: calibrated on your own inputs; give the session eval_data (never invented)` }, [
+      el("input", { type: "checkbox", class: "pw-deploy-format", value: f.name,
+        checked: deployPick.has(f.name) && usable(f), disabled: !usable(f),
+        onchange: (e) => { e.target.checked ? deployPick.add(f.name) : deployPick.delete(f.name); } }),
+      f.name]));
+    const dir = el("input", { class: "pw-input pw-deploy-dir", "aria-label": "deploy folder", value: deployDir,
+      oninput: (e) => { deployDir = e.target.value; } });
+    const go = el("button", { class: "pw-btn pw-deploy", text: "Deploy",
+      title: "quantise and export the pruned model in the ticked formats, run every file and compare (in the background)",
+      onclick: (e) => {
+        if (off(e.currentTarget)) return;
+        act("deploy", { formats: offered.filter((f) => deployPick.has(f.name) && usable(f)).map((f) => f.name),
+          dir: deployDir });
+      } });
+    const bar = el("div", { class: "pw-deploy-bar", role: "group", "aria-label": "deploy formats" },
+      [...boxes, el("label", { class: "pw-num" }, ["folder ", dir]), go]);
+    return { bar, go };
+  }
+
+  function drawDeploy() {
+    const d = model.get("deploy") || {};
+    const offered = d.offered || [];
+    if (!offered.length) { deployBox.replaceChildren(); deployControls = null; return; }
+    const key = JSON.stringify([offered, d.eval]);
+    if (!deployControls || deployControls.key !== key) {
+      deployControls = { key, ...deployBar(d) };
+      deployBox.replaceChildren(el("h4", { text: "Deploy" }), deployControls.bar, deployResult);
+    }
+    const busy = d.status === "running";
+    setOff(deployControls.go, busy || Boolean(model.get("running")));
+    deployControls.go.textContent = busy ? "Deploying…" : "Deploy";
+    const parts = [];
+    if (busy) parts.push(el("div", { class: "pw-deploy-status", role: "status", text: `deploying: ${d.step || "starting"}…` }));
+    if (d.status === "error") parts.push(el("div", { class: "pw-deploy-status pw-warn-text", text: `deploy failed: ${d.message}` }));
+    if (d.rows && d.rows.length) {
+      const eps = (d.epsilons || [])[0];
+      const head = ["model", "file", "size", "vs original", "accuracy", "vs pruned",
+        eps != null ? `FGSM ${eps} kept` : "robust kept", "agreement"];
+      const table = el("table", { class: `pw-deploy-table${busy ? " pw-stale" : ""}` }, [
+        el("tr", {}, head.map((h) => el("th", { text: h }))),
+        ...d.rows.map((r) => el("tr", { "data-name": r.name, title: r.note || "" },
+          deployCells(r, eps).map((c, i) => el("td", { text: c, title: i === 1 && r.path ? r.path : "" }))))]);
+      parts.push(table, el("div", { class: "pw-tip", text: `sizes on disk; "vs original": times smaller than the original float32 .keras; `
+        + `accuracy on ${d.n_eval != null ? `${fmt.int(d.n_eval)} eval samples` : "–"}; agreement with the original on `
+        + `${fmt.int(d.n_probes)} random inputs from the box; every file was loaded and run in its own runtime` }));
+      for (const r of d.rows) if (r.note) parts.push(el("div", { class: "pw-tip", text: `${r.name}: ${r.note}` }));
+    }
+    deployResult.replaceChildren(...parts);
+  }
+
   function drawSide() {
     const m = model.get("metrics") || {};
     const stale = Boolean(model.get("metrics_pending") || model.get("running"));
@@ -545,17 +643,25 @@ function render({ model, el: root }) {
       details.set(msg.name, { ...msg, data: asBytes(buffers[0]) });
       drawTree();
     } else if (msg.type === "error") { notice = msg.message; drawBanner(); }
-    else if (msg.type === "confirm_overwrite") { confirm = { path: msg.path, format: msg.format }; drawBanner(); }
+    else if (msg.type === "confirm_overwrite") {
+      confirm = msg.kind === "deploy" ? { kind: "deploy", paths: msg.paths, dir: msg.dir, formats: msg.formats }
+        : { path: msg.path, format: msg.format };
+      drawBanner();
+      confirmBox.querySelector(".pw-keep")?.focus(); // the keyboard lands on the safe choice
+    }
     else if (msg.type === "exported") { notice = ""; confirm = null; drawBanner(); }
   });
   let queued = false;
-  const redrawNow = () => { queued = false; drawToolbar(); drawBanner(); drawTree(); drawSide(); };
+  const redrawNow = () => {
+    queued = false; drawToolbar(); drawBanner(); drawTree(); drawSide(); drawDeploy();
+    root.classList.toggle("pw-comparing", Boolean((model.get("compare") || {}).layers));
+  };
   const redraw = () => { if (!queued) { queued = true; queueMicrotask(redrawNow); } };
   const newRows = () => { rowsCache = null; parentsCache = null; notice = ""; redraw(); };
   const newState = () => { notice = ""; redraw(); };
   for (const t of ["layers", "states", "settings", "history", "position", "running", "progress", "metrics",
     "metrics_pending", "metrics_history", "error", "strategies", "notice", "progress_info", "live_params", "previews",
-    "sensitivity", "plan", "compare"]) {
+    "sensitivity", "plan", "compare", "deploy"]) {
     model.on(`change:${t}`, t === "layers" || t === "states" ? newRows
       : ["history", "position", "error"].includes(t) ? newState : redraw);
   }

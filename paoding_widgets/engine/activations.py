@@ -76,6 +76,13 @@ def relu_rule(negative_slope: float = 0.0, max_value: float | None = None, thres
                           np.where(has_cap, 0.0, big))
         gmax = np.maximum(np.maximum(np.where(has_low, a, -big), np.where(has_mid, 1.0, -big)),
                           np.where(has_cap, 0.0, -big))
+        # A point exactly at a kink (lo == hi == thr or cap: a removed unit's constant pre-activation) is in
+        # no piece above; its slopes are both sides' (the subgradient), else deltas get inf * 0 = inf / nan.
+        empty = gmin > gmax
+        if np.any(empty):
+            at_cap = (lo >= cap) if cap is not None else np.zeros_like(empty)
+            gmin = np.where(empty, np.where(at_cap, 0.0, min(a, 1.0)), gmin).astype(gmin.dtype)
+            gmax = np.where(empty, np.where(at_cap, 1.0, max(a, 1.0)), gmax).astype(gmax.dtype)
         return gmin, gmax
 
     return ActivationRule(name, f, slope, homogeneous=cap is None and thr == 0.0)

@@ -291,6 +291,19 @@ class SessionView:
             out[name] = proposal_bound(pruner, pruner.graph.group(name), prop.candidates)
         return revision, out
 
+    def proposal_accuracies(self, cancelled: Any = None, on_result: Any = None) -> Any:
+        """Accuracy now and after accepting each open proposal alone (eval data; a private copy, off the lock).
+
+        See :func:`.sensitivity.proposal_accuracies`; None without eval data or open proposals.
+        """
+        from .sensitivity import proposal_accuracies
+
+        return proposal_accuracies(self, cancelled=cancelled, on_result=on_result)
+
+    @property
+    def has_eval_data(self) -> bool:
+        return self._session.eval_data is not None
+
     def alive_at(self, position: int) -> dict[str, np.ndarray]:
         """Which units of every group live at a history position (read from the patches; nothing moves)."""
         s = self._session

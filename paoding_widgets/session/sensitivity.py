@@ -143,31 +143,11 @@ def add_injections(total: dict[str, Interval], more: dict[str, Interval]) -> dic
     return out
 
 
-def widened(base: Any) -> Any:
-    """Value bounds with every zero-width interval (a removed unit is a constant) widened a little.
-
-    Wider value bounds are still sound, and ``Propagator.deltas`` returns infinite changes
-    across a zero-width pre-activation interval (a slope range of 0/0): without this, any
-    state with removed units would have no certified bound at all.
-    """
-    def widen(iv: Interval) -> Interval:
-        lo, hi = iv
-        with np.errstate(over="ignore", invalid="ignore"):  # deep nets' bounds may be infinite
-            flat = (hi - lo) <= 0
-        if not np.any(flat):
-            return iv
-        eps = np.where(flat, 1e-6 * (1.0 + np.abs(lo)), 0.0).astype(lo.dtype)
-        return lo - eps, hi + eps
-
-    return dataclasses.replace(base, out={k: widen(v) for k, v in base.out.items()},
-                               pre={k: widen(v) for k, v in base.pre.items()})
-
-
 def output_change_bound(pruner: Any, base: Any, injections: dict[str, Interval]) -> float | None:
     """The largest |change| of any output over the box for the injected reader changes (None: unbounded)."""
     if not injections:
         return 0.0
-    res = pruner.propagator.deltas(widened(base), injections, 1)
+    res = pruner.propagator.deltas(base, injections, 1)
     if res is None:
         return None
     lo, hi = res
@@ -353,3 +333,84 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
             progress({"done": i + 1, "total": len(wanted), "layer": g.name,
                       "elapsed": time.monotonic() - t0})
     return Sensitivity(revision, curves, time.monotonic() - t0, total_params, total_flops, notes)
+
+
+# ---------------------------------------------------------------------- accuracy after accepting a proposal
+def _labels_of(y: Any) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+
+
+def _load_layers(model: Any, store: Any, keys: set[tuple[str, str]]) -> None:
+    """Copy the store's current arrays of the layers owning ``keys`` into the full-size ``model``."""
+    from ..engine.weights import layer_variable_names
+
+    for name in sorted({k[0] for k in keys if not k[0].startswith("__")}):
+        layer = model.get_layer(name)
+        layer.set_weights([store.arrays[(name, v)] for v in layer_variable_names(layer)])
+
+
+@dataclass
+class PreviewAccuracy:
+    """Accuracy now and after accepting each open proposal alone, on the same eval samples."""
+
+    revision: tuple[int, int]
+    samples: int
+    now: float
+    after: dict[str, float]  # layer -> accuracy if its proposal alone were accepted now
+
+
+MIN_PREVIEW_EVAL = 64  # fewer samples than this make an accuracy figure too coarse to show
+
+
+def proposal_accuracies(view: Any, limit: int = MAX_EVAL, cancelled: Callable[[], bool] | None = None,
+                        on_result: Callable[[str, float, PreviewAccuracy], None] | None = None,
+                        budget: float | None = 60.0) -> PreviewAccuracy | None:
+    """Accuracy on the session's eval data (the first ``limit`` samples) if each open proposal were accepted.
+
+    Why: "what will accepting this cost" in the one figure people trust most.  Runs on a private
+    copy of the weights, off the session lock (an action is never blocked); ``cancelled()`` stops it
+    between layers (raises :class:`Cancelled`); ``on_result(layer, accuracy, so_far)`` reports each as it comes.
+    ``budget``: seconds the whole preview may take (it runs the model once per open proposal); on a large
+    model the sample count shrinks to fit it, down to ``MIN_PREVIEW_EVAL`` (the figure says how many).
+    None when the session has no eval data or no open proposal.
+    """
+    from ..engine.evaluate import predict_classes
+
+    stop = cancelled or (lambda: False)
+    session = view.session
+    with session._lock:
+        props = dict(session.proposals)
+        revision = session.revision
+        eval_data = session.eval_data
+        if eval_data is None or not props:
+            return None
+        p = private_pruner(session.pruner, session.seed)
+    x, labels = np.asarray(eval_data[0])[:limit], _labels_of(eval_data[1])[:limit]
+    model = p.edited_model()
+    if budget is not None and len(x) > MIN_PREVIEW_EVAL:
+        t = time.monotonic()
+        predict_classes(model, x[:MIN_PREVIEW_EVAL])  # per-sample cost (also warms the model up)
+        per_sample = (time.monotonic() - t) / MIN_PREVIEW_EVAL
+        fits = int(budget / max(per_sample * (len(props) + 1), 1e-9))
+        n = max(MIN_PREVIEW_EVAL, min(len(x), fits))
+        x, labels = x[:n], labels[:n]
+    now = float((predict_classes(model, x) == labels).mean())
+    out = PreviewAccuracy(revision, len(x), now, {})
+    for name, prop in props.items():
+        if stop():
+            raise Cancelled("preview accuracy cancelled")
+        # a copy: applying fills in coefficients and bookkeeping we must not write into the session's proposal
+        mine = dataclasses.replace(prop, candidates=copy.copy(prop.candidates), extra=dict(prop.extra))
+        patch = p.apply(mine)
+        keys = {a.key for a in patch.arrays}
+        try:
+            _load_layers(model, p.store, keys)
+            acc = float((predict_classes(model, x) == labels).mean())
+        finally:
+            p.store.revert(patch)
+            _load_layers(model, p.store, keys)
+        out.after[name] = acc
+        if on_result is not None:
+            on_result(name, acc, out)
+    return out

@@ -52,9 +52,11 @@ value: dict
 live_params: dict
     Layer name -> parameters alive now (follows the units; ``layers[i].params`` is the original).
 previews: dict
-    Per pending layer: units, params and flops the proposal removes, and ``bound``
-    (certified bound of the largest output change if accepted; computed in the
-    background, None until then or when it cannot be bounded).
+    Per pending layer: units, params and flops the proposal removes; ``bound`` (certified bound
+    of the largest output change if accepted) and, with eval data (``eval``), ``accuracy`` after
+    accepting it alone next to ``accuracy_now`` on ``samples`` eval samples -- both computed in the
+    background, each with ``*_pending`` (not yet known for this state) and ``*_stale`` (the value
+    shown is of an earlier state).
 sensitivity: dict
     ``{"status": "idle"|"computing"|"done"|"cancelled"|"error", "done", "total",
     "current": bool (computed for the state shown), "seconds", "notes",
@@ -66,6 +68,10 @@ plan: dict
 compare: dict
     Two history points side by side (``{"a", "b", "layers": [{name, units_a, units_b,
     params_a, params_b, went}], "metrics_a", "metrics_b"}``) or {}.
+deploy: dict
+    The widget's deployment (:meth:`PruningSession.deploy` in the background): ``{"status": "idle" |
+    "running" | "done" | "error", "offered": [{name, description, data}], "eval": bool, "dir", "step",
+    "rows": [DeployRow.as_dict()], "original_bytes", "epsilons", "message"}``.
 export_path: str
     Default path the Export button writes to.  The only trait the front end may
     write (checked: a ``.keras`` or ``.tflite`` file name); writes to any other trait are
@@ -150,6 +156,7 @@ class PruningWidget(anywidget.AnyWidget):
     sensitivity = traitlets.Dict().tag(sync=True)
     plan = traitlets.Dict().tag(sync=True)
     compare = traitlets.Dict().tag(sync=True)
+    deploy = traitlets.Dict().tag(sync=True)
 
     def __init__(self, session: PruningSession, export_path: str = "pruned.keras", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,9 +170,13 @@ class PruningWidget(anywidget.AnyWidget):
         self._sens_cache: dict[tuple[int, int], dict[str, Any]] = {}  # state key -> sensitivity result
         self._sens_cancel = threading.Event()
         self._sens_thread: threading.Thread | None = None
-        self._preview_rev: tuple[int, int] | None = None
+        self._preview_sig: Any = None  # (state key, open proposals) the preview figures are being computed for
+        self._preview_cancel = threading.Event()
+        self._preview_cache: dict[tuple[Any, ...], dict[str, Any]] = {}  # (state key, layer, drop) -> figures
         self._unit_costs: dict[str, tuple[int, int]] | None = None
         self.sensitivity = {"status": "idle"}
+        self._deploy_thread: threading.Thread | None = None
+        self.deploy = _deploy_offer(self._view)
         self._run: RunHandle | None = None  # the last run started from this view (for scripts and tests)
         self._lock = threading.RLock()
         self._metrics_wanted = threading.Event()  # set: the shown metrics may be stale
@@ -222,26 +233,67 @@ class PruningWidget(anywidget.AnyWidget):
         return rows
 
     def _refresh_previews(self, v: SessionView) -> None:
-        """What accepting each open proposal removes (now), and its certified bound (in the background)."""
+        """What accepting each open proposal removes (now); its certified bound and, with eval data, the
+        accuracy after (in the background, cached per state, cancelled when the state moves on).
+
+        A value computed for an earlier state stays shown, marked stale, until the new one arrives.
+        """
         costs = self._unit_costs
         if costs is None:
             costs = self._unit_costs = v.unit_costs()
+        key = v.state_key()
+        has_eval = v.has_eval_data
         out: dict[str, Any] = {}
         for info in v.layers:
             if info.proposal is None:
                 continue
-            n = len(info.proposal["drop"])
+            drop = list(info.proposal["drop"])
+            n = len(drop)
             ppu, fpu = costs.get(info.name, (0, 0))
             old = self.previews.get(info.name, {})
-            same = old.get("drop") == info.proposal["drop"]
-            out[info.name] = {"units": n, "params": ppu * n, "flops": fpu * n, "drop": info.proposal["drop"],
-                              "bound": old.get("bound") if same else None,
-                              "bound_pending": old.get("bound_pending", True) if same else True}
+            cached = self._preview_cache.get((key, info.name, tuple(drop)), {})
+            same = old.get("drop") == drop  # an earlier state's figures for the same units: shown as stale
+            p: dict[str, Any] = {"units": n, "params": ppu * n, "flops": fpu * n, "drop": drop, "eval": has_eval}
+            for k in ("bound", "accuracy"):
+                if k in cached:
+                    p[k], p[f"{k}_pending"], p[f"{k}_stale"] = cached[k], False, False
+                elif same and old.get(k) is not None:
+                    p[k], p[f"{k}_pending"], p[f"{k}_stale"] = old[k], True, True
+                else:
+                    p[k], p[f"{k}_pending"], p[f"{k}_stale"] = None, k == "bound" or has_eval, False
+            for k in ("accuracy_now", "samples"):
+                p[k] = cached.get(k, old.get(k) if same else None)
+            out[info.name] = p
         self.previews = out
-        if any(p["bound_pending"] for p in out.values()) and v.revision != self._preview_rev:
-            self._preview_rev = v.revision
-            threading.Thread(target=_preview_worker, args=(weakref.ref(self), v), name="paoding-preview",
-                             daemon=True).start()
+        sig = (key, tuple(sorted((k, tuple(p["drop"])) for k, p in out.items())))
+        if sig == self._preview_sig:
+            return
+        self._preview_sig = sig
+        self._preview_cancel.set()  # the state moved on: whatever was being computed is of no use
+        self._preview_cancel = threading.Event()
+        if any(p["bound_pending"] or p["accuracy_pending"] for p in out.values()):
+            threading.Thread(target=_preview_worker, args=(weakref.ref(self), v, sig, self._preview_cancel),
+                             name="paoding-preview", daemon=True).start()
+
+    def _publish_preview(self, v: SessionView, sig: Any, name: str, **values: Any) -> bool:
+        """Show (and cache) a preview figure if the proposals it was computed for are still the open ones."""
+        with v.reading(), self._lock:  # session lock first: events arrive holding it
+            if self._view is None or self._closed or sig != self._preview_sig:
+                return False
+            p = self.previews.get(name)
+            if p is None:
+                return True
+            ckey = (sig[0], name, tuple(p["drop"]))
+            self._preview_cache.setdefault(ckey, {}).update(values)
+            while len(self._preview_cache) > 256:
+                del self._preview_cache[next(iter(self._preview_cache))]
+            upd = dict(p)
+            for k, x in values.items():
+                upd[k] = x
+                if k in ("bound", "accuracy"):
+                    upd[f"{k}_pending"] = upd[f"{k}_stale"] = False
+            self.previews = {**self.previews, name: upd}
+            return True
 
     def _refresh_sensitivity(self, v: SessionView) -> None:
         sens = self.sensitivity
@@ -313,6 +365,11 @@ class PruningWidget(anywidget.AnyWidget):
                     del self._metrics_by_position[k]
                 self.metrics_history = [{"position": k[0], **x} for k, x in sorted(self._metrics_by_position.items())]
                 self.history = self._history_rows(v)
+                cmp = self.compare
+                for side in ("a", "b"):  # a compared point whose metrics arrive after the comparison was made
+                    if cmp and cmp.get(side) == position and cmp.get(f"metrics_{side}") is None:
+                        cmp = {**cmp, f"metrics_{side}": d}
+                self.compare = cmp
 
     def _send_heatmaps(self, v: SessionView, force: bool) -> None:
         """Send heatmaps: all of them if ``force`` (a new view), else those whose weights were written since."""
@@ -457,6 +514,8 @@ class PruningWidget(anywidget.AnyWidget):
             self._compare(msg["a"], msg["b"])
         elif a == "compare_clear":
             self.compare = {}
+        elif a == "deploy":
+            self._start_deploy(msg)
         elif a == "detail":
             header, bufs = payload.detail(self._view, msg["layer"], msg.get("kind", "weights"))
             self.send({"type": "detail", **header}, bufs)
@@ -494,6 +553,45 @@ class PruningWidget(anywidget.AnyWidget):
         size = pathlib.Path(out).stat().st_size
         self.notice = f"exported {out} ({_size(size)})"
         self.send({"type": "exported", "path": out, "format": fmt, "bytes": size})
+
+    def _start_deploy(self, msg: dict[str, Any]) -> None:
+        """Quantise, export and verify in the chosen formats, in the background; ask before overwriting."""
+        from ..engine.deploy import target_path
+
+        v = self._view
+        if v is None:
+            return
+        if self._deploy_thread is not None and self._deploy_thread.is_alive():
+            raise WireError("a deployment is already running")
+        if v.running:
+            raise WireError("wait for the run to end (or cancel it) before deploying")
+        formats = msg["formats"]
+        if "tflite-full-int8" in formats and not v.has_eval_data:
+            raise WireError("tflite-full-int8 is calibrated on your own inputs: give the session eval_data "
+                            "(paoding_widgets never invents data)")
+        folder = pathlib.Path(msg["dir"]).expanduser()
+        stem = pathlib.Path(self.export_path).name.rsplit(".", 1)[0] or "model"
+        if not msg["overwrite"]:
+            existing = [str(target_path(folder, f, stem)) for f in formats if target_path(folder, f, stem).exists()]
+            if existing:
+                self.send({"type": "confirm_overwrite", "kind": "deploy", "paths": existing, "path": existing[0],
+                           "dir": msg["dir"], "formats": formats})
+                return
+        self.deploy = {**_deploy_offer(v), "status": "running", "dir": str(folder), "formats": formats,
+                       "step": "starting"}
+        self._deploy_thread = threading.Thread(
+            target=_deploy_worker, args=(weakref.ref(self), self.session, str(folder), stem, formats,
+                                         msg["overwrite"]), name="paoding-deploy", daemon=True)
+        self._deploy_thread.start()
+
+    def wait_deploy(self, timeout: float | None = 600.0) -> dict[str, Any]:
+        """Wait for a deployment started from this view to end (for scripts and tests); returns the trait."""
+        t = self._deploy_thread
+        if t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                raise TimeoutError(f"deployment still running after {timeout} s")
+        return self.deploy
 
     def _start_sensitivity(self) -> None:
         v = self._view
@@ -557,8 +655,8 @@ class PruningWidget(anywidget.AnyWidget):
             back = np.flatnonzero(~x & y)
             layers.append({"name": g.name, "units_a": int(x.sum()), "units_b": int(y.sum()),
                            "params_a": ppu * int(x.sum()), "params_b": ppu * int(y.sum()),
-                           "went": went[:64].tolist(), "went_count": int(len(went)),
-                           "back": back[:64].tolist(), "back_count": int(len(back))})
+                           "went": went.tolist(), "went_count": int(len(went)),
+                           "back": back.tolist(), "back_count": int(len(back))})
         self.compare = {"a": a, "b": b, "layers": layers,
                         "metrics_a": self._metrics_by_position.get(v.state_key(a)),
                         "metrics_b": self._metrics_by_position.get(v.state_key(b))}
@@ -566,6 +664,7 @@ class PruningWidget(anywidget.AnyWidget):
     def close(self) -> None:
         """Close the view: stop following the session, let the metrics thread end, drop every reference."""
         self._sens_cancel.set()
+        self._preview_cancel.set()
         with self._lock:
             self._closed = True
             self._metrics_wanted.clear()
@@ -645,21 +744,75 @@ def _short_metrics(m: dict[str, Any] | None) -> dict[str, Any] | None:
             "output_bound_width": m.get("output_bound_width"), "share_pruned": m.get("share_pruned")}
 
 
-def _preview_worker(ref: weakref.ref[PruningWidget], v: SessionView) -> None:
-    """Certified bounds of the open proposals, on a private copy of the weights (never under the lock)."""
+def _preview_worker(ref: weakref.ref[PruningWidget], v: SessionView, sig: Any, cancel: threading.Event) -> None:
+    """Certified bounds, then (with eval data) the accuracy after, of the open proposals: on a private
+    copy of the weights, never under the lock; stops when the state moves on."""
+    from ..session.sensitivity import Cancelled
+
+    def publish(name: str, **values: Any) -> None:
+        w = ref()
+        if w is None or not w._publish_preview(v, sig, name, **values):
+            cancel.set()
+
     try:
-        revision, bounds = v.proposal_bounds(still=lambda rev: v.revision == rev)
+        revision, bounds = v.proposal_bounds(still=lambda rev: not cancel.is_set() and v.revision == rev)
+        for name, b in bounds.items():
+            publish(name, bound=b)
+        if not v.has_eval_data or cancel.is_set():
+            return
+
+        def stale() -> bool:
+            return cancel.is_set() or v.revision != revision
+
+        v.proposal_accuracies(cancelled=stale, on_result=lambda name, acc, res: publish(
+            name, accuracy=acc, accuracy_now=res.now, samples=res.samples))
+    except Cancelled:
+        return
     except Exception:  # a preview is a hint: never raise into a thread
         log.exception("paoding_widgets: proposal preview failed")
-        bounds, revision = {}, None
+        w = ref()
+        if w is not None:
+            for name in list(w.previews):
+                publish(name, bound=w.previews[name].get("bound"), accuracy=None)
+
+
+def _deploy_offer(v: SessionView | None) -> dict[str, Any]:
+    """The formats the widget offers (the calibrated one only with the user's eval data)."""
+    from ..engine.deploy import CALIBRATED_FORMATS, DEFAULT_FORMATS, FORMATS
+
+    has_eval = v is not None and v.has_eval_data
+    return {"status": "idle", "eval": has_eval,
+            "offered": [{"name": f, "description": FORMATS[f].description, "data": FORMATS[f].data,
+                         "default": f in ("keras", "keras-int8", "tflite-int8")}
+                        for f in DEFAULT_FORMATS + CALIBRATED_FORMATS]}
+
+
+def _deploy_worker(ref: weakref.ref[PruningWidget], session: PruningSession, folder: str, stem: str,
+                   formats: list[str], overwrite: bool) -> None:
+    def say(step: str) -> None:
+        w = ref()
+        if w is not None and not w._closed:
+            w.deploy = {**w.deploy, "step": step}
+
+    try:
+        report = session.deploy(folder, formats=formats, overwrite=overwrite, strict=False, stem=stem,
+                                progress=say)
+    except Exception as exc:  # shown in the view, never raised into a thread
+        log.warning("paoding_widgets: deploy failed: %s", exc)
+        w = ref()
+        if w is not None and not w._closed:
+            w.deploy = {**w.deploy, "status": "error", "message": str(exc), "step": ""}
+            w.error = f"deploy failed: {exc}"
+        return
     w = ref()
     if w is None or w._closed:
         return
-    with v.reading(), w._lock:  # session lock first: events arrive holding it
-        view = w._view
-        if view is None or (revision is not None and view.revision != revision):
-            return
-        w.previews = {k: {**p, "bound": bounds.get(k), "bound_pending": False} for k, p in w.previews.items()}
+    d = report.as_dict()
+    written = [r for r in d["rows"] if r.get("path") and r.get("bytes")]
+    failed = [r["name"] for r in d["rows"] if r.get("path") and not r.get("bytes")]
+    w.deploy = {**w.deploy, **d, "status": "done", "step": ""}
+    w.notice = (f"deployed {len(written)} file{'s' if len(written) != 1 else ''} to {folder}, each run and checked"
+                + (f"; not written: {', '.join(failed)} (see the table)" if failed else ""))
 
 
 def _sensitivity_worker(ref: weakref.ref[PruningWidget], v: SessionView, key: tuple[int, int],

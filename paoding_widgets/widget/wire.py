@@ -19,8 +19,9 @@ ACTIONS = {
     "accept": ("layer",), "skip": ("layer",), "lock": ("layer",), "unlock": ("layer",),
     "detail": ("layer",), "goto": ("n",), "configure": ("settings",), "run": (), "export": (),
     "sensitivity": (), "cancel_sensitivity": (), "plan": ("goal",), "plan_set": ("layer", "share"),
-    "plan_clear": (), "run_plan": (), "compare": ("a", "b"), "compare_clear": (),
+    "plan_clear": (), "run_plan": (), "compare": ("a", "b"), "compare_clear": (), "deploy": ("formats", "dir"),
 }
+MAX_PATH = 4096
 EXPORT_FORMATS = {"keras": ".keras", "tflite16": ".tflite"}  # TFLite with float16 weights
 
 
@@ -81,6 +82,20 @@ def validate(content: Any, session: Any) -> dict[str, Any]:
             raise WireError(f"export path must be a .keras or .tflite file name, got {str(path)[:80]!r}")
         out["path"] = path
         out["format"] = fmt
+        out["overwrite"] = content.get("overwrite") is True
+    if action == "deploy":
+        from ..engine.deploy import FORMATS
+
+        fmts = content["formats"]
+        if not isinstance(fmts, list) or not fmts or len(fmts) > len(FORMATS) \
+                or not all(isinstance(f, str) and f in FORMATS for f in fmts):
+            raise WireError(f"deploy formats must be a non-empty list from {', '.join(FORMATS)}, "
+                            f"got {str(fmts)[:80]!r}")
+        folder = content["dir"]
+        if not isinstance(folder, str) or not folder.strip() or "\x00" in folder or len(folder) > MAX_PATH:
+            raise WireError(f"deploy folder must be a folder name, got {str(folder)[:80]!r}")
+        out["formats"] = list(dict.fromkeys(fmts))
+        out["dir"] = folder.strip()
         out["overwrite"] = content.get("overwrite") is True
     if action == "detail":
         kind = content.get("kind", "weights")

@@ -27,6 +27,14 @@ function toRGBA(bytes, h, w, marks = /* @__PURE__ */ new Map()) {
         out[o] = 60;
         out[o + 1] = 140;
         out[o + 2] = 240;
+      } else if (mark === "went") {
+        out[o] = 255;
+        out[o + 1] = 140;
+        out[o + 2] = 0;
+      } else if (mark === "back") {
+        out[o] = 40;
+        out[o + 1] = 170;
+        out[o + 2] = 80;
       } else {
         out[o] = red;
         out[o + 1] = green;
@@ -52,6 +60,13 @@ function proposalMarks(proposal, n, w) {
     if (k >= 0) marks.set(columnOfUnit(k, n, w), "keep");
   });
   proposal.drop.forEach((d) => marks.set(columnOfUnit(d, n, w), "drop"));
+  return marks;
+}
+function compareMarks(cmpRow, n, w) {
+  const marks = /* @__PURE__ */ new Map();
+  if (!cmpRow || !n) return marks;
+  (cmpRow.back || []).forEach((u) => marks.set(columnOfUnit(u, n, w), "back"));
+  (cmpRow.went || []).forEach((u) => marks.set(columnOfUnit(u, n, w), "went"));
   return marks;
 }
 function drawHeatmap(canvas, img, marks) {
@@ -132,6 +147,45 @@ function rowActions(row) {
 }
 function unitsText(row) {
   return row.units_total == null ? "" : `${row.units_alive} / ${row.units_total}`;
+}
+function descendants(rows, name) {
+  const parents = new Map(rows.map((r) => [r.name, r.parent]));
+  return rows.filter((r) => {
+    for (let p = r.parent; p != null; p = parents.get(p)) if (p === name) return true;
+    return false;
+  });
+}
+function worst(curve) {
+  const bounds = curve.bound.slice(1).filter((b) => b != null);
+  if (bounds.length) return [1, Math.max(...bounds)];
+  const scores = (curve.score || []).filter((b) => b != null);
+  return [0, scores.length ? Math.max(...scores) : 0];
+}
+function blockCurve(rows, name, curves) {
+  if (!curves) return null;
+  const groups = [...new Set(descendants(rows, name).map((r) => r.group).filter((g) => g != null && curves[g]))];
+  if (!groups.length) return null;
+  let best = null, key = null;
+  for (const g of groups) {
+    const k = worst(curves[g]);
+    if (!best || k[0] > key[0] || k[0] === key[0] && k[1] > key[1]) {
+      best = g;
+      key = k;
+    }
+  }
+  return { curve: curves[best], member: best, members: groups.length };
+}
+function blockWent(rows, name, cmpLayers) {
+  if (!cmpLayers) return null;
+  const groups = new Set(descendants(rows, name).map((r) => r.group).filter((g) => g != null));
+  let went = 0, layers = 0;
+  for (const l of cmpLayers) {
+    if (groups.has(l.name) && l.went_count) {
+      went += l.went_count;
+      layers += 1;
+    }
+  }
+  return { went, layers };
 }
 
 // js/src/wire.js
@@ -244,6 +298,50 @@ function sparkPoints(xs, ys, w, h, yMax) {
   });
   return pts.join(" ");
 }
+function compareText(cmpRow, units, a, b) {
+  if (!cmpRow || !units) return "";
+  const [first, last] = units;
+  const inside = (xs) => (xs || []).filter((u) => u >= first && u <= last);
+  const went = inside(cmpRow.went), back = inside(cmpRow.back);
+  const list = (xs) => xs.length === 1 ? `unit ${xs[0]}` : `units ${xs.join(", ")}`;
+  const out = [];
+  if (went.length) out.push(`${list(went)} went between points ${a} and ${b}`);
+  if (back.length) out.push(`${list(back)} alive at point ${b}, not at point ${a}`);
+  return out.join("; ");
+}
+function previewParts(pv) {
+  const staleNote = " (of the previous state; computing\u2026)";
+  let bound;
+  if (pv.bound == null) bound = pv.bound_pending ? "bound: computing\u2026" : "no certified bound";
+  else bound = `no output moves by more than ${fmt.num(pv.bound)} (certified)${pv.bound_stale ? staleNote : ""}`;
+  let accuracy = "", state = "";
+  if (pv.eval) {
+    if (pv.accuracy == null) {
+      state = pv.accuracy_pending ? "pending" : "";
+      accuracy = pv.accuracy_pending ? "accuracy after: computing\u2026" : "";
+    } else {
+      state = pv.accuracy_stale ? "stale" : "done";
+      const n = pv.samples != null ? ` on ${fmt.int(pv.samples)} eval samples` : "";
+      accuracy = `accuracy ${fmt.pct(pv.accuracy_now)} \u2192 ${fmt.pct(pv.accuracy)}${n}${pv.accuracy_stale ? staleNote : ""}`;
+    }
+  }
+  return { bound, accuracy, state, boundStale: Boolean(pv.bound_stale) };
+}
+function deployCells(r, eps) {
+  const file = r.path ? r.path.split(/[\\/]/).pop() : "(temporary copy)";
+  const kept = eps != null && r.robust_kept ? r.robust_kept[String(eps)] : null;
+  const drop = r.accuracy_drop == null ? "\u2013" : `${r.accuracy_drop > 0 ? "\u2212" : "+"}${Math.abs(100 * r.accuracy_drop).toFixed(2)} pt`;
+  return [
+    r.name,
+    file,
+    r.bytes ? fmt.bytes(r.bytes) : "\u2013",
+    r.times_smaller == null ? "\u2013" : `${r.times_smaller.toFixed(1)}\xD7`,
+    fmt.pct(r.accuracy),
+    drop,
+    kept == null ? "\u2013" : fmt.pct(kept),
+    fmt.pct(r.agreement)
+  ];
+}
 
 // js/src/widget.js
 function el(tag, attrs = {}, children = []) {
@@ -325,11 +423,17 @@ function heatLegend() {
     el("span", { class: "pw-swatch pw-mark-drop" }),
     el("span", { text: "unit removed / merged away" }),
     el("span", { class: "pw-swatch pw-mark-keep" }),
-    el("span", { text: "unit it merges into" })
+    el("span", { text: "unit it merges into" }),
+    el("span", { class: "pw-swatch pw-mark-went pw-when-compare" }),
+    el("span", { class: "pw-when-compare", text: "went between the compared points" })
   ]);
 }
-function sparkline(curve, top, scoreTop) {
-  const svg = svgEl("svg", { viewBox: "0 0 60 16", class: "pw-spark", "data-layer": curve.name });
+function sparkline(curve, top, scoreTop, block = null) {
+  const svg = svgEl("svg", {
+    viewBox: "0 0 60 16",
+    class: `pw-spark${block ? " pw-spark-block" : ""}`,
+    "data-layer": block ? block.name : curve.name
+  });
   const bounded = curve.bound.slice(1).some((b) => b != null);
   const ys = bounded ? curve.bound : curve.score || [];
   const pts = sparkPoints(curve.ratios, ys, 60, 16, bounded ? top : scoreTop);
@@ -342,7 +446,8 @@ function sparkline(curve, top, scoreTop) {
   }));
   const last = ys.filter((b) => b != null).pop();
   const end = fmt.pct(curve.ratios[curve.ratios.length - 1]);
-  svg.append(svgEl("title", {}, bounded ? `${curve.name}: pruned alone to ${end}, no output moves by more than ${fmt.num(last)} (certified)` : `${curve.name}: pruned alone to ${end}, strategy score ${fmt.num(last)} (no certified bound: dashed)`));
+  const who = block ? `${block.name}: its most sensitive of ${block.members} prunable layers is ${curve.name}; ` : "";
+  svg.append(svgEl("title", {}, who + (bounded ? `${curve.name}: pruned alone to ${end}, no output moves by more than ${fmt.num(last)} (certified)` : `${curve.name}: pruned alone to ${end}, strategy score ${fmt.num(last)} (no certified bound: dashed)`)));
   return svg;
 }
 function sensitivityChart(curve) {
@@ -402,6 +507,8 @@ function render({ model, el: root }) {
   let confirm = null;
   let filter = "";
   let pick = { a: null, b: null };
+  let deployDir = "deploy";
+  let deployPick = null;
   root.classList.add("pw-root");
   root.setAttribute("data-lm-suppress-shortcuts", "true");
   const guard = (e) => {
@@ -437,7 +544,8 @@ function render({ model, el: root }) {
   });
   const side = el("div", { class: "pw-side" });
   const treeBox = el("div", { class: "pw-tree-box" }, [search, tree, heatLegend()]);
-  root.append(toolbar, banner, noticeBox, confirmBox, el("div", { class: "pw-main" }, [treeBox, side]));
+  const deployBox = el("div", { class: "pw-deploy-box" });
+  root.append(toolbar, banner, noticeBox, confirmBox, el("div", { class: "pw-main" }, [treeBox, side]), deployBox);
   const act = (action, fields) => sendAction(model, action, fields);
   let rowsCache = null;
   const allRows = () => rowsCache ?? (rowsCache = mergeRows(model.get("layers"), model.get("states")));
@@ -566,7 +674,30 @@ function render({ model, el: root }) {
     noticeBox.textContent = note;
     noticeBox.hidden = !note || Boolean(msg);
     confirmBox.hidden = !confirm;
-    if (confirm) {
+    if (confirm && confirm.kind === "deploy") {
+      const c = confirm;
+      const names = c.paths.map((x) => x.split(/[\\/]/).pop()).join(", ");
+      confirmBox.replaceChildren(
+        el("span", { text: `${c.paths.length === 1 ? "A file exists" : `${c.paths.length} files exist`} in ${c.dir}: ${names}. Overwrite?` }),
+        el("button", {
+          class: "pw-btn pw-overwrite",
+          text: "Overwrite",
+          onclick: () => {
+            confirm = null;
+            act("deploy", { formats: c.formats, dir: c.dir, overwrite: true });
+            drawBanner();
+          }
+        }),
+        el("button", {
+          class: "pw-btn pw-keep",
+          text: "Keep the files",
+          onclick: () => {
+            confirm = null;
+            drawBanner();
+          }
+        })
+      );
+    } else if (confirm) {
       const c = confirm;
       confirmBox.replaceChildren(
         el("span", { text: `${c.path} exists. Overwrite it?` }),
@@ -595,15 +726,22 @@ function render({ model, el: root }) {
     const col = Math.min(img.w - 1, Math.max(0, Math.floor((e.clientX - rect.left) / (rect.width || 1) * img.w)));
     const units = row.units_total ? unitsOfColumn(col, row.units_total, img.w) : null;
     const what = units ? units[0] === units[1] ? `unit ${units[0]}` : `units ${units[0]}\u2013${units[1]}` : "";
-    const mark = markText(row.proposal, units);
+    const cmp = model.get("compare") || {};
+    const cmpRow = cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
+    const mark = [markText(row.proposal, units), compareText(cmpRow, units, cmp.a, cmp.b)].filter(Boolean).join("; ");
     canvas.title = `${row.name}, ${what}${mark ? `: ${mark}` : ""}`;
   }
   function drawRow(row, index, sens, top, scoreTop) {
     const acts = rowActions(row);
     const canvas = el("canvas", { class: "pw-heat", "data-layer": row.name });
     const img = heatmaps.get(row.name);
+    const cmp = model.get("compare") || {};
+    const cmpRow = row.group != null && cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
     if (img) {
-      drawHeatmap(canvas, img, proposalMarks(row.proposal, row.units_total, img.w));
+      const marks = compareMarks(cmpRow, row.units_total, img.w);
+      for (const [c, m] of proposalMarks(row.proposal, row.units_total, img.w)) marks.set(c, m);
+      drawHeatmap(canvas, img, marks);
+      if (cmpRow && (cmpRow.went_count || cmpRow.back_count)) canvas.setAttribute("data-went", String(cmpRow.went_count));
       canvas.title = `${row.name}: |weights| (inputs down, units across)` + (row.proposal ? `; proposal: ${row.proposal.drop.length} units go (point at a marked column)` : "");
       canvas.addEventListener("mousemove", (e) => heatTitle(row, img, canvas, e));
     }
@@ -632,16 +770,21 @@ function render({ model, el: root }) {
     const params = live != null && row.params != null ? live : row.params;
     const curve = row.group && sens.curves ? sens.curves[row.group] : null;
     const plan = (model.get("plan") || {}).targets || {};
+    const agg = nested && !expanded.has(row.name) && sens.curves ? blockCurve(allRows(), row.name, sens.curves) : null;
     const sensCell = el(
       "span",
       { class: `pw-sens-cell${sens.current === false ? " pw-stale" : ""}` },
-      curve && row.heatmap ? [sparkline(curve, top, scoreTop)] : []
+      curve && row.heatmap ? [sparkline(curve, top, scoreTop)] : agg ? [sparkline(agg.curve, top, scoreTop, { name: row.name, members: agg.members })] : []
     );
     if (row.group && plan[row.group] != null && row.heatmap) {
       sensCell.append(el("span", { class: "pw-plan-share", text: fmt.pct(plan[row.group]), title: "planned share" }));
     }
-    const cmp = model.get("compare") || {};
-    const cmpRow = row.heatmap && cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
+    const bw = nested && cmp.layers ? blockWent(allRows(), row.name, cmp.layers) : null;
+    const unitsCell = cmpRow && row.heatmap ? el("span", { class: "pw-units", text: `${cmpRow.units_a} \u2192 ${cmpRow.units_b}`, title: `units at point ${cmp.a} \u2192 point ${cmp.b}` }) : bw ? el("span", {
+      class: "pw-units pw-block-went",
+      text: bw.went ? `${fmt.int(bw.went)} went` : "",
+      title: `between points ${cmp.a} and ${cmp.b}: ${fmt.int(bw.went)} units went in ${bw.layers} layer${bw.layers === 1 ? "" : "s"} of this block`
+    }) : el("span", { class: "pw-units", text: unitsText(row), title: "units alive / total" });
     const r = el("div", {
       class: `pw-row${index === focus ? " pw-focus" : ""}${row.depth ? " pw-child" : ""}`,
       role: "treeitem",
@@ -662,11 +805,7 @@ function render({ model, el: root }) {
       }),
       el("span", { class: "pw-type", text: row.type, title: row.type }),
       el("span", { class: "pw-shape", text: row.shape }),
-      el("span", {
-        class: "pw-units",
-        text: cmpRow ? `${cmpRow.units_a} \u2192 ${cmpRow.units_b}` : unitsText(row),
-        title: cmpRow ? `units at point ${cmp.a} \u2192 point ${cmp.b}` : "units alive / total"
-      }),
+      unitsCell,
       el("span", {
         class: "pw-params",
         text: fmt.int(params),
@@ -684,15 +823,25 @@ function render({ model, el: root }) {
     const frag = [r];
     const pv = row.status === "pending" && row.heatmap ? (model.get("previews") || {})[row.group] : null;
     if (pv) {
-      const bound = pv.bound_pending ? "bound: computing\u2026" : pv.bound == null ? "no certified bound" : `no output moves by more than ${fmt.num(pv.bound)} (certified)`;
-      frag.push(el(
-        "div",
-        { class: "pw-preview", "data-layer": row.name },
-        [el("span", { text: `Accepting removes ${pv.units} unit${pv.units === 1 ? "" : "s"}, ${fmt.int(pv.params)} parameters, ${fmt.si(pv.flops)} FLOPs; ${bound}` })]
-      ));
+      const parts = previewParts(pv);
+      const line = el("span", {}, [
+        el("span", { text: `Accepting removes ${pv.units} unit${pv.units === 1 ? "" : "s"}, ${fmt.int(pv.params)} parameters, ${fmt.si(pv.flops)} FLOPs; ` }),
+        el("span", { class: `pw-preview-bound${parts.boundStale ? " pw-stale" : ""}`, text: parts.bound })
+      ]);
+      if (parts.accuracy) {
+        line.append("; ", el("span", {
+          class: `pw-preview-acc${parts.state === "stale" ? " pw-stale" : ""}`,
+          "data-state": parts.state,
+          text: parts.accuracy,
+          title: "top-1 accuracy on the session's eval data now \u2192 if this proposal alone is accepted (computed on a copy)"
+        }));
+      }
+      frag.push(el("div", { class: "pw-preview", "data-layer": row.name }, [line]));
     }
-    if (cmpRow && cmpRow.went_count) {
-      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text: `between points ${cmp.a} and ${cmp.b}: units ${cmpRow.went.join(", ")}${cmpRow.went_count > cmpRow.went.length ? " \u2026" : ""} went` })]));
+    if (cmpRow && row.heatmap && (cmpRow.went_count || cmpRow.back_count)) {
+      const shown = cmpRow.went.slice(0, 64);
+      const text = cmpRow.went_count ? `between points ${cmp.a} and ${cmp.b}: unit${cmpRow.went_count === 1 ? "" : "s"} ${shown.join(", ")}${cmpRow.went_count > shown.length ? ` \u2026 (${cmpRow.went_count} in all)` : ""} went` : `between points ${cmp.a} and ${cmp.b}: ${cmpRow.back_count} units came back`;
+      frag.push(el("div", { class: "pw-preview pw-went", "data-layer": row.name }, [el("span", { text })]));
     }
     if (openDetail.has(row.name)) frag.push(drawDetail(row));
     return frag;
@@ -882,6 +1031,96 @@ function render({ model, el: root }) {
       })
     ]);
   }
+  let deployControls = null;
+  const deployResult = el("div", { class: "pw-deploy-result" });
+  function deployBar(d) {
+    const offered = d.offered;
+    if (deployPick == null) deployPick = new Set(offered.filter((f) => f.default).map((f) => f.name));
+    const usable = (f) => !(f.data && !d.eval);
+    const boxes = offered.map((f) => el("label", { class: "pw-deploy-choice", title: usable(f) ? f.description : `${f.description}: calibrated on your own inputs; give the session eval_data (never invented)` }, [
+      el("input", {
+        type: "checkbox",
+        class: "pw-deploy-format",
+        value: f.name,
+        checked: deployPick.has(f.name) && usable(f),
+        disabled: !usable(f),
+        onchange: (e) => {
+          e.target.checked ? deployPick.add(f.name) : deployPick.delete(f.name);
+        }
+      }),
+      f.name
+    ]));
+    const dir = el("input", {
+      class: "pw-input pw-deploy-dir",
+      "aria-label": "deploy folder",
+      value: deployDir,
+      oninput: (e) => {
+        deployDir = e.target.value;
+      }
+    });
+    const go = el("button", {
+      class: "pw-btn pw-deploy",
+      text: "Deploy",
+      title: "quantise and export the pruned model in the ticked formats, run every file and compare (in the background)",
+      onclick: (e) => {
+        if (off(e.currentTarget)) return;
+        act("deploy", {
+          formats: offered.filter((f) => deployPick.has(f.name) && usable(f)).map((f) => f.name),
+          dir: deployDir
+        });
+      }
+    });
+    const bar = el(
+      "div",
+      { class: "pw-deploy-bar", role: "group", "aria-label": "deploy formats" },
+      [...boxes, el("label", { class: "pw-num" }, ["folder ", dir]), go]
+    );
+    return { bar, go };
+  }
+  function drawDeploy() {
+    const d = model.get("deploy") || {};
+    const offered = d.offered || [];
+    if (!offered.length) {
+      deployBox.replaceChildren();
+      deployControls = null;
+      return;
+    }
+    const key = JSON.stringify([offered, d.eval]);
+    if (!deployControls || deployControls.key !== key) {
+      deployControls = { key, ...deployBar(d) };
+      deployBox.replaceChildren(el("h4", { text: "Deploy" }), deployControls.bar, deployResult);
+    }
+    const busy = d.status === "running";
+    setOff(deployControls.go, busy || Boolean(model.get("running")));
+    deployControls.go.textContent = busy ? "Deploying\u2026" : "Deploy";
+    const parts = [];
+    if (busy) parts.push(el("div", { class: "pw-deploy-status", role: "status", text: `deploying: ${d.step || "starting"}\u2026` }));
+    if (d.status === "error") parts.push(el("div", { class: "pw-deploy-status pw-warn-text", text: `deploy failed: ${d.message}` }));
+    if (d.rows && d.rows.length) {
+      const eps = (d.epsilons || [])[0];
+      const head = [
+        "model",
+        "file",
+        "size",
+        "vs original",
+        "accuracy",
+        "vs pruned",
+        eps != null ? `FGSM ${eps} kept` : "robust kept",
+        "agreement"
+      ];
+      const table = el("table", { class: `pw-deploy-table${busy ? " pw-stale" : ""}` }, [
+        el("tr", {}, head.map((h) => el("th", { text: h }))),
+        ...d.rows.map((r) => el(
+          "tr",
+          { "data-name": r.name, title: r.note || "" },
+          deployCells(r, eps).map((c, i) => el("td", { text: c, title: i === 1 && r.path ? r.path : "" }))
+        ))
+      ]);
+      parts.push(table, el("div", { class: "pw-tip", text: `sizes on disk; "vs original": times smaller than the original float32 .keras; accuracy on ${d.n_eval != null ? `${fmt.int(d.n_eval)} eval samples` : "\u2013"}; agreement with the original on ${fmt.int(d.n_probes)} random inputs from the box; every file was loaded and run in its own runtime` }));
+      for (const r of d.rows) if (r.note) parts.push(el("div", { class: "pw-tip", text: `${r.name}: ${r.note}` }));
+    }
+    deployResult.replaceChildren(...parts);
+  }
   function drawSide() {
     const m = model.get("metrics") || {};
     const stale = Boolean(model.get("metrics_pending") || model.get("running"));
@@ -984,8 +1223,9 @@ function render({ model, el: root }) {
       notice = msg.message;
       drawBanner();
     } else if (msg.type === "confirm_overwrite") {
-      confirm = { path: msg.path, format: msg.format };
+      confirm = msg.kind === "deploy" ? { kind: "deploy", paths: msg.paths, dir: msg.dir, formats: msg.formats } : { path: msg.path, format: msg.format };
       drawBanner();
+      confirmBox.querySelector(".pw-keep")?.focus();
     } else if (msg.type === "exported") {
       notice = "";
       confirm = null;
@@ -999,6 +1239,8 @@ function render({ model, el: root }) {
     drawBanner();
     drawTree();
     drawSide();
+    drawDeploy();
+    root.classList.toggle("pw-comparing", Boolean((model.get("compare") || {}).layers));
   };
   const redraw = () => {
     if (!queued) {
@@ -1035,7 +1277,8 @@ function render({ model, el: root }) {
     "previews",
     "sensitivity",
     "plan",
-    "compare"
+    "compare",
+    "deploy"
   ]) {
     model.on(`change:${t}`, t === "layers" || t === "states" ? newRows : ["history", "position", "error"].includes(t) ? newState : redraw);
   }
