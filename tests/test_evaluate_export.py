@@ -258,3 +258,47 @@ def test_save_tflite_float16(tmp_path, capsys):
 def test_tflite_rejects_unknown_quantization(tmp_path):
     with pytest.raises(ValueError, match="quantize"):
         save_tflite(build_mlp(), tmp_path / "m.tflite", quantize="int3")
+
+
+# ------------------------------------------------------------------ streamed evaluation data
+def _streams(x, y, batch=64):
+    import tensorflow as tf
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-len(x) // batch)
+
+        def __getitem__(self, i):
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    def gen():
+        for i in range(0, len(x), batch):
+            yield x[i:i + batch], y[i:i + batch]
+
+    return {"tf.data": tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), "PyDataset": Batches(),
+            "generator": gen(), "generator function": gen}
+
+
+@pytest.mark.parametrize("kind", ["tf.data", "PyDataset", "generator", "generator function"])
+def test_streamed_eval_data_gives_the_same_metrics_as_arrays(softmax_model, digits, kind):
+    from paoding_widgets.engine.evaluate import batches
+
+    _, (x, y) = digits
+    stream = _streams(x, y)[kind]
+    whole = evaluate(softmax_model, original=softmax_model, data=(x, y), epsilons=(0.01, 0.1))
+    streamed = evaluate(softmax_model, original=softmax_model, data=stream, epsilons=(0.01, 0.1))
+    assert streamed.accuracy == whole.accuracy
+    assert streamed.robust == whole.robust and streamed.robust_preserved == whole.robust_preserved
+    if kind != "generator":  # re-iterable: the batches are bounded
+        assert max(len(b[0]) for b in batches(stream)) == 64
+
+
+def test_bad_streams_are_refused_clearly(softmax_model):
+    from paoding_widgets.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not an \\(x, y\\) pair"):
+        evaluate(softmax_model, data=iter([np.zeros((2, 64), np.float32)]), epsilons=())
+    with pytest.raises(ConfigError, match="no samples"):
+        evaluate(softmax_model, data=iter([]), epsilons=())
+    with pytest.raises(ConfigError, match="2 inputs but 3 labels"):
+        evaluate(softmax_model, data=[(np.zeros((2, 64), np.float32), np.zeros(3))], epsilons=())

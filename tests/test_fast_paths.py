@@ -384,3 +384,25 @@ def test_touch_invalidates_cached_bounds():
     assert not np.array_equal(after.out[out][1], before.out[out][1])
     for tid in ref.out:
         _close(after.out[tid][1], ref.out[tid][1])
+
+
+def test_compiled_forward_follows_weight_versions_without_retracing():
+    """The compiled forward pass equals Keras' predict, reads the current weights after an in-place
+    edit (the session's kept model), and is traced once across versions and batch sizes."""
+    from paoding_widgets.engine.evaluate import compiled_forward, predict
+    from paoding_widgets.engine.surgery import EditedModel
+
+    model = MODELS["residual"]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    edited = EditedModel(pruner.graph)
+    x = np.random.default_rng(1).random((11, *model.inputs[0].shape[1:]), dtype=np.float32)
+    fn = compiled_forward(edited.sync(pruner.store))
+    assert fn is not None
+    for _ in range(2):
+        for p in pruner.propose().values():
+            pruner.apply(p)
+        m = edited.sync(pruner.store)
+        np.testing.assert_allclose(predict(m, x, 4), m.predict(x, batch_size=4, verbose=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predict(m, x), predict(pruner.pruned_model(), x), rtol=1e-4, atol=1e-5)
+    assert compiled_forward(m) is fn
+    assert fn.experimental_get_tracing_count() == 1
