@@ -406,3 +406,54 @@ def test_compiled_forward_follows_weight_versions_without_retracing():
         np.testing.assert_allclose(predict(m, x), predict(pruner.pruned_model(), x), rtol=1e-4, atol=1e-5)
     assert compiled_forward(m) is fn
     assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"depthwise_separable"}))  # that one has no prunable layer
+def test_surgery_creating_variables_from_the_pruned_arrays_equals_set_weights(name):
+    """Surgery hands the pruned arrays to the variables as initial values; the model equals the old
+    way (configured initializers, then ``set_weights``): same weights, same configs, same outputs."""
+    from paoding_widgets.engine import surgery
+
+    model = MODELS[name]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    for p in pruner.propose().values():
+        pruner.apply(p)
+    fast = pruner.pruned_model()
+    old = surgery.clone(pruner.graph.model, surgery.new_configs(pruner.graph, pruner.store))
+    deletions = surgery.dead_positions(pruner.graph, pruner.store)
+    for layer in old.layers:
+        arrays = []
+        for var in surgery.layer_variable_names(layer):
+            arr = pruner.store[(layer.name, var)]
+            for axis, pos in sorted(deletions.get((layer.name, var), {}).items()):
+                arr = np.delete(arr, pos, axis=axis)
+            arrays.append(arr)
+        layer.set_weights(arrays)
+    assert [layer.get_config() for layer in fast.layers] == [layer.get_config() for layer in old.layers]
+    assert len(fast.weights) == len(old.weights)
+    for a, b in zip(fast.weights, old.weights):
+        assert a.path == b.path and a.trainable == b.trainable
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+    x = np.random.default_rng(2).random((3, *model.inputs[0].shape[1:]), dtype=np.float32)
+    np.testing.assert_array_equal(fast.predict(x, verbose=0), old.predict(x, verbose=0))
+
+
+def test_surgery_feeds_are_used_on_ordinary_layers():
+    """The fast surgery path is taken (not silently the fallback) on Dense, Conv and BatchNorm layers."""
+    from paoding_widgets.engine import surgery
+
+    model = MODELS["residual"]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    used = []
+    orig = surgery._restore_initializers
+
+    def spy(new, feeds, originals):
+        orig(new, feeds, originals)
+        used.extend(feeds)
+    surgery._restore_initializers = spy
+    try:
+        pruner.pruned_model()
+    finally:
+        surgery._restore_initializers = orig
+    kinds = {type(layer).__name__ for layer in model.layers if layer.name in used}
+    assert {"Conv2D", "BatchNormalization", "Dense"} <= kinds
