@@ -457,3 +457,22 @@ def test_surgery_feeds_are_used_on_ordinary_layers():
         surgery._restore_initializers = orig
     kinds = {type(layer).__name__ for layer in model.layers if layer.name in used}
     assert {"Conv2D", "BatchNormalization", "Dense"} <= kinds
+
+
+def test_blas_limit_caps_inside_and_restores_after():
+    """The engine's BLAS cap holds inside the block, nests, and gives the library its count back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from paoding_widgets.engine.threads import blas_limit
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = counts()
+    if not before:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    with blas_limit(1):
+        assert counts() == [1] * len(before)
+        with blas_limit(1):
+            assert counts() == [1] * len(before)
+        assert counts() == [1] * len(before)
+    assert counts() == before
