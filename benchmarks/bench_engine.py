@@ -214,7 +214,15 @@ def metrics_memory(clicks: int = 3) -> int:
               f"peak RSS {_rss()[1]:.2f} GiB")
     peak = _rss()[1]
     print(f"peak RSS {peak:.2f} GiB (goal < 2 GiB: {'PASS' if peak < 2 else 'MISS'}); re-evaluation median "
-          f"{statistics.median(times):.2f} s (goal < 1 s: {'PASS' if statistics.median(times) < 1 else 'MISS'})")
+          f"{statistics.median(times):.2f} s (goal < 1 s: {'PASS' if statistics.median(times) < 1 else 'MISS'}); "
+          f"load average {os.getloadavg()[0]:.2f}")
+    # The floor of a re-evaluation: the forward pass over the probes, at this machine's matmul rate now.
+    from paoding_widgets.engine.evaluate import flops
+
+    work = len(s._probes) * flops(model)
+    rate = matmul_rate(1024, 3)
+    print(f"floor: {len(s._probes)} probes x {flops(model) / 1e9:.1f} GFLOP = {work / 1e9:.0f} GFLOP = "
+          f"{work / rate:.2f} s at the float32 matmul rate measured now ({rate / 1e9:.0f} GFLOP/s)")
     return 0
 
 

@@ -302,3 +302,15 @@ def test_bad_streams_are_refused_clearly(softmax_model):
         evaluate(softmax_model, data=iter([]), epsilons=())
     with pytest.raises(ConfigError, match="2 inputs but 3 labels"):
         evaluate(softmax_model, data=[(np.zeros((2, 64), np.float32), np.zeros(3))], epsilons=())
+
+
+@pytest.mark.parametrize("which", ["softmax_model", "logits_model"])
+def test_one_gradient_for_every_epsilon_gives_the_per_epsilon_counts(request, digits, which):
+    """Robustness computes the gradient once and steps it per epsilon: the counts of one attack per epsilon."""
+    model = request.getfixturevalue(which)
+    _, (x, y) = digits
+    eps = (0.01, 0.05, 0.1)
+    per_eps = {e: int((np.argmax(model.predict(fgsm(model, x, y, e), verbose=0), -1) == y).sum()) for e in eps}
+    assert robust_instances(model, x, y, eps) == per_eps
+    assert evaluate(model, data=(x, y), epsilons=eps).robust == per_eps
+    assert robust_instances(model, x, y, ()) == {}

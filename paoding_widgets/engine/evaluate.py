@@ -176,9 +176,9 @@ def outputs_are_probabilities(model: Any) -> bool:
     return rule is not None and rule.activation(_config(layer))[0] in ("softmax", "sigmoid")
 
 
-def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
-         batch_size: int | None = None) -> np.ndarray:
-    """Adversarial examples by one signed-gradient step of size ``eps``."""
+def gradient_signs(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """The sign of the loss gradient with respect to each input: FGSM's direction, the same for every
+    step size (computed once, then :func:`fgsm_step` per epsilon)."""
     from .gradients import input_gradient  # the active Keras backend's own autodiff
 
     labels = _labels(y)
@@ -186,22 +186,34 @@ def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tupl
     binary = int(np.prod(model.outputs[0].shape[1:])) == 1
     if binary:
         labels = labels.astype(np.float32).reshape(-1, 1)
-    lo, hi = (np.asarray(v, np.float32) for v in input_range)
     if batch_size is None:
         batch_size = auto_batch_size(model, 512)
     out = []
     for i in range(0, len(x), batch_size):
         xb = np.asarray(x[i:i + batch_size], np.float32)
-        grad = input_gradient(model, xb, labels[i:i + batch_size], from_probs, binary)
-        out.append(np.clip(xb + eps * np.sign(grad), lo, hi))
-    return np.concatenate(out)
+        out.append(np.sign(input_gradient(model, xb, labels[i:i + batch_size], from_probs, binary)))
+    return np.concatenate(out) if out else np.zeros(np.shape(x), np.float32)
+
+
+def fgsm_step(x: np.ndarray, signs: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0)) -> np.ndarray:
+    lo, hi = (np.asarray(v, np.float32) for v in input_range)
+    return np.clip(np.asarray(x, np.float32) + eps * signs, lo, hi)
+
+
+def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
+         batch_size: int | None = None) -> np.ndarray:
+    """Adversarial examples by one signed-gradient step of size ``eps``."""
+    return fgsm_step(x, gradient_signs(model, x, y, batch_size), eps, input_range)
 
 
 def robust_instances(model: Any, x: np.ndarray, y: np.ndarray, epsilons: Sequence[float],
                      input_range: tuple[Any, Any] = (0.0, 1.0)) -> dict[float, int]:
-    """Per epsilon, how many instances stay correctly classified under FGSM."""
+    """Per epsilon, how many instances stay correctly classified under FGSM (one gradient for all)."""
+    if not len(epsilons):
+        return {}
     labels = _labels(y)
-    return {float(e): int((predict_classes(model, fgsm(model, x, y, e, input_range)) == labels).sum())
+    signs = gradient_signs(model, x, y)
+    return {float(e): int((predict_classes(model, fgsm_step(x, signs, e, input_range)) == labels).sum())
             for e in epsilons}
 
 
@@ -333,11 +345,12 @@ def score_data(model: Any, data: Any, epsilons: Sequence[float] = (), input_rang
         labels = _labels(y)
         out.n += len(x)
         out.correct += int((predict_classes(model, x) == labels).sum())
-        for e in epsilons:
-            out.robust[float(e)] += int((predict_classes(model, fgsm(model, x, y, e, input_range)) == labels).sum())
-            if original is not None:
-                adv = fgsm(original, x, y, e, input_range)
-                out.original_robust[float(e)] += int((predict_classes(original, adv) == labels).sum())
+        for m, counts in ((model, out.robust), (original, out.original_robust)):
+            if m is None or not len(epsilons):
+                continue
+            signs = gradient_signs(m, x, y)  # one gradient for every epsilon
+            for e in epsilons:
+                counts[float(e)] += int((predict_classes(m, fgsm_step(x, signs, e, input_range)) == labels).sum())
     if out.n == 0:
         raise ConfigError("eval_data gave no samples")
     return out
