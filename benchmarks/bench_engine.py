@@ -9,6 +9,8 @@ Usage (from the repository root)::
     python benchmarks/bench_engine.py --blas-threads 1     # pin NumPy's BLAS to one thread
     python benchmarks/bench_engine.py --busy               # the same with a second process spinning on one core
     python benchmarks/bench_engine.py --apps               # + ResNet50 / MobileNetV2 (weights=None) impact runs
+    python benchmarks/bench_engine.py --metrics            # only: ResNet50 session metrics(), peak memory, clicks
+    python benchmarks/bench_engine.py --slowdown           # only: short runs quiet vs busy, side by side
 
 What is measured, per model and per strategy in ``STRATEGIES``:
 
@@ -226,6 +228,46 @@ def metrics_memory(clicks: int = 3) -> int:
     return 0
 
 
+def busy_slowdown(rounds: int = 3, per_round: int = 5) -> dict[str, Any]:
+    """Slowdown of short runs when another process spins on one core, measured side by side.
+
+    Per model and strategy: ``PruningSession(...).run()`` + ``pruned_model()`` (what
+    ``compare_reference.py`` times), ``per_round`` times quiet then ``per_round`` times with
+    :class:`BusyCore`, for ``rounds`` alternating rounds in this one process; the slowdown is
+    the median busy time over the median quiet time.  Other load on the machine applies to both.
+    """
+    from paoding_widgets.session import PruningSession
+
+    def once(model: Any, strategy: str) -> float:
+        t0 = time.perf_counter()
+        s = PruningSession(model, input_range=(0.0, 1.0), strategy=strategy, step=STEP, target=TARGET, seed=0,
+                           n_probes=16)
+        s.run()
+        s.pruned_model()
+        return time.perf_counter() - t0
+
+    out: dict[str, Any] = {"load_average_start": os.getloadavg()[0]}
+    print(f"busy slowdown: run + pruned_model(), {rounds} rounds x {per_round} quiet / busy, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for label, build in (("784-128-128-10", lambda: mlp(128)), ("cnn", cnn)):
+        model = build()
+        for strategy in ("baseline", "impact", "stochastic"):
+            once(model, strategy)  # warm-up
+            quiet: list[float] = []
+            busy: list[float] = []
+            for _ in range(rounds):
+                quiet += [once(model, strategy) for _ in range(per_round)]
+                with BusyCore():
+                    busy += [once(model, strategy) for _ in range(per_round)]
+            q, b = statistics.median(quiet), statistics.median(busy)
+            out[f"{label}/{strategy}"] = {"quiet_s": q, "busy_s": b, "slowdown": b / q}
+            print(f"  {label:<16}{strategy:<11} quiet {fmt_s(q):>9}  busy {fmt_s(b):>9}  slowdown {b / q:.2f}x "
+                  f"(goal 1.5x: {'PASS' if b / q <= 1.5 else 'MISS'})")
+    out["load_average_end"] = os.getloadavg()[0]
+    print(f"load average at the end {out['load_average_end']:.2f}")
+    return out
+
+
 def app_model(name: str) -> Any:
     import keras
 
@@ -363,7 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mlp", action="store_true", help="skip the MLPs (with --apps: only the applications)")
     ap.add_argument("--metrics", action="store_true",
                     help="only: session.metrics() on ResNet50 (weights=None), peak RSS and re-evaluation after clicks")
+    ap.add_argument("--slowdown", action="store_true",
+                    help="only: slowdown of short runs (MLP-128, CNN) with a process spinning on one core, "
+                         "quiet and busy alternating in one run")
     args = ap.parse_args(argv)
+    if args.slowdown:
+        result = busy_slowdown()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"busy_slowdown": result, "machine": machine_info()}, indent=2))
+        return 0
     if args.metrics:
         with BusyCore() if args.busy else _Nothing():
             return metrics_memory()
