@@ -314,3 +314,25 @@ def test_one_gradient_for_every_epsilon_gives_the_per_epsilon_counts(request, di
     assert robust_instances(model, x, y, eps) == per_eps
     assert evaluate(model, data=(x, y), epsilons=eps).robust == per_eps
     assert robust_instances(model, x, y, ()) == {}
+
+
+def test_session_takes_a_stream_and_measures_like_arrays(softmax_model, digits):
+    """A session given a tf.data dataset measures what one given the arrays measures, after a change too;
+    a bare generator is refused (the first evaluation would use it up)."""
+    from paoding_widgets.errors import SessionError
+    from paoding_widgets.session import PruningSession
+
+    _, (x, y) = digits
+    kw = dict(input_range=(0.0, 1.0), strategy="impact", step=0.1, target=0.5, seed=0, n_probes=20)
+    arrays = PruningSession(softmax_model, eval_data=(x, y), **kw)
+    stream = PruningSession(softmax_model, eval_data=_streams(x, y)["tf.data"], **kw)
+    assert stream.eval_data is None and stream.eval_stream is not None
+    for s in (arrays, stream):
+        s.accept(next(iter(s.propose())))
+    a, b = arrays.metrics(), stream.metrics()
+    assert a.accuracy is not None and b.accuracy == a.accuracy
+    assert b.robust == a.robust and b.robust_preserved == a.robust_preserved
+    with pytest.raises(SessionError, match="generator"):
+        PruningSession(softmax_model, eval_data=_streams(x, y)["generator"], **kw)
+    result = PruningSession(softmax_model, eval_data=_streams(x, y)["generator function"], **kw).run(min_accuracy=0.99)
+    assert result.reason == "min_accuracy"
