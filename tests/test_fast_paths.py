@@ -438,25 +438,37 @@ def test_surgery_creating_variables_from_the_pruned_arrays_equals_set_weights(na
     np.testing.assert_array_equal(fast.predict(x, verbose=0), old.predict(x, verbose=0))
 
 
-def test_surgery_feeds_are_used_on_ordinary_layers():
-    """The fast surgery path is taken (not silently the fallback) on Dense, Conv and BatchNorm layers."""
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_surgery_feeds_are_used_on_ordinary_layers(use_bias):
+    """The fast surgery path is taken (not silently the fallback) on Dense, Conv, BatchNorm and
+    depthwise layers, and the result equals the edited model."""
     from paoding_widgets.engine import surgery
 
-    model = MODELS["residual"]()
-    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
-    used = []
-    orig = surgery._restore_initializers
+    models = [MODELS["residual"](), _seq((9, 9, 2), L.Conv2D(6, 3, activation="relu"),
+                                         L.DepthwiseConv2D(3, use_bias=use_bias), L.ReLU(),
+                                         L.Conv2D(5, 1, activation="relu"), L.GlobalAveragePooling2D(), L.Dense(3))]
+    kinds = set()
+    for model in models:
+        pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+        for p in pruner.propose().values():
+            pruner.apply(p)
+        used = []
+        orig = surgery._restore_initializers
 
-    def spy(new, feeds, originals):
-        orig(new, feeds, originals)
-        used.extend(feeds)
-    surgery._restore_initializers = spy
-    try:
-        pruner.pruned_model()
-    finally:
-        surgery._restore_initializers = orig
-    kinds = {type(layer).__name__ for layer in model.layers if layer.name in used}
-    assert {"Conv2D", "BatchNormalization", "Dense"} <= kinds
+        def spy(new, feeds, originals, used=used, orig=orig):
+            orig(new, feeds, originals)
+            used.extend(feeds)
+        surgery._restore_initializers = spy
+        try:
+            small = pruner.pruned_model()
+        finally:
+            surgery._restore_initializers = orig
+        assert set(used) == {layer.name for layer in model.layers if layer.weights}
+        kinds |= {type(layer).__name__ for layer in model.layers if layer.name in used}
+        x = np.random.default_rng(3).random((4, *model.inputs[0].shape[1:]), dtype=np.float32)
+        np.testing.assert_allclose(small.predict(x, verbose=0), pruner.edited_model().predict(x, verbose=0),
+                                   rtol=1e-4, atol=1e-5)
+    assert {"Conv2D", "BatchNormalization", "Dense", "DepthwiseConv2D"} <= kinds
 
 
 def test_blas_limit_caps_inside_and_restores_after():

@@ -103,8 +103,8 @@ class _Feed:
     back to the old way.
     """
 
-    def __init__(self, array: np.ndarray) -> None:
-        self.array, self.used = array, False
+    def __init__(self, array: np.ndarray, name: str = "") -> None:
+        self.array, self.name, self.used = array, name, False
 
     def __call__(self, shape: Any, dtype: Any = None) -> np.ndarray:
         if self.used or tuple(shape) != self.array.shape:
@@ -126,9 +126,12 @@ def _feeds_for(layer: Any, arrays: dict[str, np.ndarray], cfg: dict) -> dict[str
         if not key.endswith("_initializer"):
             continue
         base = key[: -len("_initializer")]
-        target = base if base in arrays else f"{base}_kernel" if f"{base}_kernel" in arrays else None
+        names_for = [base, f"{base}_kernel"]
+        if key == "depthwise_initializer" and "kernel_initializer" not in cfg:
+            names_for.append("kernel")  # Keras 3's DepthwiseConv2D calls its depthwise kernel "kernel"
+        target = next((n for n in names_for if n in arrays), None)
         if target is not None:
-            out[key] = _Feed(arrays[target])
+            out[key] = _Feed(arrays[target], target)
     covered = [f.array for f in out.values()]
     if len(covered) != len(names) or {id(a) for a in covered} != {id(arrays[n]) for n in names}:
         return None
@@ -209,10 +212,7 @@ def _restore_initializers(model: Any, feeds: dict[str, dict[str, _Feed]], origin
 
 
 def _in_weight_order(layer: Any, feeds: dict[str, _Feed]) -> list[_Feed]:
-    by_name = {}
-    for key, f in feeds.items():
-        base = key[: -len("_initializer")]
-        by_name[base] = by_name[f"{base}_kernel"] = f
+    by_name = {f.name: f for f in feeds.values()}
     return [by_name[n] for n in layer_variable_names(layer) if n in by_name]
 
 
