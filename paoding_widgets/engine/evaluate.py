@@ -270,6 +270,8 @@ def flops(model: Any, shaped: Callable[[Any], Any] | None = None) -> int:
 def is_stream(data: Any) -> bool:
     """True when ``data`` is not an ``(x, y)`` pair of arrays: a ``tf.data.Dataset``, a
     ``keras.utils.PyDataset``, a generator, or a function returning one -- batches ``(x, y)``."""
+    if isinstance(data, np.ndarray) or hasattr(data, "__array__"):
+        return False  # one array: neither a pair nor a stream (the caller says what is wrong)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         if all(isinstance(a, tuple) and len(a) == 2 for a in data):
             return True  # two (x, y) batches
