@@ -108,6 +108,7 @@ def compiled_forward(model: Any) -> Callable[[np.ndarray], Any] | None:
         if keras.backend.backend() != "tensorflow" or len(model.inputs) != 1 or len(model.outputs) != 1:
             return None
         shape, dtype = tuple(model.inputs[0].shape), model.inputs[0].dtype
+        np.dtype(dtype)  # predict() casts the batches to it
     except (AttributeError, ValueError, TypeError):
         return None
     key = id(model)
