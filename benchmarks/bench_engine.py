@@ -9,6 +9,9 @@ Usage (from the repository root)::
     python benchmarks/bench_engine.py --blas-threads 1     # pin NumPy's BLAS to one thread
     python benchmarks/bench_engine.py --busy               # the same with a second process spinning on one core
     python benchmarks/bench_engine.py --apps               # + ResNet50 / MobileNetV2 (weights=None) impact runs
+    python benchmarks/bench_engine.py --metrics            # only: ResNet50 session metrics(), peak memory, clicks
+    python benchmarks/bench_engine.py --slowdown           # only: short runs quiet vs busy, side by side
+    python benchmarks/bench_engine.py --surgery            # only: pruned_model() against the old surgery path
 
 What is measured, per model and per strategy in ``STRATEGIES``:
 
@@ -192,16 +195,18 @@ def _rss() -> tuple[float, float]:
     return cur, hwm
 
 
-def metrics_memory(clicks: int = 3) -> int:
+def metrics_memory(clicks: int = 3) -> dict[str, Any]:
     """``metrics()`` on a ResNet50 session: first call, then after each of ``clicks`` accepted proposals."""
     from paoding_widgets.session import PruningSession
 
     model = app_model("resnet50")
     s = PruningSession(model, input_range=(0.0, 1.0), strategy="impact", step=0.05, target=0.5, seed=0)
     print(f"ResNet50 session built: RSS {_rss()[0]:.2f} GiB, load average {os.getloadavg()[0]:.2f}")
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     m = s.metrics()
-    print(f"first metrics(): {time.perf_counter() - t0:.2f} s, {len(s._probes)} probes, params {m.size.params:,}, "
+    first = time.perf_counter() - t0
+    print(f"first metrics(): {first:.2f} s, {len(s._probes)} probes, params {m.size.params:,}, "
           f"peak RSS {_rss()[1]:.2f} GiB")
     times = []
     for i in range(clicks):
@@ -214,8 +219,136 @@ def metrics_memory(clicks: int = 3) -> int:
               f"peak RSS {_rss()[1]:.2f} GiB")
     peak = _rss()[1]
     print(f"peak RSS {peak:.2f} GiB (goal < 2 GiB: {'PASS' if peak < 2 else 'MISS'}); re-evaluation median "
-          f"{statistics.median(times):.2f} s (goal < 1 s: {'PASS' if statistics.median(times) < 1 else 'MISS'})")
-    return 0
+          f"{statistics.median(times):.2f} s (goal < 1 s: {'PASS' if statistics.median(times) < 1 else 'MISS'}); "
+          f"load average {os.getloadavg()[0]:.2f}")
+    # The floor of a re-evaluation: the forward pass over the probes, at this machine's matmul rate now.
+    from paoding_widgets.engine.evaluate import flops
+
+    work = len(s._probes) * flops(model)
+    rate = matmul_rate(1024, 3)
+    print(f"floor: {len(s._probes)} probes x {flops(model) / 1e9:.1f} GFLOP = {work / 1e9:.0f} GFLOP = "
+          f"{work / rate:.2f} s at the float32 matmul rate measured now ({rate / 1e9:.0f} GFLOP/s)")
+    return {"first_s": first, "click_s": times, "click_median_s": statistics.median(times), "peak_rss_gib": peak,
+            "probes": len(s._probes), "forward_floor_s": work / rate, "matmul_rate_flops": rate,
+            "load_average_start": load_start, "load_average_end": os.getloadavg()[0]}
+
+
+def busy_slowdown(rounds: int = 3, per_round: int = 5) -> dict[str, Any]:
+    """Slowdown of short runs when another process spins on one core, measured side by side.
+
+    Per model and strategy: ``PruningSession(...).run()`` + ``pruned_model()`` (what
+    ``compare_reference.py`` times), ``per_round`` times quiet then ``per_round`` times with
+    :class:`BusyCore`, for ``rounds`` alternating rounds in this one process; the slowdown is
+    the median busy time over the median quiet time.  Other load on the machine applies to both.
+    """
+    from paoding_widgets.session import PruningSession
+
+    def once(model: Any, strategy: str) -> float:
+        t0 = time.perf_counter()
+        s = PruningSession(model, input_range=(0.0, 1.0), strategy=strategy, step=STEP, target=TARGET, seed=0,
+                           n_probes=16)
+        s.run()
+        s.pruned_model()
+        return time.perf_counter() - t0
+
+    out: dict[str, Any] = {"load_average_start": os.getloadavg()[0]}
+    print(f"busy slowdown: run + pruned_model(), {rounds} rounds x {per_round} quiet / busy, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for label, build in (("784-128-128-10", lambda: mlp(128)), ("cnn", cnn)):
+        model = build()
+        for strategy in ("baseline", "impact", "stochastic"):
+            once(model, strategy)  # warm-up
+            quiet: list[float] = []
+            busy: list[float] = []
+            for _ in range(rounds):
+                quiet += [once(model, strategy) for _ in range(per_round)]
+                with BusyCore():
+                    busy += [once(model, strategy) for _ in range(per_round)]
+            q, b = statistics.median(quiet), statistics.median(busy)
+            out[f"{label}/{strategy}"] = {"quiet_s": q, "busy_s": b, "slowdown": b / q}
+            print(f"  {label:<16}{strategy:<11} quiet {fmt_s(q):>9}  busy {fmt_s(b):>9}  slowdown {b / q:.2f}x "
+                  f"(goal 1.5x: {'PASS' if b / q <= 1.5 else 'MISS'})")
+    out["load_average_end"] = os.getloadavg()[0]
+    print(f"load average at the end {out['load_average_end']:.2f}")
+    return out
+
+
+def surgery_speed(names: tuple[str, ...] = ("mlp", "cnn", "mobilenetv2")) -> dict[str, Any]:
+    """``pruned_model()`` against the old surgery path (configured initializers, then ``set_weights``),
+    interleaved on the same pruner after 3 baseline iterations; medians."""
+    import numpy as np
+
+    from paoding_widgets.engine import Pruner, surgery
+
+    out: dict[str, Any] = {"load_average_start": os.getloadavg()[0]}
+    for name in names:
+        model = mlp(128) if name == "mlp" else cnn() if name == "cnn" else app_model(name)
+        p = Pruner(model, input_range=(0.0, 1.0), strategy="baseline", step=STEP, target=TARGET, seed=0)
+        for _ in range(3):
+            for q in p.propose().values():
+                p.apply(q)
+
+        def old(p: Any = p) -> Any:
+            new = surgery.clone(p.graph.model, surgery.new_configs(p.graph, p.store))
+            dead = surgery.dead_positions(p.graph, p.store)
+            for layer in new.layers:
+                arrays = []
+                for var in surgery.layer_variable_names(layer):
+                    a = p.store[(layer.name, var)]
+                    for axis, pos in sorted(dead.get((layer.name, var), {}).items()):
+                        a = np.delete(a, pos, axis=axis)
+                    arrays.append(a)
+                if arrays:
+                    layer.set_weights(arrays)
+            return new
+
+        old()
+        p.pruned_model()
+        t_old, t_new = [], []
+        for _ in range(3 if name in APP_TARGETS else 15):
+            t0 = time.perf_counter()
+            old()
+            t1 = time.perf_counter()
+            p.pruned_model()
+            t_old.append(t1 - t0)
+            t_new.append(time.perf_counter() - t1)
+        o, n = statistics.median(t_old), statistics.median(t_new)
+        out[name] = {"old_s": o, "new_s": n, "speedup": o / n}
+        print(f"  pruned_model() {name:<12} old {fmt_s(o):>9}  new {fmt_s(n):>9}  {o / n:.2f}x  "
+              f"(load {os.getloadavg()[0]:.1f})")
+    return out
+
+
+def fgsm_speed(n: int = 2000, epsilons: tuple[float, ...] = (0.01, 0.05, 0.1)) -> dict[str, Any]:
+    """Robust instances at 3 epsilons on the CNN: one attack per epsilon (before) against one
+    gradient stepped per epsilon (``robust_instances`` now), interleaved; the counts must agree."""
+    import importlib
+
+    import numpy as np
+
+    ev = importlib.import_module("paoding_widgets.engine.evaluate")  # the module (the package exports a function)
+    model = cnn()
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+
+    def per_epsilon() -> dict[float, int]:
+        labels = ev._labels(y)
+        return {e: int((ev.predict_classes(model, ev.fgsm(model, x, y, e)) == labels).sum()) for e in epsilons}
+
+    assert per_epsilon() == ev.robust_instances(model, x, y, epsilons)
+    t_old, t_new = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        per_epsilon()
+        t1 = time.perf_counter()
+        ev.robust_instances(model, x, y, epsilons)
+        t_old.append(t1 - t0)
+        t_new.append(time.perf_counter() - t1)
+    o, nw = statistics.median(t_old), statistics.median(t_new)
+    print(f"  robust_instances, CNN, {n} inputs, {len(epsilons)} epsilons: per-epsilon attacks {fmt_s(o)}, "
+          f"one gradient {fmt_s(nw)} ({o / nw:.2f}x), load {os.getloadavg()[0]:.1f}")
+    return {"per_epsilon_s": o, "one_gradient_s": nw, "speedup": o / nw, "load_average": os.getloadavg()[0]}
 
 
 def app_model(name: str) -> Any:
@@ -355,10 +488,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mlp", action="store_true", help="skip the MLPs (with --apps: only the applications)")
     ap.add_argument("--metrics", action="store_true",
                     help="only: session.metrics() on ResNet50 (weights=None), peak RSS and re-evaluation after clicks")
+    ap.add_argument("--slowdown", action="store_true",
+                    help="only: slowdown of short runs (MLP-128, CNN) with a process spinning on one core, "
+                         "quiet and busy alternating in one run")
+    ap.add_argument("--surgery", action="store_true",
+                    help="only: pruned_model() against the old surgery path, interleaved (MLP-128, CNN, MobileNetV2), "
+                         "and robustness with one gradient for every epsilon against one attack per epsilon")
     args = ap.parse_args(argv)
+    if args.surgery:
+        result = surgery_speed()
+        result["fgsm"] = fgsm_speed()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"surgery": result, "machine": machine_info()}, indent=2))
+        return 0
+    if args.slowdown:
+        result = busy_slowdown()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"busy_slowdown": result, "machine": machine_info()}, indent=2))
+        return 0
     if args.metrics:
         with BusyCore() if args.busy else _Nothing():
-            return metrics_memory()
+            result = metrics_memory()
+        if args.json:
+            result["busy"] = bool(args.busy)
+            Path(args.json).write_text(json.dumps({"metrics_resnet50": result, "machine": machine_info()}, indent=2))
+        return 0
     if args.busy:
         with BusyCore():
             return _main(args, ap)

@@ -258,3 +258,81 @@ def test_save_tflite_float16(tmp_path, capsys):
 def test_tflite_rejects_unknown_quantization(tmp_path):
     with pytest.raises(ValueError, match="quantize"):
         save_tflite(build_mlp(), tmp_path / "m.tflite", quantize="int3")
+
+
+# ------------------------------------------------------------------ streamed evaluation data
+def _streams(x, y, batch=64):
+    import tensorflow as tf
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-len(x) // batch)
+
+        def __getitem__(self, i):
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    def gen():
+        for i in range(0, len(x), batch):
+            yield x[i:i + batch], y[i:i + batch]
+
+    return {"tf.data": tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), "PyDataset": Batches(),
+            "generator": gen(), "generator function": gen}
+
+
+@pytest.mark.parametrize("kind", ["tf.data", "PyDataset", "generator", "generator function"])
+def test_streamed_eval_data_gives_the_same_metrics_as_arrays(softmax_model, digits, kind):
+    from paoding_widgets.engine.evaluate import batches
+
+    _, (x, y) = digits
+    stream = _streams(x, y)[kind]
+    whole = evaluate(softmax_model, original=softmax_model, data=(x, y), epsilons=(0.01, 0.1))
+    streamed = evaluate(softmax_model, original=softmax_model, data=stream, epsilons=(0.01, 0.1))
+    assert streamed.accuracy == whole.accuracy
+    assert streamed.robust == whole.robust and streamed.robust_preserved == whole.robust_preserved
+    if kind != "generator":  # re-iterable: the batches are bounded
+        assert max(len(b[0]) for b in batches(stream)) == 64
+
+
+def test_bad_streams_are_refused_clearly(softmax_model):
+    from paoding_widgets.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not an \\(x, y\\) pair"):
+        evaluate(softmax_model, data=iter([np.zeros((2, 64), np.float32)]), epsilons=())
+    with pytest.raises(ConfigError, match="no samples"):
+        evaluate(softmax_model, data=iter([]), epsilons=())
+    with pytest.raises(ConfigError, match="2 inputs but 3 labels"):
+        evaluate(softmax_model, data=[(np.zeros((2, 64), np.float32), np.zeros(3))], epsilons=())
+
+
+@pytest.mark.parametrize("which", ["softmax_model", "logits_model"])
+def test_one_gradient_for_every_epsilon_gives_the_per_epsilon_counts(request, digits, which):
+    """Robustness computes the gradient once and steps it per epsilon: the counts of one attack per epsilon."""
+    model = request.getfixturevalue(which)
+    _, (x, y) = digits
+    eps = (0.01, 0.05, 0.1)
+    per_eps = {e: int((np.argmax(model.predict(fgsm(model, x, y, e), verbose=0), -1) == y).sum()) for e in eps}
+    assert robust_instances(model, x, y, eps) == per_eps
+    assert evaluate(model, data=(x, y), epsilons=eps).robust == per_eps
+    assert robust_instances(model, x, y, ()) == {}
+
+
+def test_session_takes_a_stream_and_measures_like_arrays(softmax_model, digits):
+    """A session given a tf.data dataset measures what one given the arrays measures, after a change too;
+    a bare generator is refused (the first evaluation would use it up)."""
+    from paoding_widgets.errors import SessionError
+    from paoding_widgets.session import PruningSession
+
+    _, (x, y) = digits
+    kw = dict(input_range=(0.0, 1.0), strategy="impact", step=0.1, target=0.5, seed=0, n_probes=20)
+    arrays = PruningSession(softmax_model, eval_data=(x, y), **kw)
+    stream = PruningSession(softmax_model, eval_data=_streams(x, y)["tf.data"], **kw)
+    assert stream.eval_data is None and stream.eval_stream is not None
+    for s in (arrays, stream):
+        s.accept(next(iter(s.propose())))
+    a, b = arrays.metrics(), stream.metrics()
+    assert a.accuracy is not None and b.accuracy == a.accuracy
+    assert b.robust == a.robust and b.robust_preserved == a.robust_preserved
+    with pytest.raises(SessionError, match="generator"):
+        PruningSession(softmax_model, eval_data=_streams(x, y)["generator"], **kw)
+    result = PruningSession(softmax_model, eval_data=_streams(x, y)["generator function"], **kw).run(min_accuracy=0.99)
+    assert result.reason == "min_accuracy"

@@ -384,3 +384,107 @@ def test_touch_invalidates_cached_bounds():
     assert not np.array_equal(after.out[out][1], before.out[out][1])
     for tid in ref.out:
         _close(after.out[tid][1], ref.out[tid][1])
+
+
+def test_compiled_forward_follows_weight_versions_without_retracing():
+    """The compiled forward pass equals Keras' predict, reads the current weights after an in-place
+    edit (the session's kept model), and is traced once across versions and batch sizes."""
+    from paoding_widgets.engine.evaluate import compiled_forward, predict
+    from paoding_widgets.engine.surgery import EditedModel
+
+    model = MODELS["residual"]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    edited = EditedModel(pruner.graph)
+    x = np.random.default_rng(1).random((11, *model.inputs[0].shape[1:]), dtype=np.float32)
+    fn = compiled_forward(edited.sync(pruner.store))
+    assert fn is not None
+    for _ in range(2):
+        for p in pruner.propose().values():
+            pruner.apply(p)
+        m = edited.sync(pruner.store)
+        np.testing.assert_allclose(predict(m, x, 4), m.predict(x, batch_size=4, verbose=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predict(m, x), predict(pruner.pruned_model(), x), rtol=1e-4, atol=1e-5)
+    assert compiled_forward(m) is fn
+    assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"depthwise_separable"}))  # that one has no prunable layer
+def test_surgery_creating_variables_from_the_pruned_arrays_equals_set_weights(name):
+    """Surgery hands the pruned arrays to the variables as initial values; the model equals the old
+    way (configured initializers, then ``set_weights``): same weights, same configs, same outputs."""
+    from paoding_widgets.engine import surgery
+
+    model = MODELS[name]()
+    pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+    for p in pruner.propose().values():
+        pruner.apply(p)
+    fast = pruner.pruned_model()
+    old = surgery.clone(pruner.graph.model, surgery.new_configs(pruner.graph, pruner.store))
+    deletions = surgery.dead_positions(pruner.graph, pruner.store)
+    for layer in old.layers:
+        arrays = []
+        for var in surgery.layer_variable_names(layer):
+            arr = pruner.store[(layer.name, var)]
+            for axis, pos in sorted(deletions.get((layer.name, var), {}).items()):
+                arr = np.delete(arr, pos, axis=axis)
+            arrays.append(arr)
+        layer.set_weights(arrays)
+    assert [layer.get_config() for layer in fast.layers] == [layer.get_config() for layer in old.layers]
+    assert len(fast.weights) == len(old.weights)
+    for a, b in zip(fast.weights, old.weights):
+        assert a.path == b.path and a.trainable == b.trainable
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+    x = np.random.default_rng(2).random((3, *model.inputs[0].shape[1:]), dtype=np.float32)
+    np.testing.assert_array_equal(fast.predict(x, verbose=0), old.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_surgery_feeds_are_used_on_ordinary_layers(use_bias):
+    """The fast surgery path is taken (not silently the fallback) on Dense, Conv, BatchNorm and
+    depthwise layers, and the result equals the edited model."""
+    from paoding_widgets.engine import surgery
+
+    models = [MODELS["residual"](), _seq((9, 9, 2), L.Conv2D(6, 3, activation="relu"),
+                                         L.DepthwiseConv2D(3, use_bias=use_bias), L.ReLU(),
+                                         L.Conv2D(5, 1, activation="relu"), L.GlobalAveragePooling2D(), L.Dense(3))]
+    kinds = set()
+    for model in models:
+        pruner = Pruner(model, input_range=(0.0, 1.0), strategy="certified", step=0.2, target=0.5, seed=0)
+        for p in pruner.propose().values():
+            pruner.apply(p)
+        used = []
+        orig = surgery._restore_initializers
+
+        def spy(new, feeds, originals, used=used, orig=orig):
+            orig(new, feeds, originals)
+            used.extend(feeds)
+        surgery._restore_initializers = spy
+        try:
+            small = pruner.pruned_model()
+        finally:
+            surgery._restore_initializers = orig
+        assert set(used) == {layer.name for layer in model.layers if layer.weights}
+        kinds |= {type(layer).__name__ for layer in model.layers if layer.name in used}
+        x = np.random.default_rng(3).random((4, *model.inputs[0].shape[1:]), dtype=np.float32)
+        np.testing.assert_allclose(small.predict(x, verbose=0), pruner.edited_model().predict(x, verbose=0),
+                                   rtol=1e-4, atol=1e-5)
+    assert {"Conv2D", "BatchNormalization", "Dense", "DepthwiseConv2D"} <= kinds
+
+
+def test_blas_limit_caps_inside_and_restores_after():
+    """The engine's BLAS cap holds inside the block, nests, and gives the library its count back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from paoding_widgets.engine.threads import blas_limit
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = counts()
+    if not before:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    with blas_limit(1):
+        assert counts() == [1] * len(before)
+        with blas_limit(1):
+            assert counts() == [1] * len(before)
+        assert counts() == [1] * len(before)
+    assert counts() == before

@@ -13,11 +13,15 @@ its gradient, the result is clipped to the input range, and it runs batched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..errors import ConfigError
 
 DEFAULT_EPSILONS = (0.01, 0.05, 0.1)
 
@@ -62,11 +66,15 @@ def _labels(y: np.ndarray) -> np.ndarray:
 
 
 _BATCH_BUDGET = 16 * 2**20  # bytes of the largest activation of one batch (a few live at once)
+#: The compiled TensorFlow forward pass frees each activation as soon as its readers ran, so it affords
+#: larger batches than Keras' ``predict`` (ResNet50 at 224 x 224: 10 images, +0.1 GiB peak); a batch of 5
+#: leaves oneDNN's convolutions far from the machine's rate.
+_COMPILED_BATCH_BUDGET = 32 * 2**20
 
 
-def auto_batch_size(model: Any, limit: int = 1024) -> int:
+def auto_batch_size(model: Any, limit: int = 1024, budget: int = _BATCH_BUDGET) -> int:
     """A batch size that keeps evaluation memory bounded: the largest layer output of one batch
-    within about 16 MiB (ResNet50 at 224 x 224: 5 images; an MNIST MLP: ``limit``)."""
+    within about ``budget`` bytes (16 MiB: ResNet50 at 224 x 224: 5 images; an MNIST MLP: ``limit``)."""
     largest = 1
     for layer in getattr(model, "layers", []):
         try:
@@ -75,14 +83,64 @@ def auto_batch_size(model: Any, limit: int = 1024) -> int:
             continue
         if isinstance(shape, (list, tuple)) and all(isinstance(d, (int, type(None))) for d in shape):
             largest = max(largest, int(np.prod([d for d in shape[1:] if d is not None])))
-    return int(np.clip(_BATCH_BUDGET // (4 * largest), 1, limit))
+    return int(np.clip(budget // (4 * largest), 1, limit))
+
+
+_compiled: dict[int, tuple[weakref.ref, Any]] = {}
+_compiled_lock = threading.Lock()
+
+
+def compiled_forward(model: Any) -> Callable[[np.ndarray], Any] | None:
+    """``x -> model(x, training=False)`` as one ``tf.function`` per model, or None where it does not apply.
+
+    Why: the session re-measures after every click on the same kept model
+    (``surgery.EditedModel``) whose weights are assigned in place.  The traced
+    function reads the variables, so a new weight version reuses it without a
+    retrace; the batch axis is left unknown, so a last short batch does not
+    retrace either.  Keras' ``predict`` builds a data pipeline per call and
+    steps it batch by batch (on ResNet50 it cost 2-3x the forward pass itself).
+    Only for single-input models on the TensorFlow backend (the others keep
+    ``model.predict``, which JAX compiles itself).
+    """
+    try:
+        import keras
+
+        if keras.backend.backend() != "tensorflow" or len(model.inputs) != 1 or len(model.outputs) != 1:
+            return None
+        shape, dtype = tuple(model.inputs[0].shape), model.inputs[0].dtype
+        np.dtype(dtype)  # predict() casts the batches to it
+    except (AttributeError, ValueError, TypeError):
+        return None
+    key = id(model)
+    with _compiled_lock:
+        hit = _compiled.get(key)
+        if hit is not None and hit[0]() is model:
+            return hit[1]
+        import tensorflow as tf
+
+        ref = weakref.ref(model, lambda _: _compiled.pop(key, None))
+
+        def forward(x: Any) -> Any:
+            m = ref()
+            assert m is not None  # the entry is dropped with its model
+            return m(x, training=False)
+
+        fn = tf.function(forward, input_signature=[tf.TensorSpec((None, *shape[1:]), dtype)])
+        _compiled[key] = (ref, fn)
+        return fn
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Model outputs in bounded batches (:func:`auto_batch_size`), through Keras' compiled
-    ``predict`` (traced once per model and reused), without progress output."""
+    """Model outputs in bounded batches (:func:`auto_batch_size`), through one compiled forward pass
+    per model (:func:`compiled_forward`, traced once and reused across weight versions), or Keras'
+    ``predict`` where that does not apply, without progress output."""
     if len(x) == 0:
         return np.zeros((0,))
+    fn = compiled_forward(model)
+    if fn is not None:
+        bs = auto_batch_size(model, budget=_COMPILED_BATCH_BUDGET) if batch_size is None else batch_size
+        dtype = np.dtype(model.inputs[0].dtype)
+        return np.concatenate([np.asarray(fn(np.asarray(x[i:i + bs], dtype))) for i in range(0, len(x), bs)])
     bs = auto_batch_size(model) if batch_size is None else batch_size
     if hasattr(model, "predict"):
         return np.asarray(model.predict(x, batch_size=bs, verbose=0))
@@ -119,9 +177,9 @@ def outputs_are_probabilities(model: Any) -> bool:
     return rule is not None and rule.activation(_config(layer))[0] in ("softmax", "sigmoid")
 
 
-def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
-         batch_size: int | None = None) -> np.ndarray:
-    """Adversarial examples by one signed-gradient step of size ``eps``."""
+def gradient_signs(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """The sign of the loss gradient with respect to each input: FGSM's direction, the same for every
+    step size (computed once, then :func:`fgsm_step` per epsilon)."""
     from .gradients import input_gradient  # the active Keras backend's own autodiff
 
     labels = _labels(y)
@@ -129,22 +187,34 @@ def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tupl
     binary = int(np.prod(model.outputs[0].shape[1:])) == 1
     if binary:
         labels = labels.astype(np.float32).reshape(-1, 1)
-    lo, hi = (np.asarray(v, np.float32) for v in input_range)
     if batch_size is None:
         batch_size = auto_batch_size(model, 512)
     out = []
     for i in range(0, len(x), batch_size):
         xb = np.asarray(x[i:i + batch_size], np.float32)
-        grad = input_gradient(model, xb, labels[i:i + batch_size], from_probs, binary)
-        out.append(np.clip(xb + eps * np.sign(grad), lo, hi))
-    return np.concatenate(out)
+        out.append(np.sign(input_gradient(model, xb, labels[i:i + batch_size], from_probs, binary)))
+    return np.concatenate(out) if out else np.zeros(np.shape(x), np.float32)
+
+
+def fgsm_step(x: np.ndarray, signs: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0)) -> np.ndarray:
+    lo, hi = (np.asarray(v, np.float32) for v in input_range)
+    return np.clip(np.asarray(x, np.float32) + eps * signs, lo, hi)
+
+
+def fgsm(model: Any, x: np.ndarray, y: np.ndarray, eps: float, input_range: tuple[Any, Any] = (0.0, 1.0),
+         batch_size: int | None = None) -> np.ndarray:
+    """Adversarial examples by one signed-gradient step of size ``eps``."""
+    return fgsm_step(x, gradient_signs(model, x, y, batch_size), eps, input_range)
 
 
 def robust_instances(model: Any, x: np.ndarray, y: np.ndarray, epsilons: Sequence[float],
                      input_range: tuple[Any, Any] = (0.0, 1.0)) -> dict[float, int]:
-    """Per epsilon, how many instances stay correctly classified under FGSM."""
+    """Per epsilon, how many instances stay correctly classified under FGSM (one gradient for all)."""
+    if not len(epsilons):
+        return {}
     labels = _labels(y)
-    return {float(e): int((predict_classes(model, fgsm(model, x, y, e, input_range)) == labels).sum())
+    signs = gradient_signs(model, x, y)
+    return {float(e): int((predict_classes(model, fgsm_step(x, signs, e, input_range)) == labels).sum())
             for e in epsilons}
 
 
@@ -198,24 +268,118 @@ def flops(model: Any, shaped: Callable[[Any], Any] | None = None) -> int:
     return 2 * total
 
 
-def evaluate(model: Any, original: Any | None = None, data: tuple[np.ndarray, np.ndarray] | None = None,
+def is_stream(data: Any) -> bool:
+    """True when ``data`` is not an ``(x, y)`` pair of arrays: a ``tf.data.Dataset``, a
+    ``keras.utils.PyDataset``, a generator, or a function returning one -- batches ``(x, y)``."""
+    if isinstance(data, np.ndarray) or hasattr(data, "__array__"):
+        return False  # one array: neither a pair nor a stream (the caller says what is wrong)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        if all(isinstance(a, tuple) and len(a) == 2 for a in data):
+            return True  # two (x, y) batches
+        return not all(isinstance(a, np.ndarray) or hasattr(a, "__array__") or isinstance(a, (list, tuple))
+                       for a in data)
+    return data is not None
+
+
+def _numpy(a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "numpy"):  # a TensorFlow / PyTorch tensor
+        try:
+            return np.asarray(a.numpy())
+        except Exception:  # a PyTorch tensor that carries gradients
+            pass
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(a))
+
+
+def batches(data: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The ``(x, y)`` batches of evaluation data, as NumPy, one at a time (bounded memory).
+
+    ``data``: an ``(x, y)`` pair of arrays (one batch), a ``keras.utils.PyDataset`` (indexed
+    batch by batch), a ``tf.data.Dataset`` or any iterable of ``(x, y)`` batches (a
+    sample weight, if any, is ignored), or a function returning such an iterable.
+    """
+    if not is_stream(data):
+        yield np.asarray(data[0]), np.asarray(data[1])
+        return
+    source = data() if callable(data) and not hasattr(data, "__getitem__") and not hasattr(data, "__iter__") else data
+    from keras.utils import PyDataset
+
+    if isinstance(source, PyDataset):
+        n = source.num_batches
+        if n is None:
+            raise ConfigError("eval_data is an infinite PyDataset (num_batches is None); evaluation needs an end")
+        items: Any = (source[i] for i in range(n))
+    else:
+        try:
+            items = iter(source)
+        except TypeError:
+            raise ConfigError(f"eval_data must be (x, y) arrays, a tf.data.Dataset, a keras.utils.PyDataset or an "
+                            f"iterable of (x, y) batches, got {type(data).__name__}") from None
+    for k, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ConfigError(f"eval_data batch {k} is not an (x, y) pair: {type(item).__name__}")
+        x, y = _numpy(item[0]), _numpy(item[1])
+        if len(x) != len(y):
+            raise ConfigError(f"eval_data batch {k} has {len(x)} inputs but {len(y)} labels")
+        yield x, y
+
+
+@dataclass
+class DataScores:
+    """What one pass over the evaluation data gives: correct answers and FGSM survivors."""
+
+    n: int = 0
+    correct: int = 0
+    robust: dict[float, int] = field(default_factory=dict)
+    original_robust: dict[float, int] = field(default_factory=dict)
+
+
+def score_data(model: Any, data: Any, epsilons: Sequence[float] = (), input_range: tuple[Any, Any] = (0.0, 1.0),
+               original: Any | None = None) -> DataScores:
+    """Accuracy counts and robust instances of ``model`` (and of ``original`` when given) in one
+    pass over ``data`` (arrays or a stream, see :func:`batches`): a generator is read only once."""
+    out = DataScores(robust={float(e): 0 for e in epsilons},
+                     original_robust={float(e): 0 for e in epsilons} if original is not None else {})
+    for x, y in batches(data):
+        x = np.asarray(x, np.float32)
+        labels = _labels(y)
+        out.n += len(x)
+        out.correct += int((predict_classes(model, x) == labels).sum())
+        for m, counts in ((model, out.robust), (original, out.original_robust)):
+            if m is None or not len(epsilons):
+                continue
+            signs = gradient_signs(m, x, y)  # one gradient for every epsilon
+            for e in epsilons:
+                counts[float(e)] += int((predict_classes(m, fgsm_step(x, signs, e, input_range)) == labels).sum())
+    if out.n == 0:
+        raise ConfigError("eval_data gave no samples")
+    return out
+
+
+def evaluate(model: Any, original: Any | None = None, data: Any = None,
              epsilons: Sequence[float] = DEFAULT_EPSILONS, input_range: tuple[Any, Any] = (0.0, 1.0),
              original_robust: dict[float, int] | None = None, probes: np.ndarray | None = None,
              output_bound_width: float | None = None, probe_classes: np.ndarray | None = None,
              size: SizeReport | None = None) -> Metrics:
     """Evaluate ``model``; robustness is compared with ``original`` when given.
 
+    ``data``: ``(x, y)`` arrays, or a stream of ``(x, y)`` batches (a ``tf.data.Dataset``, a
+    ``keras.utils.PyDataset``, a generator; see :func:`batches`), read once, batch by batch.
     ``size``: the size to report when ``model`` is not the physically pruned
     model itself (the session evaluates a full-size model carrying the edits).
     """
     m = Metrics(size=size_report(model) if size is None else size, output_bound_width=output_bound_width)
     if data is not None:
-        x, y = data
-        m.accuracy = accuracy(model, x, y)
-        if epsilons:
-            m.robust = robust_instances(model, x, y, epsilons, input_range)
+        eps = list(epsilons)
+        scores = score_data(model, data, eps, input_range, original if original_robust is None and eps else None)
+        m.accuracy = scores.correct / scores.n
+        if eps:
+            m.robust = scores.robust
             if original_robust is None and original is not None:
-                original_robust = robust_instances(original, x, y, epsilons, input_range)
+                original_robust = scores.original_robust
             if original_robust:
                 m.robust_preserved = {e: (m.robust[e] / original_robust[e] if original_robust[e] else 1.0)
                                       for e in m.robust}

@@ -46,16 +46,19 @@ def new_configs(graph: ModelGraph, store: WeightStore) -> dict[str, dict]:
     return out
 
 
-def clone(model: Any, configs: dict[str, dict] | None = None) -> Any:
+def clone(model: Any, configs: dict[str, dict] | None = None, feeds: dict[str, dict[str, Any]] | None = None
+          ) -> Any:
     """A structural copy of ``model`` with fresh weights, some layers rebuilt from ``configs``.
 
     Weight-free layers whose config does not change (a ``Lambda``, a Keras
     operation) are reused as they are, so a model the user built in memory
-    clones even where ``from_config`` would refuse it in safe mode.
+    clones even where ``from_config`` would refuse it in safe mode.  ``feeds``:
+    per layer, initializers that replace the config's (see :class:`_Feed`).
     """
     import keras
 
     configs = configs or {}
+    feeds = feeds or {}
 
     def one(layer: Any) -> Any:
         cfg = configs.get(layer.name)
@@ -63,6 +66,8 @@ def clone(model: Any, configs: dict[str, dict] | None = None) -> Any:
             if not getattr(layer, "weights", None):
                 return layer
             cfg = layer.get_config()
+        if layer.name in feeds:
+            cfg = {**cfg, **feeds[layer.name]}
         try:
             return layer.__class__.from_config(cfg)
         except Exception as exc:
@@ -78,6 +83,57 @@ def clone(model: Any, configs: dict[str, dict] | None = None) -> Any:
     return new
 
 
+class _FeedMismatch(Exception):
+    """A feed was asked for another shape, or twice: the layer does not name its initializers as assumed."""
+
+
+class _Feed:
+    """An initializer that returns one given array, once.
+
+    Why: surgery used to build each layer with its configured initializer (a
+    random fill, on ResNet50 a quarter of ``pruned_model()``) and then assign
+    the pruned arrays over it.  Handing the arrays to the variables as their
+    initial values does one write instead of two.  The array is matched to the
+    variable by the Keras convention ``<name>_initializer`` initializes
+    ``<name>`` (or ``<name>_kernel``); any surprise raises and surgery falls
+    back to the old way.
+    """
+
+    def __init__(self, array: np.ndarray, name: str = "") -> None:
+        self.array, self.name, self.used = array, name, False
+
+    def __call__(self, shape: Any, dtype: Any = None) -> np.ndarray:
+        if self.used or tuple(shape) != self.array.shape:
+            raise _FeedMismatch(f"asked for {tuple(shape)}, holds {self.array.shape}, used={self.used}")
+        self.used = True
+        return np.asarray(self.array, dtype=None if dtype is None else np.dtype(str(dtype)))
+
+    def get_config(self) -> dict:
+        raise _FeedMismatch("a feed is never serialized")
+
+
+def _feeds_for(layer: Any, arrays: dict[str, np.ndarray], cfg: dict) -> dict[str, _Feed] | None:
+    """Initializer keys of ``cfg`` -> feeds covering every variable of ``layer`` exactly once, or None."""
+    names = list(arrays)
+    if getattr(layer, "_layers", None) or any(":" in n or "/" in n for n in names):
+        return None  # nested layers share initializer keys between sub-layers
+    out: dict[str, _Feed] = {}
+    for key in cfg:
+        if not key.endswith("_initializer"):
+            continue
+        base = key[: -len("_initializer")]
+        names_for = [base, f"{base}_kernel"]
+        if key == "depthwise_initializer" and "kernel_initializer" not in cfg:
+            names_for.append("kernel")  # Keras 3's DepthwiseConv2D calls its depthwise kernel "kernel"
+        target = next((n for n in names_for if n in arrays), None)
+        if target is not None:
+            out[key] = _Feed(arrays[target], target)
+    covered = [f.array for f in out.values()]
+    if len(covered) != len(names) or {id(a) for a in covered} != {id(arrays[n]) for n in names}:
+        return None
+    return out
+
+
 def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
     """Build the smaller model; same layer names, same graph, same outputs.
 
@@ -85,27 +141,79 @@ def physical_model(graph: ModelGraph, store: WeightStore) -> Any:
     config; weight-free layers whose config does not change (a ``Lambda``, a
     custom activation) are reused as they are -- the user's own in-memory
     model is trusted, and ``from_config`` would refuse a Lambda in safe mode.
+    Variables are created holding their pruned arrays (:class:`_Feed`), then
+    the layers get their configured initializers back (the saved config is the
+    one a plain rebuild gives).
     """
-    new = clone(graph.model, new_configs(graph, store))
+    configs = new_configs(graph, store)
     deletions = dead_positions(graph, store)
     nodes = {n.name: n for n in graph.nodes}
-    for layer in new.layers:
+    pruned: dict[str, dict[str, np.ndarray]] = {}
+    for layer in graph.model.layers:
         if not layer.weights:
             continue
-        arrays = {}
+        mine = {}
         for var in layer_variable_names(layer):
             arr = store[(layer.name, var)]
             for axis, pos in sorted(deletions.get((layer.name, var), {}).items()):
                 arr = np.delete(arr, pos, axis=axis)
-            arrays[var] = arr
+            mine[var] = arr
         node = nodes.get(layer.name)
         if node is not None:  # its rule may rescale what depends on a size it lost (attention's key_dim)
-            arrays = node.rule.physical_arrays(graph, store, node, arrays)
+            mine = node.rule.physical_arrays(graph, store, node, mine)
+        pruned[layer.name] = mine
+    originals = {layer.name: configs.get(layer.name) or layer.get_config()
+                 for layer in graph.model.layers if layer.name in pruned}
+    feeds = {}
+    for layer in graph.model.layers:
+        if layer.name in pruned:
+            f = _feeds_for(layer, pruned[layer.name], originals[layer.name])
+            if f is not None:
+                feeds[layer.name] = f
+    new = None
+    if feeds:
         try:
-            layer.set_weights(list(arrays.values()))
-        except ValueError as exc:
+            new = clone(graph.model, configs, feeds)
+            _restore_initializers(new, feeds, originals)
+        except Exception:  # a layer that names or keeps its initializers otherwise: the plain way below
+            new = None
+    fed = set(feeds) if new is not None else set()
+    if new is None:
+        new = clone(graph.model, configs)
+    for layer in new.layers:
+        if not layer.weights or layer.name in fed:
+            continue
+        try:
+            layer.set_weights([pruned[layer.name][v] for v in layer_variable_names(layer)])
+        except (ValueError, KeyError) as exc:
             raise SurgeryError(f"surgery produced wrong shapes for layer {layer.name!r}: {exc}") from exc
     return new
+
+
+def _restore_initializers(model: Any, feeds: dict[str, dict[str, _Feed]], originals: dict[str, dict]) -> None:
+    """Give fed layers their configured initializers back; raise :class:`_FeedMismatch` if any feed
+    went unused or the layer does not keep the initializer where its config says."""
+    import keras
+
+    for layer in model.layers:
+        mine = feeds.get(layer.name)
+        if not mine:
+            continue
+        if not all(f.used for f in mine.values()) or \
+                [w.shape for w in layer.weights] != [f.array.shape for f in _in_weight_order(layer, mine)]:
+            raise _FeedMismatch(layer.name)
+        for key in mine:
+            if getattr(layer, key, None) is not mine[key]:
+                raise _FeedMismatch(f"{layer.name}.{key}")
+            setattr(layer, key, keras.initializers.get(originals[layer.name][key]))
+        cfg = layer.get_config()
+        if any(cfg.get(key) != originals[layer.name][key] for key in mine):
+            raise _FeedMismatch(f"{layer.name}: initializer config not restored")
+
+
+def _in_weight_order(layer: Any, feeds: dict[str, _Feed]) -> list[_Feed]:
+    by_name = {f.name: f for f in feeds.values()}
+    return [by_name[n] for n in layer_variable_names(layer) if n in by_name]
 
 
 # ------------------------------------------------------------------ evaluation without surgery

@@ -49,6 +49,7 @@ class SessionBase:
     model: Any
     source_path: str | None
     eval_data: tuple[np.ndarray, np.ndarray] | None
+    eval_stream: Any  # re-iterable (x, y) batches when eval_data was a stream (then eval_data is None)
     epsilons: tuple[float, ...]
     seed: int
     events: Emitter

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.evaluate import DEFAULT_EPSILONS, default_probe_count, sample_box
+from ..engine.evaluate import DEFAULT_EPSILONS, default_probe_count, is_stream, sample_box
 from ..engine.evaluate import evaluate as evaluate  # noqa: F401  (metrics._evaluate looks it up here)
 from ..engine.graph import UnitGroup
 from ..engine.pruner import Proposal, Pruner
@@ -79,7 +79,11 @@ class PruningSession(RunMixin, MetricsMixin):
     input_range: the legal input box ``(low, high)`` (scalars or per-feature arrays).
     strategy, step, target, seed: as for :class:`~paoding_widgets.engine.pruner.Pruner`.
     eval_data: optional ``(x, y)`` for accuracy and FGSM robustness; without it the
-        session is fully data-free (fidelity on inputs sampled from the box).
+        session is fully data-free (fidelity on inputs sampled from the box).  It may also
+        be a stream of ``(x, y)`` batches -- a ``tf.data.Dataset``, a ``keras.utils.PyDataset``
+        or a function returning a generator -- that ``metrics()`` reads batch by batch after
+        every change (``run(min_accuracy=...)`` too); a stream is not saved with the session,
+        and the sensitivity scan and ``deploy`` work data-free with it.
     epsilons: FGSM step sizes for robustness (at most 64).
     n_probes: box samples for the data-free agreement metric (default: 1,000 for small
         inputs, fewer for large images, so metrics stay quick; at most 100,000).
@@ -87,7 +91,7 @@ class PruningSession(RunMixin, MetricsMixin):
     """
 
     def __init__(self, model: Any, input_range: Any = (0.0, 1.0), strategy: str = "compensated", step: float = 0.05,
-                 target: float = 0.5, seed: int = 0, eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+                 target: float = 0.5, seed: int = 0, eval_data: Any = None,
                  epsilons: Sequence[float] = DEFAULT_EPSILONS, n_probes: int | None = None,
                  source_path: str | None = None, **strategy_options: Any) -> None:
         if not isinstance(strategy, str):
@@ -102,7 +106,10 @@ class PruningSession(RunMixin, MetricsMixin):
             raise SessionError(str(exc)) from exc
         self.model = model
         self.source_path = source_path
-        self.eval_data = validate.check_eval_data(model, eval_data)
+        if is_stream(eval_data):  # streamed batch by batch by metrics(); the array-only features see no data
+            self.eval_data, self.eval_stream = None, validate.check_eval_stream(eval_data)
+        else:
+            self.eval_data, self.eval_stream = validate.check_eval_data(model, eval_data), None
         shape = tuple(model.inputs[0].shape[1:])
         n = default_probe_count(shape) if n_probes is None else validate.n_probes(n_probes, shape)
         self.events = Emitter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.evaluate import Metrics, robust_instances, size_report
+from ..engine.evaluate import Metrics, robust_instances, score_data, size_report
 from ..engine.export import save_keras, save_tflite
 from ..engine.surgery import EditedModel, pruned_size
 from .base import SessionBase
@@ -47,9 +47,10 @@ class MetricsMixin(SessionBase):
                 model = edited.sync(pruner.store)  # the weights are copied into its variables: safe to leave the lock
                 width = pruner.output_bound_width()
             box = self._pruner.input_range
-            data = self.eval_data
+            data = self.eval_data if self.eval_data is not None else self.eval_stream
             if data is not None and self._original_robust is None and self.epsilons:
-                self._original_robust = robust_instances(self.model, data[0], data[1], self.epsilons, box)
+                self._original_robust = score_data(self.model, data, self.epsilons, box).robust \
+                    if self.eval_data is None else robust_instances(self.model, data[0], data[1], self.epsilons, box)
             m = _evaluate(model, self.model, data, self.epsilons, box, self._original_robust,
                          self._probes, width, self._original_probe_classes(), size)
             with self._lock:

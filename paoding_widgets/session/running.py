@@ -103,7 +103,7 @@ class RunMixin(ActionsMixin):
             targets = self._check_targets(targets)
         if min_accuracy is not None:
             min_accuracy = validate.unit_interval("min_accuracy", min_accuracy)
-            if self.eval_data is None:
+            if self.eval_data is None and self.eval_stream is None:
                 raise SessionError("min_accuracy needs eval_data=(x, y)")
         if min_fidelity is not None:
             min_fidelity = validate.unit_interval("min_fidelity", min_fidelity)
@@ -246,12 +246,16 @@ class RunMixin(ActionsMixin):
     def _failed_condition(self, min_accuracy: float | None, min_fidelity: float | None) -> str:
         if min_accuracy is None and min_fidelity is None:
             return ""
-        from ..engine.evaluate import accuracy, agreement
+        from ..engine.evaluate import accuracy, agreement, score_data
 
         model = self._pruner.edited_model()
         if min_accuracy is not None and self.eval_data is not None \
                 and accuracy(model, *self.eval_data) < min_accuracy:
             return "min_accuracy"
+        if min_accuracy is not None and self.eval_stream is not None:
+            scores = score_data(model, self.eval_stream, (), self._pruner.input_range)
+            if scores.correct / scores.n < min_accuracy:
+                return "min_accuracy"
         if min_fidelity is not None and agreement(self.model, model, self._probes,
                                                   self._original_probe_classes()) < min_fidelity:
             return "min_fidelity"

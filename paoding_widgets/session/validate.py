@@ -130,6 +130,23 @@ def n_probes(value: Any, input_shape: tuple) -> int:
     return n
 
 
+def check_eval_stream(data: Any) -> Any:
+    """A stream of ``(x, y)`` batches the session can read after every click: re-iterable (a
+    ``tf.data.Dataset``, a ``keras.utils.PyDataset``, a function returning a generator), never a
+    generator itself (the first evaluation would use it up)."""
+    if callable(data) or hasattr(data, "__getitem__"):
+        return data
+    try:
+        it = iter(data)
+    except TypeError:
+        raise SessionError(f"eval_data must be (x, y) arrays, a tf.data.Dataset, a keras.utils.PyDataset or a "
+                           f"function returning a generator of (x, y) batches, got {type(data).__name__}") from None
+    if it is data:
+        raise SessionError("eval_data is a generator, which the first evaluation would use up; pass the function "
+                           "that makes it (eval_data=make_batches), a tf.data.Dataset or a keras.utils.PyDataset")
+    return data
+
+
 def check_eval_data(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray] | None:
     if data is None:
         return None
