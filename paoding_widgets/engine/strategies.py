@@ -236,10 +236,16 @@ class Compensated(Strategy):
     uses_impact = True
 
     def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 1e-2, reconstruct: bool = True,
-                 bn_prior: bool = False, everywhere: bool = False) -> None:
+                 bn_prior: bool = False, everywhere: bool = False, refit: bool = True, hybrid: bool = False,
+                 ce: float = 0.0, tv: float = 0.0, l2: float = 0.0) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
+        self.refit, self.hybrid = bool(refit), bool(hybrid)
+        self.ce, self.tv, self.l2 = float(ce), float(tv), float(l2)
         self._moments: tuple[Any, dict, set[int]] | None = None
+        self._inputs: np.ndarray | None = None
+        self._joint: tuple[Any, int, dict] | None = None
+        self._original: tuple[Any, Any, Any] | None = None  # (graph, original weights, clone for the pruned ones)
         self._certified = Certified()
 
     def moments(self, view: UnitView) -> tuple[dict, set[int]]:
@@ -249,21 +255,71 @@ class Compensated(Strategy):
 
         if self._moments is None or self._moments[0] is not view.graph:
             box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
-            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps) if self.steps > 0 else None
+            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps, ce=self.ce, tv=self.tv,
+                                  l2=self.l2) if self.steps > 0 else None
             stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
                                        max(self.samples, 256) if x is None else self.samples, inputs=x)
             self._moments = (view.graph, stats, bn_informed(view.graph))
+            self._inputs = x
         return self._moments[1], self._moments[2]
+
+    def joint(self, view: UnitView) -> dict | None:
+        """Moments of the pruned model's units against the original's (recomputed when the weights change)."""
+        from .bounds import parse_input_range
+        from .compensation import joint_moments, sample_inputs
+        from .surgery import clone
+        from .weights import WeightStore, _all_layers
+
+        self.moments(view)
+        g = view.graph
+        if self._original is None or self._original[0] is not g:
+            try:
+                twin = clone(g.model)
+            except Exception:  # a model that cannot be cloned: no refit
+                twin = None
+            self._original = (g, WeightStore.from_model(g.model, {}), twin)
+            self._joint = None
+        if self._joint is None or self._joint[0] is not g or self._joint[1] != view.store.version:
+            _, original, twin = self._original
+            x = self._inputs
+            if x is None:
+                box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
+                x = sample_inputs(g, box, max(self.samples, 256))
+            if x is None or twin is None:
+                return None
+            current = None
+            if view.store.version:  # weights edited (version 0: the original, one pass serves both)
+                view.store.load_into(twin)
+                current = {layer.name: layer for layer in _all_layers(twin)}
+            self._joint = (g, view.store.version, joint_moments(g, original, current, x, g.prunable_groups))
+        return self._joint[2]
 
     def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
         from .compensation import plan_removal
 
         stats, informed = self.moments(view)
+        fixed = None
         if not self.everywhere and view.mergeable and not any(t in informed for t in view.group.tensors):
             # no BatchNorm statistics anchor these units: the box alone predicts them poorly (measured),
             # so they are merged by their certified output change instead
-            return self._certified.merge(view, k, rng)
+            cert = self._certified.merge(view, k, rng)
+            if not (self.refit and self.hybrid):
+                return cert
+            fixed = cert.drop
+        if self.refit:
+            from .compensation import plan_refit, reader_targets
 
+            joint = self.joint(view)
+            assert self._original is not None
+            res = None if joint is None else plan_refit(view, joint, reader_targets(view, self._original[1]), k,
+                                                         self.ridge, drop=fixed)
+            if res is not None:
+                drop, cost, refit = res
+                mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior, drop=drop)[2]
+                z = np.zeros(len(drop), np.float32)
+                return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix, refit=refit)
+        if fixed is not None:
+            return self._certified.merge(view, k, rng)
         drop, cost, mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior)
         z = np.zeros(len(drop), np.float32)
         return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix)
