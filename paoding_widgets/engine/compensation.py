@@ -115,9 +115,10 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
     ``sum_BN mean_c ((mu_c - m_c)^2 + (sd_c - s_c)^2) / s_c^2`` -- the batch's per-channel moments at
     each BN input against the BN's running statistics -- with Adam on the inputs, projected back
     into the box after each step (measured: faster than a sigmoid parametrisation), on whichever
-    backend runs (:func:`~paoding_widgets.engine.gradients.invert_inputs`).  ``ce`` adds DeepInversion's pull of each sample towards a class (classes
-    dealt out evenly), ``tv`` a total-variation prior on image inputs; with ``ce`` a model without BN
-    is inverted too (DAFL-style model inversion).
+    backend runs (:func:`~paoding_widgets.engine.gradients.invert_inputs`).  ``ce`` adds
+    DeepInversion's pull of each sample towards a class (classes dealt out evenly), ``tv`` a
+    total-variation prior on image inputs, ``l2`` DeepInversion's L2 prior; with ``ce`` a model
+    without BN is inverted too (DAFL-style model inversion).
     Returns None when there is nothing to match, the model cannot be differentiated here,
     or would cost more than ``budget`` FLOPs (about ``3 * FLOPs * samples * steps``).
     """
@@ -502,8 +503,8 @@ def joint_moments(graph: ModelGraph, original: WeightStore, current: dict[str, A
             xc = [vals[t][1] for t in node.inputs]
             try:
                 if isinstance(node.rule, BatchNormRule):
-                    xo, xc = _restandardise_pair(xo[0], xc[0], original, node.name)
-                    xo, xc = [xo], [xc]
+                    ro, rc = _restandardise_pair(xo[0], xc[0], original, node.name)
+                    xo, xc = [ro], [rc]
                 outs_o = call(node.layer, node, xo if len(xo) > 1 else xo[0])
                 if current is None:
                     outs_c = outs_o
@@ -597,7 +598,7 @@ def reader_targets(view: UnitView, original: WeightStore) -> list[ReaderTarget |
 
 
 def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targets: list[ReaderTarget | None],
-               k: int, ridge: float = 1e-2, drop: np.ndarray | None = None
+               k: int, ridge: float = 0.3, drop: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]] | None:
     """Choose ``k`` units (or take ``drop``) and refit every reader to the ORIGINAL model's output.
 
@@ -605,7 +606,8 @@ def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targe
     original rows ``W_o`` acting on the original units ``x_o``: the new rows are the ridge
     least-squares fit ``B = (E[c c^T] + lam I)^-1 (E[c x_o^T] W_o + lam W_c)`` of the original
     output from the current inputs, shrunk towards the current rows ``W_c`` (so an exact case stays
-    exact and a unit with no information keeps its weights).  This corrects the drift that earlier
+    exact and a unit with no information keeps its weights; measured better than shrinking towards the
+    plain reconstruction of :func:`plan_removal`).  This corrects the drift that earlier
     removals upstream left in ``x_current`` as well as the removed units.  Units go greedily by
     ``||B_j||^2 / [M^-1]_jj`` summed over readers (OBS on the refit).  Returns None when some reader
     has no moments or target (the caller falls back to :func:`plan_removal`).
@@ -694,7 +696,8 @@ def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targe
         fan_out = shapes[i][-1]
         bias = np.zeros(fan_out)
         if const_ok[i]:
-            bias = np.where(targets[i].live, b[n].reshape(-1, fan_out).sum(0) - wcs[i][n, :fan_out], 0.0)  # type: ignore[union-attr]
+            live = targets[i].live  # type: ignore[union-attr]
+            bias = np.where(live, b[n].reshape(-1, fan_out).sum(0) - wcs[i][n, :fan_out], 0.0)
         if not (np.all(np.isfinite(delta)) and np.all(np.isfinite(bias))):
             raise EditError(f"{g.name}: refit is not finite")
         slot = g.consumers[i]

@@ -137,8 +137,9 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
             contrib = (np.repeat(cand.shift, slot.index.shape[1]).reshape(-1, *([1] * (v.ndim - 1))) * rows)
             add = contrib.reshape(-1, contrib.shape[-1]).sum(0)
             store.write((slot.layer, "bias"), 0, np.arange(bias.shape[0]), (bias + add).astype(bias.dtype), patch)
-        if cand.refit is not None and cand.refit[ci] is not None:
-            _refit(graph, store, slot, cand.refit[ci], patch)
+        change = None if cand.refit is None else cand.refit[ci]
+        if change is not None:
+            _refit(graph, store, slot, change, patch)
         elif cand.mix is not None:
             _compensate(graph, store, slot, cand.drop, cand.mix[ci], patch)
         store.write(key, slot.axis, drop_rows.reshape(-1), 0, patch)
@@ -185,6 +186,9 @@ def _refit(graph: ModelGraph, store: WeightStore, slot: Slot, change: tuple[np.n
     key = (slot.layer, slot.var)
     v = np.moveaxis(store[key], slot.axis, 0)
     pos = slot.index.reshape(-1)
+    # outputs of the reader pruned since the refit was solved (same batch) keep their zeros
+    live = np.any(v[pos].reshape(-1, v.shape[-1]) != 0, axis=0)
+    rows, bias = rows * live, bias * live
     new = v[pos].astype(np.float64) + rows.reshape(len(pos), *v.shape[1:])
     store.write(key, slot.axis, pos, new.astype(v.dtype), patch)
     if np.any(bias != 0):

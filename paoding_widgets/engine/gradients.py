@@ -94,7 +94,8 @@ def invert_inputs(model: Any, bn_layers: list[Any], targets: list[tuple[np.ndarr
             loss = loss + ce * ops.mean(keras.losses.sparse_categorical_crossentropy(lab, outs[-1],
                                                                                    from_logits=from_logits))
         if tv and len(x.shape) >= 3:  # images: (batch, rows, cols[, channels])
-            loss = loss + tv * (ops.mean(ops.square(x[:, 1:] - x[:, :-1])) + ops.mean(ops.square(x[:, :, 1:] - x[:, :, :-1])))
+            loss = loss + tv * (ops.mean(ops.square(x[:, 1:] - x[:, :-1]))
+                                + ops.mean(ops.square(x[:, :, 1:] - x[:, :, :-1])))
         if l2:
             loss = loss + l2 * ops.mean(ops.square(x))
         return loss
@@ -137,13 +138,13 @@ def invert_inputs(model: Any, bn_layers: list[Any], targets: list[tuple[np.ndarr
             return xb.grad.detach().cpu().numpy().astype(np.float32)
     else:
         raise ConfigError(f"input synthesis needs gradients, which the {backend!r} Keras backend does not give here")
-    x = np.clip(np.asarray(x0, np.float32), lo, hi)
-    m1, m2 = np.zeros_like(x), np.zeros_like(x)
+    x: np.ndarray = np.clip(np.asarray(x0, np.float32), lo, hi)
+    m1: np.ndarray = np.zeros_like(x)
+    m2: np.ndarray = np.zeros_like(x)
     b1, b2 = 0.9, 0.999
     for t in range(1, steps + 1):  # Adam, as keras.optimizers.Adam (epsilon 1e-7), then back into the box
         d = g(x)
         m1 = b1 * m1 + (1 - b1) * d
         m2 = b2 * m2 + (1 - b2) * d * d
-        x = x - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m1 / (np.sqrt(m2) + 1e-7)
-        x = np.clip(x, lo, hi).astype(np.float32)
+        x = np.clip(x - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m1 / (np.sqrt(m2) + 1e-7), lo, hi).astype(np.float32)
     return x

@@ -214,20 +214,25 @@ class Certified(Strategy):
 
 
 class Compensated(Strategy):
-    """Ours: remove the units the rest can stand in for, and fold their reconstruction into the readers.
+    """Ours: remove units and refit their readers to the original model's outputs, data-free.
 
-    Every group (Dense units, filters, channels joined by residual ``Add``, channels carried through
-    depthwise convs) is pruned by removal with compensation: each removed unit is replaced, in every
-    layer that reads it, by its least-squares estimate from the kept units and a constant (folded
-    into the readers' kept rows and bias, or the moving mean of a BatchNorm right after a bias-free
-    reader).  Units are chosen greedily by what they cost the readers *after* that compensation.
-    The second moments behind both come from the model itself, data-free: box samples pushed
-    through the layers, re-standardised at every BatchNorm to its moving statistics, with closed-form
-    Gaussian ReLU moments where a BN feeds a ReLU.  See :mod:`~paoding_widgets.engine.compensation`.
+    Every layer that reads a group (Dense units, filters, channels joined by residual ``Add``,
+    channels carried through depthwise convs) gets, when units of the group go, new rows for the kept
+    units and a new bias: the ridge least-squares fit of the ORIGINAL model's reader output from the
+    PRUNED model's current activations on the same synthetic inputs (error-correcting, as layer-wise
+    data-driven pruning does; it also corrects drift left by earlier removals upstream).  Units are
+    chosen greedily by what they cost the readers after that refit; groups no BatchNorm anchors are
+    chosen by ``certified`` (``hybrid``; ``hybrid=False``: merged by it) and refit.  The synthetic
+    inputs match every BatchNorm's statistics (ZeroQ) or, without BN, are a class-conditional model
+    inversion (``ce``, ``tv``, ``l2``).  ``refit=False`` gives the earlier plain reconstruction
+    (removed units replaced by their least-squares estimate from the kept ones, moments of the
+    original model).  See :mod:`~paoding_widgets.engine.compensation`.
 
-    Options: ``samples`` (box samples for the moments), ``ridge`` (shrinkage of the regression,
-    relative to the mean second moment), ``reconstruct`` (False: fold only each removed unit's
-    mean, DFQ-style bias correction), ``bn_prior`` (closed-form BN/ReLU moments).
+    Options: ``samples`` / ``steps`` (synthetic inputs, Adam steps), ``ridge`` (shrinkage towards the
+    current rows, relative to the mean second moment), ``reconstruct`` / ``bn_prior`` (plain
+    reconstruction only: False = DFQ bias correction; closed-form BN/ReLU moments), ``everywhere``
+    (compensate groups with no BN anchor by the greedy choice too), ``ce`` / ``tv`` / ``l2`` (weights
+    of the inversion's class pull, total-variation and L2 priors; models without BN only).
     """
 
     name = "compensated"
@@ -235,9 +240,9 @@ class Compensated(Strategy):
     # the groups merged by ``certified`` keep its running output impact, so they are pruned exactly as there
     uses_impact = True
 
-    def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 1e-2, reconstruct: bool = True,
-                 bn_prior: bool = False, everywhere: bool = False, refit: bool = True, hybrid: bool = False,
-                 ce: float = 0.0, tv: float = 0.0, l2: float = 0.0) -> None:
+    def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 0.3, reconstruct: bool = True,
+                 bn_prior: bool = False, everywhere: bool = False, refit: bool = True, hybrid: bool = True,
+                 ce: float = 1.0, tv: float = 0.3, l2: float = 0.3) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
         self.refit, self.hybrid = bool(refit), bool(hybrid)
@@ -252,19 +257,27 @@ class Compensated(Strategy):
         """The reader moments of the view's model and its BN-anchored tensors (computed once per graph)."""
         from .bounds import parse_input_range
         from .compensation import activation_moments, bn_informed, synthesize_inputs
+        from .rules.builtin import BatchNormRule
 
         if self._moments is None or self._moments[0] is not view.graph:
             box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
-            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps, ce=self.ce, tv=self.tv,
-                                  l2=self.l2) if self.steps > 0 else None
+            # BatchNorm statistics when the model has them (ZeroQ; the priors measured harmful there),
+            # else class-conditional model inversion with smoothness priors
+            inv = not any(isinstance(n.rule, BatchNormRule) for n in view.graph.nodes)
+            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps, ce=self.ce * inv,
+                                  tv=self.tv * inv, l2=self.l2 * inv) if self.steps > 0 else None
             stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
                                        max(self.samples, 256) if x is None else self.samples, inputs=x)
             self._moments = (view.graph, stats, bn_informed(view.graph))
             self._inputs = x
         return self._moments[1], self._moments[2]
 
-    def joint(self, view: UnitView) -> dict | None:
-        """Moments of the pruned model's units against the original's (recomputed when the weights change)."""
+    def joint(self, view: UnitView, fresh: bool = True) -> dict | None:
+        """Moments of the pruned model's units against the original's (recomputed when the weights change).
+
+        ``fresh=False`` reuses the last ones of this model even if the weights changed since: a restored
+        proposal is refit from the state its batch was proposed in, as the original proposal was.
+        """
         from .bounds import parse_input_range
         from .compensation import joint_moments, sample_inputs
         from .surgery import clone
@@ -279,7 +292,7 @@ class Compensated(Strategy):
                 twin = None
             self._original = (g, WeightStore.from_model(g.model, {}), twin)
             self._joint = None
-        if self._joint is None or self._joint[0] is not g or self._joint[1] != view.store.version:
+        if self._joint is None or self._joint[0] is not g or (fresh and self._joint[1] != view.store.version):
             _, original, twin = self._original
             x = self._inputs
             if x is None:
@@ -324,6 +337,18 @@ class Compensated(Strategy):
         z = np.zeros(len(drop), np.float32)
         return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix)
 
+    def restore(self, view: UnitView, cand: Candidates) -> None:
+        """Recompute a restored proposal's folds in place (the refit from the weights as they are now)."""
+        cand.mix = self.compensation(view, cand.drop)
+        if self.refit:
+            from .compensation import plan_refit, reader_targets
+
+            joint = self.joint(view, fresh=False)
+            if joint is not None and self._original is not None:
+                res = plan_refit(view, joint, reader_targets(view, self._original[1]), len(cand.drop), self.ridge,
+                                 drop=cand.drop)
+                cand.refit = None if res is None else res[2]
+
     def compensation(self, view: UnitView, drop: np.ndarray) -> list[np.ndarray]:
         """The compensation of a given removal (for a proposal restored without its coefficients)."""
         from .compensation import plan_removal
@@ -339,7 +364,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 # Limits of the numeric options (inclusive); every option is a plain number or bool, so settings stay JSON.
 _RANGES: dict[str, tuple[float, float]] = {"pool": (1.0, 1000.0), "alpha": (0.0, 1e6), "beta": (0.0, 1e6),
-                                          "samples": (16.0, 65536.0), "steps": (0.0, 1e5), "ridge": (0.0, 1e3)}
+                                          "samples": (16.0, 65536.0), "steps": (0.0, 1e5), "ridge": (0.0, 1e3),
+                                          "ce": (0.0, 1e3), "tv": (0.0, 1e3), "l2": (0.0, 1e3)}
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
