@@ -137,6 +137,7 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
             steps = int(min(want, budget / (3.0 * per * samples)))
         if steps < min(want, 10):
             return None
+        lr *= min(8.0, want / steps)  # fewer steps than asked (the budget): longer ones (measured: better matched)
         targets = []
         for n in bns:
             mm, mv = store.get(n.name, "moving_mean"), store.get(n.name, "moving_variance")
@@ -548,23 +549,35 @@ def _restandardise_pair(xo: np.ndarray, xc: np.ndarray, store: WeightStore,
 def _accumulate_joint(xo: np.ndarray, xc: np.ndarray, readers: list[tuple[int, int, UnitGroup]], acc: dict,
                       counts: dict) -> None:
     f = xo.shape[-1]
-    fo = xo.reshape(-1, f).astype(np.float64)
-    fc = xc.reshape(-1, f).astype(np.float64)
+    fo = xo.reshape(-1, f)
+    fc = xc.reshape(-1, f)
+    done: dict[bytes, tuple[np.ndarray, np.ndarray, int]] = {}  # readers of one tensor share their moments
     for gid, i, g in readers:
         idx = g.consumers[i].index
         if idx.max() >= f:
             continue
-        a = np.moveaxis(fo[:, idx], 2, 1).reshape(-1, idx.shape[0])
-        c = np.moveaxis(fc[:, idx], 2, 1).reshape(-1, idx.shape[0])
-        c1 = np.hstack([c, np.ones((len(c), 1))])
-        s_cc, s_co = c1.T @ c1, c1.T @ a
+        key = idx.tobytes() + bytes(str(idx.shape), "ascii")
+        if key not in done:
+            if idx.shape[1] == 1 and np.array_equal(idx[:, 0], np.arange(f)):
+                a, c = fo.astype(np.float64), fc.astype(np.float64)  # the whole tensor, in order
+            else:
+                a = np.moveaxis(fo[:, idx], 2, 1).reshape(-1, idx.shape[0]).astype(np.float64)
+                c = np.moveaxis(fc[:, idx], 2, 1).reshape(-1, idx.shape[0]).astype(np.float64)
+            n = idx.shape[0]
+            s_cc = np.empty((n + 1, n + 1))
+            s_cc[:n, :n] = c.T @ c
+            s_cc[:n, n] = s_cc[n, :n] = c.sum(0)
+            s_cc[n, n] = len(c)
+            s_co = np.vstack([c.T @ a, a.sum(0)[None, :]])
+            done[key] = (s_cc, s_co, len(c))
+        s_cc, s_co, m = done[key]
         if (gid, i) in acc:
             acc[(gid, i)][0] += s_cc
             acc[(gid, i)][1] += s_co
-            counts[(gid, i)] += len(c)
+            counts[(gid, i)] += m
         else:
-            acc[(gid, i)] = [s_cc, s_co]
-            counts[(gid, i)] = len(c)
+            acc[(gid, i)] = [s_cc.copy(), s_co.copy()]
+            counts[(gid, i)] = m
 
 
 @dataclass
