@@ -533,6 +533,17 @@ def joint_moments(graph: ModelGraph, original: WeightStore, current: dict[str, A
     return out
 
 
+def moments_of(joint: dict[tuple[int, int], JointMoments]) -> dict[tuple[int, int], ReaderMoments]:
+    """The plain reader moments of an unpruned joint pass (``current`` None: both sides the original)."""
+    out = {}
+    for key, jm in joint.items():
+        n = jm.co.shape[1]
+        mean = jm.cc[n, :n].copy()
+        cov = jm.cc[:n, :n] - np.outer(mean, mean)
+        out[key] = ReaderMoments(mean, (cov + cov.T) / 2, jm.tensor)
+    return out
+
+
 def _restandardise_pair(xo: np.ndarray, xc: np.ndarray, store: WeightStore,
                         layer: str) -> tuple[np.ndarray, np.ndarray]:
     """The original batch re-standardised to the BN's moving statistics, the pruned one by the same map."""

@@ -266,11 +266,42 @@ class Compensated(Strategy):
             inv = not any(isinstance(n.rule, BatchNormRule) for n in view.graph.nodes)
             x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps, ce=self.ce * inv,
                                   tv=self.tv * inv, l2=self.l2 * inv) if self.steps > 0 else None
-            stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
-                                       max(self.samples, 256) if x is None else self.samples, inputs=x)
+            stats = None
+            if self.refit:  # the original model's moments are the refit's first joint pass: one pass, not two
+                from .compensation import joint_moments, moments_of, sample_inputs
+
+                xs = x if x is not None else sample_inputs(view.graph, box, max(self.samples, 256))
+                if xs is not None:
+                    j0 = joint_moments(view.graph, self.original(view), None, self._joint_inputs(view, xs),
+                                       view.graph.prunable_groups)
+                    stats = moments_of(j0)
+                    if view.store.version == 0:  # unpruned: this is also the first refit's joint pass
+                        self._joint = (view.graph, 0, j0)
+            if stats is None:
+                stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
+                                           max(self.samples, 256) if x is None else self.samples, inputs=x)
             self._moments = (view.graph, stats, bn_informed(view.graph))
             self._inputs = x
         return self._moments[1], self._moments[2]
+
+    def original(self, view: UnitView) -> Any:
+        """The original weights of the view's model (its BN statistics, the readers' rows), copied once."""
+        from .weights import WeightStore
+
+        if self._original is None or self._original[0] is not view.graph:
+            self._original = (view.graph, WeightStore.from_model(view.graph.model, {}), None)
+            self._joint = None
+        return self._original[1]
+
+    def _joint_inputs(self, view: UnitView, x: np.ndarray) -> np.ndarray:
+        """At most ``4e10`` FLOPs per pass of the joint moments (a MobileNetV2 at 224: 66 samples)."""
+        from .evaluate import flops
+
+        try:
+            per = max(float(flops(view.graph.model)), 1.0)
+        except Exception:
+            return x
+        return x[: max(32, int(4e10 / per))]
 
     def joint(self, view: UnitView, fresh: bool = True) -> dict | None:
         """Moments of the pruned model's units against the original's (recomputed when the weights change).
@@ -281,25 +312,27 @@ class Compensated(Strategy):
         from .bounds import parse_input_range
         from .compensation import joint_moments, sample_inputs
         from .surgery import clone
-        from .weights import WeightStore, _all_layers
+        from .weights import _all_layers
 
         self.moments(view)
         g = view.graph
-        if self._original is None or self._original[0] is not g:
+        self.original(view)
+        assert self._original is not None
+        if self._original[2] is None:
             try:
                 twin = clone(g.model)
             except Exception:  # a model that cannot be cloned: no refit
-                twin = None
-            self._original = (g, WeightStore.from_model(g.model, {}), twin)
-            self._joint = None
+                twin = False
+            self._original = (g, self._original[1], twin)
         if self._joint is None or self._joint[0] is not g or (fresh and self._joint[1] != view.store.version):
             _, original, twin = self._original
             x = self._inputs
             if x is None:
                 box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
                 x = sample_inputs(g, box, max(self.samples, 256))
-            if x is None or twin is None:
+            if x is None or twin is False:
                 return None
+            x = self._joint_inputs(view, x)
             current = None
             if view.store.version:  # weights edited (version 0: the original, one pass serves both)
                 view.store.load_into(twin)
