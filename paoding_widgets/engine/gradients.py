@@ -1,4 +1,4 @@
-"""The gradient of a classification loss with respect to the inputs, on whichever Keras backend runs.
+"""Gradients with respect to the inputs (FGSM, input synthesis), on whichever Keras backend runs.
 
 Why: FGSM needs ``d loss / d x``.  Keras 3 runs on TensorFlow, JAX and PyTorch,
 and each has its own autodiff; ``tf.GradientTape`` fails on the other two
@@ -6,6 +6,7 @@ and each has its own autodiff; ``tf.GradientTape`` fails on the other two
 active backend (``keras.backend.backend()``) for the gradient, through the
 model's stateless call where the backend is functional, and returns NumPy.
 The loss is Keras' own (``keras.losses``), so it is the same on every backend.
+:func:`invert_inputs` uses the same three routes to synthesise inputs for data-free compensation.
 """
 
 from __future__ import annotations
