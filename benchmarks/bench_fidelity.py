@@ -235,6 +235,23 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The old results with the new run's curves (and models) put in; strategy order as in the old."""
+    out = dict(old)
+    out["models"] = {k: dict(v, curves=dict(v["curves"])) for k, v in old["models"].items()}
+    for name, m in new["models"].items():
+        if name not in out["models"]:
+            out["models"][name] = m
+            continue
+        out["models"][name]["curves"].update(m["curves"])
+    out["strategies"] = list(dict.fromkeys(list(old.get("strategies", [])) + list(new["strategies"])))
+    out["rerun"] = {"command": new["command"], "seconds": new["seconds"], "strategies": new["strategies"],
+                    "models": list(new["models"])}
+    out["command"] = old.get("command", "") + " ; then " + new["command"]
+    out["seconds"] = old.get("seconds", 0.0) + new["seconds"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="30 %% and 50 %% only, without resbn, 300 FGSM samples")
@@ -243,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", nargs="+", type=float, default=None)
     p.add_argument("--fgsm", type=int, default=None, help="test samples attacked by FGSM (default 500, quick 300)")
     p.add_argument("--out", default=None, help="file stem under benchmarks/results (default fidelity[_quick])")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other strategies' curves from the existing results file (rerun only those given)")
     a = p.parse_args(argv)
     from paoding_widgets.engine.strategies import STRATEGIES
 
@@ -257,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = a.out or ("fidelity_quick" if a.quick else "fidelity")
     outdir = HERE / "results"
     outdir.mkdir(exist_ok=True)
+    if a.merge and (outdir / f"{stem}.json").exists():
+        res = merge(json.loads((outdir / f"{stem}.json").read_text()), res)
     show = tuple(r for r in (0.3, 0.5) if r in ratios) or ratios
     md = markdown(res, show)
     print("\n" + md)

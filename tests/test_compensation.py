@@ -66,7 +66,7 @@ def test_duplicate_unit_removed_exactly():
     cand = pruner.strategy.propose(view, 1, np.random.default_rng(0))
     assert cand.cost[0] < 1e-6, "the first unit to go costs nothing (the duplicate, or a unit dead on the box)"
     cand.drop = np.array([5])
-    cand.mix = pruner.strategy.compensation(view, cand.drop)
+    cand.mix, cand.refit = pruner.strategy.compensation(view, cand.drop), None  # the reconstruction alone
     np.testing.assert_allclose(cand.mix[0][0, 2], 1.0, atol=1e-4)
     apply_edit(pruner.graph, pruner.store, g, cand)
     x = box_inputs(model, 200)
@@ -86,7 +86,7 @@ def test_linear_combination_removed_exactly():
     np.testing.assert_allclose(mix[0][0, [1, 3, 4]], [0.5, -2.0, 1.0], atol=1e-3)
     assert np.allclose(np.delete(mix[0][0], [1, 3, 4]), 0.0, atol=1e-3)
     cand = pruner.strategy.propose(view, 1, np.random.default_rng(0))
-    cand.drop, cand.mix = np.array([7]), mix
+    cand.drop, cand.mix, cand.refit = np.array([7]), mix, None
     apply_edit(pruner.graph, pruner.store, g, cand)
     x = box_inputs(model, 300, -3.0, 3.0)  # far outside the sampled box: the identity is exact anywhere
     np.testing.assert_allclose(run(_edited(pruner), x), run(model, x), rtol=1e-3, atol=1e-3)
@@ -123,7 +123,7 @@ def test_bn_bias_correction_matches_monte_carlo():
     np.testing.assert_allclose(mean, np.maximum(z, 0).mean(0), atol=1e-2)
     np.testing.assert_allclose(var, np.maximum(z, 0).var(0), atol=2e-2)
     # bias correction only: a removed unit's mean goes into the reader's bias
-    strat = Compensated(reconstruct=False, bn_prior=True, steps=0)
+    strat = Compensated(reconstruct=False, bn_prior=True, steps=0, refit=False)
     g = pruner.graph.prunable_groups[0]
     drop, _, mix = C.plan_removal(view, strat.moments(view)[0], 2, reconstruct=False, bn_prior=True)
     np.testing.assert_allclose(mix[0][:, -1], mean[drop], rtol=1e-4)
@@ -201,15 +201,19 @@ def test_bad_coefficients_are_refused():
         apply_edit(pruner.graph, pruner.store, g, bad)
 
 
-def test_proposal_restored_without_coefficients_is_recomputed():
-    """A session file keeps keep/drop/scale/shift only: applying such a proposal recomputes the same fold."""
+@pytest.mark.parametrize("refit", [False, True])
+def test_proposal_restored_without_coefficients_is_recomputed(refit):
+    """A session file keeps keep/drop/scale/shift only: applying such a proposal recomputes the same fold
+    (the refit from the weights at the time it is applied, so in the same state it is the same)."""
     model = build_cnn_bn_flatten(seed=1)
-    a = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.25, target=0.25)
-    b = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15), step=0.25, target=0.25)
+    a = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15, refit=refit), step=0.25, target=0.25)
+    b = Pruner(model, (0.0, 1.0), strategy=Compensated(samples=32, steps=15, refit=refit), step=0.25, target=0.25)
     pa, pb = a.propose(), b.propose()
     assert pa.keys() == pb.keys() and pa
-    for gid in pa:
-        pb[gid].candidates.mix = None
+    gids = list(pa) if not refit else list(pa)[:1]
+    for gid in gids:
+        assert (pa[gid].candidates.refit is not None) == refit
+        pb[gid].candidates.mix = pb[gid].candidates.refit = None
         a.apply(pa[gid])
         b.apply(pb[gid])
     assert a.store.equal(b.store)
@@ -235,3 +239,105 @@ def test_session_with_compensation_saves_resumes_and_undoes(tmp_path):
     assert s._pruner.store.equal(t._pruner.store)
     s.goto(0)
     assert s._pruner.store.equal(before)
+
+
+# ------------------------------------------------------------------------------ error-correcting refit
+def _linear_net(seed: int = 0):
+    """6 -> 10 -> 10 -> 3, linear hidden layers: every activation is a rank-6 linear function of the input."""
+    inp = keras.Input((6,))
+    x = L.Dense(10, name="h1")(inp)
+    x = L.Dense(10, name="h2")(x)
+    return randomize(keras.Model(inp, L.Dense(3, name="out")(x)), seed)
+
+
+def test_refit_removes_a_reconstructible_unit_exactly():
+    model = _mlp_with({7: [(1, 0.5), (3, -2.0), (4, 1.0)]})
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(ridge=1e-9, everywhere=True, steps=0), step=0.1,
+                    target=0.1)
+    g = pruner.graph.prunable_groups[0]
+    cand = pruner.strategy.propose(pruner.view(g), 1, np.random.default_rng(0))
+    assert cand.refit is not None and cand.cost[0] < 1e-6
+    apply_edit(pruner.graph, pruner.store, g, cand)
+    x = box_inputs(model, 300, -3.0, 3.0)  # far outside the sampled box: the identity is exact anywhere
+    np.testing.assert_allclose(run(_edited(pruner), x), run(model, x), rtol=1e-3, atol=1e-3)
+
+
+def test_refit_corrects_the_drift_left_upstream():
+    """h1 loses a unit with no compensation at all, so h2 drifts; h2's reader (the output layer), refit on
+    the pruned model's h2, gives back the original outputs exactly (a linear net: h2_original is a linear
+    function of the drifted h2), where the plain reconstruction cannot."""
+    model = _linear_net()
+    outs = {}
+    for refit in (False, True):
+        pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(ridge=1e-9, everywhere=True, steps=0, refit=refit),
+                        step=0.1, target=0.1)
+        g1, g2 = pruner.graph.group("h1"), pruner.graph.group("h2")
+        cand = pruner.strategy.propose(pruner.view(g1), 1, np.random.default_rng(0))
+        cand.mix, cand.refit = [np.zeros_like(m) for m in cand.mix], None  # remove, fold nothing
+        apply_edit(pruner.graph, pruner.store, g1, cand)
+        x = box_inputs(model, 200, -2.0, 2.0)
+        drift = np.abs(run(_edited(pruner), x) - run(model, x)).max()
+        assert drift > 1e-2
+        cand = pruner.strategy.propose(pruner.view(g2), 1, np.random.default_rng(0))
+        apply_edit(pruner.graph, pruner.store, g2, cand)
+        outs[refit] = np.abs(run(_edited(pruner), x) - run(model, x)).max()
+        np.testing.assert_allclose(run(pruner.pruned_model(), x), run(_edited(pruner), x), rtol=1e-4, atol=1e-4)
+    assert outs[True] < 1e-3 < outs[False]
+
+
+def test_refit_keeps_an_unpruned_reader_unchanged():
+    """Nothing to correct (the original model) and a ridge towards the current rows: the kept rows stay."""
+    model = _mlp_with({7: [(1, 0.5), (3, -2.0), (4, 1.0)]})
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(everywhere=True, steps=0), step=0.1, target=0.1)
+    g = pruner.graph.prunable_groups[0]
+    view = pruner.view(g)
+    joint = pruner.strategy.joint(view)
+    targets = C.reader_targets(view, pruner.strategy._original[1])
+    _, _, refit = C.plan_refit(view, joint, targets, 0, drop=np.zeros(0, np.int64))
+    np.testing.assert_allclose(refit[0][0], 0.0, atol=1e-5)
+    np.testing.assert_allclose(refit[0][1], 0.0, atol=1e-5)
+
+
+def test_bad_refit_is_refused():
+    model = build_mlp(n_in=6, hidden=(8,), n_out=3, dropout=False)
+    pruner = Pruner(model, (0.0, 1.0), strategy=Compensated(everywhere=True, steps=0))
+    g = pruner.graph.prunable_groups[0]
+    cand = pruner.strategy.propose(pruner.view(g), 2, np.random.default_rng(0))
+    rows, bias = cand.refit[0]
+    cand.refit = [(rows[:-1], bias)]
+    with pytest.raises(EditError, match="shapes"):
+        apply_edit(pruner.graph, pruner.store, g, cand)
+    cand.refit = [(np.full_like(rows, np.nan), bias)]
+    with pytest.raises(EditError, match="finite"):
+        apply_edit(pruner.graph, pruner.store, g, cand)
+
+
+def test_synthesis_matches_batchnorm_statistics_and_inverts_models_without_bn():
+    from paoding_widgets.engine.bounds import parse_input_range
+    from paoding_widgets.engine.graph import ModelGraph
+    from paoding_widgets.engine.weights import WeightStore
+
+    model = build_cnn_bn_flatten(seed=1)
+    graph = ModelGraph(model)
+    store = WeightStore.from_model(model, {})
+    box = parse_input_range((0.0, 1.0), tuple(model.inputs[0].shape[1:]))
+    x0 = box_inputs(model, 64)
+    x = C.synthesize_inputs(graph, store, box, samples=64, steps=60, tv=0.1, ce=0.5)
+    assert x is not None and x.shape == x0.shape and x.min() >= 0.0 and x.max() <= 1.0
+
+    def mismatch(inp):
+        bn = next(n for n in graph.nodes if isinstance(n.rule, C.BatchNormRule))
+        a = run(keras.Model(model.inputs, bn.layer.input), inp).reshape(-1, bn.layer.input.shape[-1])
+        mm, mv = store.get(bn.name, "moving_mean"), store.get(bn.name, "moving_variance")
+        return np.mean(((a.mean(0) - mm) ** 2 + (a.std(0) - np.sqrt(mv)) ** 2) / (np.sqrt(mv) + 1e-3) ** 2)
+
+    assert mismatch(x) < 0.5 * mismatch(x0)
+    mlp = build_mlp(n_in=6, hidden=(8,), n_out=3, dropout=False)
+    g2 = ModelGraph(mlp)
+    box2 = parse_input_range((0.0, 1.0), (6,))
+    nothing = C.synthesize_inputs(g2, WeightStore.from_model(mlp, {}), box2, samples=30, steps=20)
+    assert nothing is None, "no BN and no class pull: nothing to match"
+    xi = C.synthesize_inputs(g2, WeightStore.from_model(mlp, {}), box2, samples=30, steps=80, ce=1.0, lr=0.1)
+    assert xi is not None
+    pred = np.argmax(run(mlp, xi), 1)
+    assert np.mean(pred == np.arange(30) % 3) > 0.6, "class-conditional inversion reaches the classes dealt out"

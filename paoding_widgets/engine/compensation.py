@@ -108,25 +108,25 @@ def bn_informed(graph: ModelGraph) -> set[int]:
 
 def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[np.ndarray, np.ndarray],
                       samples: int = 256, steps: int = 200, seed: int = 0, budget: float = 6e11,
-                      lr: float = 0.05, ce: float = 0.0, project: bool = True) -> np.ndarray | None:
+                      lr: float = 0.05, ce: float = 0.0, tv: float = 0.0, l2: float = 0.0) -> np.ndarray | None:
     """Inputs in the box whose statistics at every BatchNorm match its moving mean and variance.
 
     ZeroQ (Cai et al., CVPR 2020): start from uniform points of the box and descend on
     ``sum_BN mean_c ((mu_c - m_c)^2 + (sd_c - s_c)^2) / s_c^2`` -- the batch's per-channel moments at
     each BN input against the BN's running statistics -- with Adam on the inputs, projected back
-    into the box after each step (``project=False``: a sigmoid parametrisation instead, measured
-    slower to converge).  ``ce`` adds DeepInversion's pull towards random classes (measured: no gain).
-    Returns None when the model has no BN, cannot be differentiated here,
+    into the box after each step (measured: faster than a sigmoid parametrisation), on whichever
+    backend runs (:func:`~paoding_widgets.engine.gradients.invert_inputs`).  ``ce`` adds
+    DeepInversion's pull of each sample towards a class (classes dealt out evenly), ``tv`` a
+    total-variation prior on image inputs, ``l2`` DeepInversion's L2 prior; with ``ce`` a model
+    without BN is inverted too (DAFL-style model inversion).
+    Returns None when there is nothing to match, the model cannot be differentiated here,
     or would cost more than ``budget`` FLOPs (about ``3 * FLOPs * samples * steps``).
     """
     bns = [n for n in graph.nodes if isinstance(n.rule, BatchNormRule)]
     model = graph.model
-    if not bns or len(getattr(model, "inputs", [])) != 1:
+    if (not bns and not ce) or len(getattr(model, "inputs", [])) != 1:
         return None
     try:
-        import keras
-        import tensorflow as tf
-
         from .evaluate import flops
 
         per = max(float(flops(model)), 1.0)
@@ -137,51 +137,23 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
             steps = int(min(want, budget / (3.0 * per * samples)))
         if steps < min(want, 10):
             return None
-        feat = keras.Model(model.inputs, [n.layer.input for n in bns] + [model.outputs[0]])
-        n_out = int(model.outputs[0].shape[-1])
-        labels = tf.constant(np.random.default_rng(seed + 1).integers(0, max(n_out, 1), samples))
+        lr *= min(8.0, want / steps)  # fewer steps than asked (the budget): longer ones (measured: better matched)
         targets = []
         for n in bns:
             mm, mv = store.get(n.name, "moving_mean"), store.get(n.name, "moving_variance")
             if mm is None or mv is None:
                 return None
-            targets.append((tf.constant(mm), tf.constant(np.sqrt(np.maximum(mv, 0.0)))))
-        lo, hi = (tf.constant(np.asarray(a, np.float32)) for a in input_range)
+            targets.append((np.asarray(mm, np.float32), np.sqrt(np.maximum(mv, 0.0)).astype(np.float32)))
+        n_out = int(model.outputs[0].shape[-1])
+        labels = (np.arange(samples) % max(n_out, 1)).astype(np.int32)
+        lo, hi = (np.asarray(a, np.float32) for a in input_range)
         shape = (samples, *[int(d) for d in model.inputs[0].shape[1:]])
         rng = np.random.default_rng(seed)
-        width = hi - lo
-        if project:  # projected Adam on the inputs themselves, from uniform points of the box
-            w = tf.Variable((lo + width * rng.random(shape, dtype=np.float32)).numpy())
-        else:
-            w = tf.Variable(rng.standard_normal(shape).astype(np.float32))
+        from .gradients import invert_inputs
 
-        def inputs() -> Any:
-            return w if project else lo + width * tf.sigmoid(w)
-
-        opt = keras.optimizers.Adam(lr)
-
-        @tf.function
-        def step() -> Any:
-            with tf.GradientTape() as tape:
-                outs = feat(inputs(), training=False)
-                loss = tf.constant(0.0)
-                if ce:  # DeepInversion: each sample also drawn towards a random class
-                    loss += ce * tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                        labels, outs[-1], from_logits=not _squashed(model)))
-                for a, (m, sd) in zip(outs[:-1], targets):
-                    axes = tuple(range(len(a.shape) - 1))
-                    mu = tf.reduce_mean(a, axes)
-                    s = tf.sqrt(tf.reduce_mean(tf.square(a - mu), axes) + 1e-8)  # no NaN gradient at zero spread
-                    scale = sd + 1e-3
-                    loss += tf.reduce_mean(((mu - m) / scale) ** 2 + ((s - sd) / scale) ** 2)
-            opt.apply_gradients(zip(tape.gradient(loss, [w]), [w]))
-            if project:
-                w.assign(tf.clip_by_value(w, lo, hi))
-            return loss
-
-        for _ in range(steps):
-            step()
-        x = np.asarray(inputs(), np.float32)
+        x0 = (lo + (hi - lo) * rng.random(shape, dtype=np.float32)).astype(np.float32)
+        x = invert_inputs(model, [n.layer for n in bns], targets, x0, lo, hi, steps, lr,
+                          labels if ce and n_out > 1 else None, ce, tv, not _squashed(model), l2)
         return x if np.all(np.isfinite(x)) else None
     except Exception:  # a model this cannot differentiate (custom layers, several inputs...): box samples
         return None
@@ -466,3 +438,295 @@ def _inverse(m: np.ndarray, active: np.ndarray, const_ok: bool) -> np.ndarray:
     out = np.zeros_like(m)
     out[np.ix_(idx, idx)] = np.linalg.inv(m[np.ix_(idx, idx)])
     return out
+
+
+# ------------------------------------------------------------------------------ error-correcting refit
+@dataclass
+class JointMoments:
+    """At one reader's input: moments of the pruned model's units (and a constant) against the original's.
+
+    ``cc = E[c c^T]`` with ``c = [x_current; 1]``, ``co = E[c x_original^T]``; pooled over positions.
+    """
+
+    cc: np.ndarray  # (n + 1, n + 1)
+    co: np.ndarray  # (n + 1, n)
+    tensor: int
+
+
+def sample_inputs(graph: ModelGraph, input_range: tuple[np.ndarray, np.ndarray], samples: int,
+                  seed: int = 0) -> np.ndarray | None:
+    """Uniform points of the box for a single-input model (None for several inputs)."""
+    if len(graph.input_ids) != 1:
+        return None
+    tid = graph.input_ids[0]
+    shape = (samples, *[int(d) for d in graph.shapes[tid][1:]])
+    lo, hi = input_range
+    u = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    return (np.broadcast_to(lo, shape[1:]) + u * (np.broadcast_to(hi, shape[1:]) - lo)).astype(np.float32)
+
+
+def joint_moments(graph: ModelGraph, original: WeightStore, current: dict[str, Any] | None, inputs: np.ndarray,
+                  groups: list[UnitGroup], budget: float = 4e7) -> dict[tuple[int, int], JointMoments]:
+    """The same inputs through the original model and the pruned one; their moments at every reader.
+
+    ``current`` maps layer names to the layers of a clone carrying the pruned weights (None: the model
+    is not pruned yet, both passes are the original).  At every BatchNorm both passes get the affine
+    re-standardisation computed on the original's batch (as in :func:`activation_moments`), so the
+    synthetic data stays the same for both; the pruned model's drift is kept.  ``original`` holds the
+    original weights (BN statistics).
+    """
+    import keras
+
+    per_sample = sum(int(np.prod([d or 1 for d in s[1:]])) for s in graph.shapes.values()) or 1
+    total = len(inputs)
+    chunk = int(max(1, min(total, budget // (2 * per_sample))))
+    needed: dict[int, list[tuple[int, int, UnitGroup]]] = {}
+    for g in groups:
+        for i, slot in enumerate(g.consumers):
+            needed.setdefault(_reader_input(graph, slot.layer, g), []).append((g.id, i, g))
+    last_use: dict[int, int] = {}
+    for k, node in enumerate(graph.nodes):
+        for t in node.inputs:
+            last_use[t] = k
+    acc: dict[tuple[int, int], list[np.ndarray]] = {}
+    counts: dict[tuple[int, int], int] = {}
+
+    def call(layer: Any, node: Any, arg: Any) -> list[np.ndarray]:
+        out = layer(arg, training=False) if _has_training(node) else layer(arg)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(keras.ops.convert_to_numpy(o), np.float32) for o in outs]
+
+    for start in range(0, total, chunk):
+        xin = inputs[start: start + chunk]
+        vals: dict[int, tuple[np.ndarray, np.ndarray]] = {graph.input_ids[0]: (xin, xin)}
+        for k, node in enumerate(graph.nodes):
+            if not node.inputs or any(t not in vals for t in node.inputs):
+                continue
+            xo = [vals[t][0] for t in node.inputs]
+            xc = [vals[t][1] for t in node.inputs]
+            try:
+                if isinstance(node.rule, BatchNormRule):
+                    ro, rc = _restandardise_pair(xo[0], xc[0], original, node.name)
+                    xo, xc = [ro], [rc]
+                outs_o = call(node.layer, node, xo if len(xo) > 1 else xo[0])
+                if current is None:
+                    outs_c = outs_o
+                else:
+                    outs_c = call(current.get(node.name, node.layer), node, xc if len(xc) > 1 else xc[0])
+            except Exception:  # a layer that cannot run on samples: its readers get no moments
+                continue
+            for t, o, c in zip(node.outputs, outs_o, outs_c):
+                vals[t] = (o, c)
+            for t in node.inputs:
+                if last_use.get(t) == k and t not in needed:
+                    vals.pop(t, None)
+            for t in node.outputs:
+                if t in needed and t in vals:
+                    _accumulate_joint(vals[t][0], vals[t][1], needed[t], acc, counts)
+        for t in graph.input_ids:
+            if t in needed and t in vals:
+                _accumulate_joint(vals[t][0], vals[t][1], needed[t], acc, counts)
+    out: dict[tuple[int, int], JointMoments] = {}
+    for key, (cc, co) in acc.items():
+        n = counts[key]
+        g = next(x for x in groups if x.id == key[0])
+        cc = cc / n
+        out[key] = JointMoments((cc + cc.T) / 2, co / n, _reader_input(graph, g.consumers[key[1]].layer, g))
+    return out
+
+
+def moments_of(joint: dict[tuple[int, int], JointMoments]) -> dict[tuple[int, int], ReaderMoments]:
+    """The plain reader moments of an unpruned joint pass (``current`` None: both sides the original)."""
+    out = {}
+    for key, jm in joint.items():
+        n = jm.co.shape[1]
+        mean = jm.cc[n, :n].copy()
+        cov = jm.cc[:n, :n] - np.outer(mean, mean)
+        out[key] = ReaderMoments(mean, (cov + cov.T) / 2, jm.tensor)
+    return out
+
+
+def _restandardise_pair(xo: np.ndarray, xc: np.ndarray, store: WeightStore,
+                        layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """The original batch re-standardised to the BN's moving statistics, the pruned one by the same map."""
+    mm, mv = store.get(layer, "moving_mean"), store.get(layer, "moving_variance")
+    if mm is None or mv is None:
+        return xo, xc
+    flat = xo.reshape(-1, xo.shape[-1]).astype(np.float64)
+    mu, sd = flat.mean(0), flat.std(0)
+    scale = np.sqrt(np.maximum(mv, 0.0)) / np.where(sd > 1e-12, sd, 1.0)
+    # the *original* moving mean: a refit may have shifted the pruned model's (it absorbs constants)
+    return ((xo - mu) * scale + mm).astype(np.float32), ((xc - mu) * scale + mm).astype(np.float32)
+
+
+def _accumulate_joint(xo: np.ndarray, xc: np.ndarray, readers: list[tuple[int, int, UnitGroup]], acc: dict,
+                      counts: dict) -> None:
+    f = xo.shape[-1]
+    fo = xo.reshape(-1, f)
+    fc = xc.reshape(-1, f)
+    done: dict[bytes, tuple[np.ndarray, np.ndarray, int]] = {}  # readers of one tensor share their moments
+    for gid, i, g in readers:
+        idx = g.consumers[i].index
+        if idx.max() >= f:
+            continue
+        key = idx.tobytes() + bytes(str(idx.shape), "ascii")
+        if key not in done:
+            if idx.shape[1] == 1 and np.array_equal(idx[:, 0], np.arange(f)):
+                a, c = fo.astype(np.float64), fc.astype(np.float64)  # the whole tensor, in order
+            else:
+                a = np.moveaxis(fo[:, idx], 2, 1).reshape(-1, idx.shape[0]).astype(np.float64)
+                c = np.moveaxis(fc[:, idx], 2, 1).reshape(-1, idx.shape[0]).astype(np.float64)
+            n = idx.shape[0]
+            s_cc = np.empty((n + 1, n + 1))
+            s_cc[:n, :n] = c.T @ c
+            s_cc[:n, n] = s_cc[n, :n] = c.sum(0)
+            s_cc[n, n] = len(c)
+            s_co = np.vstack([c.T @ a, a.sum(0)[None, :]])
+            done[key] = (s_cc, s_co, len(c))
+        s_cc, s_co, m = done[key]
+        if (gid, i) in acc:
+            acc[(gid, i)][0] += s_cc
+            acc[(gid, i)][1] += s_co
+            counts[(gid, i)] += m
+        else:
+            acc[(gid, i)] = [s_cc.copy(), s_co.copy()]
+            counts[(gid, i)] = m
+
+
+@dataclass
+class ReaderTarget:
+    """What one reader computed in the original model: its rows of the group's units, its constant."""
+
+    rows: np.ndarray  # (n, F): original rows, flattened over positions, taps and outputs; pruned outputs zeroed
+    offset: np.ndarray  # (fan_out,): the reader's current constant minus the original one (in bias units)
+    live: np.ndarray  # (fan_out,) bool: outputs of the reader still alive (a pruned one keeps its zero bias)
+
+
+def reader_targets(view: UnitView, original: WeightStore) -> list[ReaderTarget | None]:
+    """Per consumer slot of the view's group: the reader's original rows and its constant's drift."""
+    out: list[ReaderTarget | None] = []
+    n = view.group.size
+    for slot, (layer, v) in zip(view.group.consumers, view.v_rows):
+        arr = original.get(slot.layer, slot.var)
+        if arr is None:
+            out.append(None)
+            continue
+        rows = np.moveaxis(arr, slot.axis, 0)[slot.index].reshape(v.shape).astype(np.float64)
+        live = np.any(v != 0, axis=(0, 1))
+        rows = (rows * live).reshape(n, -1)
+        offset = np.zeros(v.shape[-1])
+        target = reader_bias_target(view.graph, layer)
+        if target is not None and original.get(*target) is not None:
+            d = view.store[target].astype(np.float64) - original[target].astype(np.float64)
+            offset = d if target[1] == "bias" else -d
+        out.append(ReaderTarget(rows, offset, live))
+    return out
+
+
+def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targets: list[ReaderTarget | None],
+               k: int, ridge: float = 0.3, drop: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]] | None:
+    """Choose ``k`` units (or take ``drop``) and refit every reader to the ORIGINAL model's output.
+
+    Per reader, with ``c = [x_current; 1]`` (the pruned model's kept units and a constant) and the
+    original rows ``W_o`` acting on the original units ``x_o``: the new rows are the ridge
+    least-squares fit ``B = (E[c c^T] + lam I)^-1 (E[c x_o^T] W_o + lam W_c)`` of the original
+    output from the current inputs, shrunk towards the current rows ``W_c`` (so an exact case stays
+    exact and a unit with no information keeps its weights; measured better than shrinking towards the
+    plain reconstruction of :func:`plan_removal`).  This corrects the drift that earlier
+    removals upstream left in ``x_current`` as well as the removed units.  Units go greedily by
+    ``||B_j||^2 / [M^-1]_jj`` summed over readers (OBS on the refit).  Returns None when some reader
+    has no moments or target (the caller falls back to :func:`plan_removal`).
+    """
+    g = view.group
+    n = g.size
+    alive = view.alive.copy()
+    mats, vs, rhs, const_ok, wcs, shapes, outw = [], [], [], [], [], [], []
+    for i, (layer, v) in enumerate(view.v_rows):
+        jm, tgt = joint.get((g.id, i)), targets[i]
+        if jm is None or tgt is None:
+            return None
+        ok = reader_bias_target(view.graph, layer) is not None
+        fan_out = v.shape[-1]
+        wc = np.zeros((n + 1, v.reshape(n, -1).shape[1]))
+        wc[:n] = v.reshape(n, -1)
+        if ok:  # the current constant relative to the original, spread on the first position/tap
+            wc[n, :fan_out] = tgt.offset
+        m = jm.cc.copy()
+        diag = np.diag(m)[:n][alive]
+        lam = ridge * (float(diag.mean()) if diag.size else 1.0) + 1e-12
+        m[:n, :n] += lam * np.eye(n)
+        r = jm.co @ tgt.rows + lam * np.vstack([wc[:n], np.zeros((1, wc.shape[1]))])
+        if not ok:
+            m[n, :] = m[:, n] = 0.0
+            m[n, n] = 1.0
+            r[n] = 0.0
+        mats.append(m)
+        rhs.append(r)
+        const_ok.append(ok)
+        wcs.append(wc)
+        shapes.append(v.shape)
+        ow = _output_weights(view.graph, view.store, layer)
+        outw.append(np.ones(fan_out) if ow is None else ow)
+    active = np.concatenate([alive, [True]])
+
+    def solve(i: int) -> np.ndarray:
+        idx = np.flatnonzero(active)
+        if not const_ok[i]:
+            idx = idx[idx < n]
+        b = np.zeros_like(rhs[i])
+        b[idx] = np.linalg.solve(mats[i][np.ix_(idx, idx)], rhs[i][idx])
+        return b
+
+    chosen: list[int] = []
+    costs: list[float] = []
+    if drop is None:
+        kk = min(k, int(alive.sum()) - 1)
+        invs = [_inverse(m, active, const_ok[i]) for i, m in enumerate(mats)]
+        for i in range(len(mats)):  # the refit with every current unit: the greedy's starting rows (weighted)
+            b = solve(i)
+            sw = np.sqrt(outw[i])
+            vs.append((b.reshape(n + 1, -1, len(sw)) * sw).reshape(n + 1, -1))
+        for _ in range(max(kk, 0)):
+            total = np.zeros(n + 1)
+            for i in range(len(mats)):
+                pdiag = np.diag(invs[i])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    total += np.where(pdiag > 0, (vs[i] ** 2).sum(1) / pdiag, np.inf)
+            total[n] = np.inf
+            total[~active] = np.inf
+            j = int(np.argmin(total))
+            if not np.isfinite(total[j]):
+                break
+            for i in range(len(mats)):
+                p = invs[i]
+                a = -p[:, j] / p[j, j]
+                a[j] = 0.0
+                vs[i] += np.outer(a, vs[i][j])
+                vs[i][j] = 0.0
+                invs[i] = p - np.outer(p[:, j], p[j, :]) / p[j, j]
+                invs[i][j, :] = invs[i][:, j] = 0.0
+            active[j] = False
+            chosen.append(j)
+            costs.append(float(total[j]))
+        drop_arr = np.asarray(chosen, np.int64)
+    else:
+        drop_arr = np.asarray(drop, np.int64)
+        costs = [0.0] * len(drop_arr)
+        active[drop_arr] = False
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for i in range(len(mats)):
+        b = solve(i)
+        delta = b[:n] - wcs[i][:n]
+        delta[~active[:n]] = 0.0  # removed rows are zeroed by the edit, dead ones stay zero
+        fan_out = shapes[i][-1]
+        bias = np.zeros(fan_out)
+        if const_ok[i]:
+            live = targets[i].live  # type: ignore[union-attr]
+            bias = np.where(live, b[n].reshape(-1, fan_out).sum(0) - wcs[i][n, :fan_out], 0.0)
+        if not (np.all(np.isfinite(delta)) and np.all(np.isfinite(bias))):
+            raise EditError(f"{g.name}: refit is not finite")
+        slot = g.consumers[i]
+        arr = np.moveaxis(view.store[(slot.layer, slot.var)], slot.axis, 0)
+        out.append((delta.reshape(arr[slot.index].shape).astype(np.float32), bias.astype(np.float32)))
+    return drop_arr, np.asarray(costs, np.float32), out

@@ -47,6 +47,30 @@ def validate(group: UnitGroup, store: WeightStore, cand: Candidates, graph: Mode
         raise EditError(f"{group.name}: at least one unit must stay")
     if cand.mix is not None:
         _validate_mix(group, alive, cand, graph)
+    if cand.refit is not None:
+        _validate_refit(group, store, cand, graph)
+
+
+def _validate_refit(group: UnitGroup, store: WeightStore, cand: Candidates, graph: ModelGraph | None) -> None:
+    """Refit changes: one entry per consumer, finite, shaped like the reader's rows and bias."""
+    refit = cand.refit or []
+    if len(refit) != len(group.consumers):
+        raise EditError(f"{group.name}: a refit needs one entry per reader ({len(group.consumers)}), got {len(refit)}")
+    for slot, r in zip(group.consumers, refit):
+        if r is None:
+            continue
+        rows, bias = r
+        v = np.moveaxis(store[(slot.layer, slot.var)], slot.axis, 0)
+        if rows.shape != v[slot.index].shape or bias.shape != (v.shape[-1],):
+            raise EditError(f"{group.name}: refit of reader {slot.layer} has shapes {rows.shape}, {bias.shape}, "
+                            f"expected {v[slot.index].shape}, {(v.shape[-1],)}")
+        if not (np.all(np.isfinite(rows)) and np.all(np.isfinite(bias))):
+            raise EditError(f"{group.name}: refit of reader {slot.layer} must be finite numbers")
+        if graph is not None and np.any(bias != 0):
+            from .compensation import reader_bias_target
+
+            if reader_bias_target(graph, slot.layer) is None:
+                raise EditError(f"{slot.layer} has no bias (nor BatchNorm after it) to absorb a refit constant")
 
 
 def _validate_mix(group: UnitGroup, alive: np.ndarray, cand: Candidates, graph: ModelGraph | None) -> None:
@@ -113,7 +137,10 @@ def apply_edit(graph: ModelGraph, store: WeightStore, group: UnitGroup, cand: Ca
             contrib = (np.repeat(cand.shift, slot.index.shape[1]).reshape(-1, *([1] * (v.ndim - 1))) * rows)
             add = contrib.reshape(-1, contrib.shape[-1]).sum(0)
             store.write((slot.layer, "bias"), 0, np.arange(bias.shape[0]), (bias + add).astype(bias.dtype), patch)
-        if cand.mix is not None:
+        change = None if cand.refit is None else cand.refit[ci]
+        if change is not None:
+            _refit(graph, store, slot, change, patch)
+        elif cand.mix is not None:
             _compensate(graph, store, slot, cand.drop, cand.mix[ci], patch)
         store.write(key, slot.axis, drop_rows.reshape(-1), 0, patch)
     for slot in group.producers:
@@ -150,6 +177,30 @@ def _compensate(graph: ModelGraph, store: WeightStore, slot: Slot, drop: np.ndar
         arr = store[target]
         sign = 1.0 if target[1] == "bias" else -1.0  # BN(y + d) with moving_mean - d
         store.write(target, 0, np.arange(arr.shape[0]), (arr + sign * add_b).astype(arr.dtype), patch)
+
+
+def _refit(graph: ModelGraph, store: WeightStore, slot: Slot, change: tuple[np.ndarray, np.ndarray],
+           patch: Patch) -> None:
+    """Add a refit's changes to the reader's rows of the group's units and to its bias."""
+    rows, bias = change
+    key = (slot.layer, slot.var)
+    v = np.moveaxis(store[key], slot.axis, 0)
+    pos = slot.index.reshape(-1)
+    # outputs of the reader pruned since the refit was solved (same batch) keep their zeros
+    live = np.any(v[pos].reshape(-1, v.shape[-1]) != 0, axis=0)
+    rows, bias = rows * live, bias * live
+    new = v[pos].astype(np.float64) + rows.reshape(len(pos), *v.shape[1:])
+    store.write(key, slot.axis, pos, new.astype(v.dtype), patch)
+    if np.any(bias != 0):
+        from .compensation import reader_bias_target
+
+        target = reader_bias_target(graph, slot.layer)
+        if target is None:
+            raise EditError(f"{slot.layer} has no bias to absorb a refit constant")
+        arr = store[target]
+        sign = 1.0 if target[1] == "bias" else -1.0
+        store.write(target, 0, np.arange(arr.shape[0]), (arr + sign * bias.astype(np.float64)).astype(arr.dtype),
+                    patch)
 
 
 def shift_is_exact(graph: ModelGraph, group: UnitGroup) -> bool:

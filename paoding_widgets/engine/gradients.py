@@ -1,4 +1,4 @@
-"""The gradient of a classification loss with respect to the inputs, on whichever Keras backend runs.
+"""Gradients with respect to the inputs (FGSM, input synthesis), on whichever Keras backend runs.
 
 Why: FGSM needs ``d loss / d x``.  Keras 3 runs on TensorFlow, JAX and PyTorch,
 and each has its own autodiff; ``tf.GradientTape`` fails on the other two
@@ -6,6 +6,7 @@ and each has its own autodiff; ``tf.GradientTape`` fails on the other two
 active backend (``keras.backend.backend()``) for the gradient, through the
 model's stateless call where the backend is functional, and returns NumPy.
 The loss is Keras' own (``keras.losses``), so it is the same on every backend.
+:func:`invert_inputs` uses the same three routes to synthesise inputs for data-free compensation.
 """
 
 from __future__ import annotations
@@ -61,3 +62,90 @@ def input_gradient(model: Any, x: np.ndarray, labels: np.ndarray, from_probs: bo
         return xb.grad.detach().cpu().numpy().astype(np.float32)
     raise ConfigError(f"FGSM needs input gradients, which the {backend!r} Keras backend does not give here; "
                       "use KERAS_BACKEND=tensorflow, jax or torch")
+
+
+def invert_inputs(model: Any, bn_layers: list[Any], targets: list[tuple[np.ndarray, np.ndarray]], x0: np.ndarray,
+                  lo: np.ndarray, hi: np.ndarray, steps: int, lr: float = 0.05, labels: np.ndarray | None = None,
+                  ce: float = 0.0, tv: float = 0.0, from_logits: bool = True, l2: float = 0.0) -> np.ndarray:
+    """Inputs moved by projected Adam so the model's BatchNorms see their running statistics.
+
+    Why: synthetic calibration data (ZeroQ / DeepInversion) for data-free compensation, on whichever
+    backend runs.  The loss is ``sum_BN mean_c ((mu_c - m_c)^2 + (sd_c - s_c)^2) / (s_c + 1e-3)^2``
+    over the batch's per-channel moments at each BN's input (``targets``: moving mean and std), plus
+    ``ce`` times the cross-entropy towards ``labels`` and ``tv`` times a total-variation prior on
+    image inputs (rank 4).  The inputs stay in the box ``[lo, hi]`` after every step.
+    """
+    import keras
+
+    ops = keras.ops
+    feat = keras.Model(model.inputs, [layer.input for layer in bn_layers] + [model.outputs[0]])
+    tg = [(ops.convert_to_tensor(m), ops.convert_to_tensor(s)) for m, s in targets]
+    lab = None if labels is None or not ce else ops.convert_to_tensor(np.asarray(labels, np.int32))
+
+    def loss_of(x: Any, out: Any) -> Any:
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        loss = ops.convert_to_tensor(0.0)
+        for a, (m, sd) in zip(outs[:-1], tg):
+            axes = tuple(range(len(a.shape) - 1))
+            mu = ops.mean(a, axis=axes)
+            s = ops.sqrt(ops.mean(ops.square(a - mu), axis=axes) + 1e-8)  # no NaN gradient at zero spread
+            scale = sd + 1e-3
+            loss = loss + ops.mean(ops.square((mu - m) / scale) + ops.square((s - sd) / scale))
+        if lab is not None:
+            loss = loss + ce * ops.mean(keras.losses.sparse_categorical_crossentropy(lab, outs[-1],
+                                                                                   from_logits=from_logits))
+        if tv and len(x.shape) >= 3:  # images: (batch, rows, cols[, channels])
+            loss = loss + tv * (ops.mean(ops.square(x[:, 1:] - x[:, :-1]))
+                                + ops.mean(ops.square(x[:, :, 1:] - x[:, :, :-1])))
+        if l2:
+            loss = loss + l2 * ops.mean(ops.square(x))
+        return loss
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def grad(xv: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(xv)
+                outs = feat(xv, training=False)
+                loss = loss_of(xv, outs)
+            return tape.gradient(loss, xv)
+
+        def g(x: np.ndarray) -> np.ndarray:
+            return np.asarray(grad(tf.constant(x)), np.float32)
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in feat.trainable_variables]
+        frozen = [v.value for v in feat.non_trainable_variables]
+
+        def jloss(xv: Any) -> Any:
+            outs, _ = feat.stateless_call(trainable, frozen, xv, training=False)
+            return loss_of(xv, outs)
+
+        jgrad = jax.jit(jax.grad(jloss))
+
+        def g(x: np.ndarray) -> np.ndarray:
+            return np.asarray(jgrad(jax.numpy.asarray(x)), np.float32)
+    elif backend == "torch":
+        import torch
+
+        def g(x: np.ndarray) -> np.ndarray:
+            xb = torch.tensor(x, requires_grad=True)
+            loss_of(xb, feat(xb, training=False)).backward()
+            assert xb.grad is not None
+            return xb.grad.detach().cpu().numpy().astype(np.float32)
+    else:
+        raise ConfigError(f"input synthesis needs gradients, which the {backend!r} Keras backend does not give here")
+    x: np.ndarray = np.clip(np.asarray(x0, np.float32), lo, hi)
+    m1: np.ndarray = np.zeros_like(x)
+    m2: np.ndarray = np.zeros_like(x)
+    b1, b2 = 0.9, 0.999
+    for t in range(1, steps + 1):  # Adam, as keras.optimizers.Adam (epsilon 1e-7), then back into the box
+        d = g(x)
+        m1 = b1 * m1 + (1 - b1) * d
+        m2 = b2 * m2 + (1 - b2) * d * d
+        x = np.clip(x - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m1 / (np.sqrt(m2) + 1e-7), lo, hi).astype(np.float32)
+    return x

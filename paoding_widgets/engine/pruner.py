@@ -144,10 +144,15 @@ class Pruner:
         g = self.graph.groups[proposal.group]
         cand = proposal.candidates
         restore = getattr(self.strategy, "compensation", None)
-        if (cand.mix is None and restore is not None and proposal.strategy == self.strategy.name
-                and len(cand) and np.all(cand.keep < 0)):
+        if (cand.mix is None and cand.refit is None and restore is not None
+                and proposal.strategy == self.strategy.name and len(cand) and np.all(cand.keep < 0)):
             # a proposal restored from a session file carries no coefficients: they are recomputed
-            cand.mix = restore(self.view(g), cand.drop)
+            # (a strategy with ``restore`` fills in everything it folds, e.g. the compensated refit)
+            fill = getattr(self.strategy, "restore", None)
+            if fill is not None:
+                fill(self.view(g), cand)
+            else:
+                cand.mix = restore(self.view(g), cand.drop)
         inc = proposal.extra.get("impact")  # computed with the bounds the proposal was scored on
         if inc is None:
             return apply_edit(self.graph, self.store, g, proposal.candidates, self.view(g))

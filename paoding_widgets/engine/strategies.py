@@ -214,20 +214,25 @@ class Certified(Strategy):
 
 
 class Compensated(Strategy):
-    """Ours: remove the units the rest can stand in for, and fold their reconstruction into the readers.
+    """Ours: remove units and refit their readers to the original model's outputs, data-free.
 
-    Every group (Dense units, filters, channels joined by residual ``Add``, channels carried through
-    depthwise convs) is pruned by removal with compensation: each removed unit is replaced, in every
-    layer that reads it, by its least-squares estimate from the kept units and a constant (folded
-    into the readers' kept rows and bias, or the moving mean of a BatchNorm right after a bias-free
-    reader).  Units are chosen greedily by what they cost the readers *after* that compensation.
-    The second moments behind both come from the model itself, data-free: box samples pushed
-    through the layers, re-standardised at every BatchNorm to its moving statistics, with closed-form
-    Gaussian ReLU moments where a BN feeds a ReLU.  See :mod:`~paoding_widgets.engine.compensation`.
+    Every layer that reads a group (Dense units, filters, channels joined by residual ``Add``,
+    channels carried through depthwise convs) gets, when units of the group go, new rows for the kept
+    units and a new bias: the ridge least-squares fit of the ORIGINAL model's reader output from the
+    PRUNED model's current activations on the same synthetic inputs (error-correcting, as layer-wise
+    data-driven pruning does; it also corrects drift left by earlier removals upstream).  Units are
+    chosen greedily by what they cost the readers after that refit; groups no BatchNorm anchors are
+    chosen by ``certified`` (``hybrid``; ``hybrid=False``: merged by it) and refit.  The synthetic
+    inputs match every BatchNorm's statistics (ZeroQ) or, without BN, are a class-conditional model
+    inversion (``ce``, ``tv``, ``l2``).  ``refit=False`` gives the earlier plain reconstruction
+    (removed units replaced by their least-squares estimate from the kept ones, moments of the
+    original model).  See :mod:`~paoding_widgets.engine.compensation`.
 
-    Options: ``samples`` (box samples for the moments), ``ridge`` (shrinkage of the regression,
-    relative to the mean second moment), ``reconstruct`` (False: fold only each removed unit's
-    mean, DFQ-style bias correction), ``bn_prior`` (closed-form BN/ReLU moments).
+    Options: ``samples`` / ``steps`` (synthetic inputs, Adam steps), ``ridge`` (shrinkage towards the
+    current rows, relative to the mean second moment), ``reconstruct`` / ``bn_prior`` (plain
+    reconstruction only: False = DFQ bias correction; closed-form BN/ReLU moments), ``everywhere``
+    (compensate groups with no BN anchor by the greedy choice too), ``ce`` / ``tv`` / ``l2`` (weights
+    of the inversion's class pull, total-variation and L2 priors; models without BN only).
     """
 
     name = "compensated"
@@ -235,38 +240,147 @@ class Compensated(Strategy):
     # the groups merged by ``certified`` keep its running output impact, so they are pruned exactly as there
     uses_impact = True
 
-    def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 1e-2, reconstruct: bool = True,
-                 bn_prior: bool = False, everywhere: bool = False) -> None:
+    def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 0.3, reconstruct: bool = True,
+                 bn_prior: bool = False, everywhere: bool = False, refit: bool = True, hybrid: bool = True,
+                 ce: float = 1.0, tv: float = 0.3, l2: float = 0.3) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
+        self.refit, self.hybrid = bool(refit), bool(hybrid)
+        self.ce, self.tv, self.l2 = float(ce), float(tv), float(l2)
         self._moments: tuple[Any, dict, set[int]] | None = None
+        self._inputs: np.ndarray | None = None
+        self._joint: tuple[Any, int, dict] | None = None
+        self._original: tuple[Any, Any, Any] | None = None  # (graph, original weights, clone for the pruned ones)
         self._certified = Certified()
 
     def moments(self, view: UnitView) -> tuple[dict, set[int]]:
         """The reader moments of the view's model and its BN-anchored tensors (computed once per graph)."""
         from .bounds import parse_input_range
         from .compensation import activation_moments, bn_informed, synthesize_inputs
+        from .rules.builtin import BatchNormRule
 
         if self._moments is None or self._moments[0] is not view.graph:
             box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
-            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps) if self.steps > 0 else None
-            stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
-                                       max(self.samples, 256) if x is None else self.samples, inputs=x)
+            # BatchNorm statistics when the model has them (ZeroQ; the priors measured harmful there),
+            # else class-conditional model inversion with smoothness priors
+            inv = not any(isinstance(n.rule, BatchNormRule) for n in view.graph.nodes)
+            x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps, ce=self.ce * inv,
+                                  tv=self.tv * inv, l2=self.l2 * inv) if self.steps > 0 else None
+            stats = None
+            if self.refit:  # the original model's moments are the refit's first joint pass: one pass, not two
+                from .compensation import joint_moments, moments_of, sample_inputs
+
+                xs = x if x is not None else sample_inputs(view.graph, box, max(self.samples, 256))
+                if xs is not None:
+                    j0 = joint_moments(view.graph, self.original(view), None, self._joint_inputs(view, xs),
+                                       view.graph.prunable_groups)
+                    stats = moments_of(j0)
+                    if view.store.version == 0:  # unpruned: this is also the first refit's joint pass
+                        self._joint = (view.graph, 0, j0)
+            if stats is None:
+                stats = activation_moments(view.graph, view.store, box, view.graph.prunable_groups,
+                                           max(self.samples, 256) if x is None else self.samples, inputs=x)
             self._moments = (view.graph, stats, bn_informed(view.graph))
+            self._inputs = x
         return self._moments[1], self._moments[2]
+
+    def original(self, view: UnitView) -> Any:
+        """The original weights of the view's model (its BN statistics, the readers' rows), copied once."""
+        from .weights import WeightStore
+
+        if self._original is None or self._original[0] is not view.graph:
+            self._original = (view.graph, WeightStore.from_model(view.graph.model, {}), None)
+            self._joint = None
+        return self._original[1]
+
+    def _joint_inputs(self, view: UnitView, x: np.ndarray) -> np.ndarray:
+        """At most ``4e10`` FLOPs per pass of the joint moments (a MobileNetV2 at 224: 66 samples)."""
+        from .evaluate import flops
+
+        try:
+            per = max(float(flops(view.graph.model)), 1.0)
+        except Exception:
+            return x
+        return x[: max(32, int(4e10 / per))]
+
+    def joint(self, view: UnitView, fresh: bool = True) -> dict | None:
+        """Moments of the pruned model's units against the original's (recomputed when the weights change).
+
+        ``fresh=False`` reuses the last ones of this model even if the weights changed since: a restored
+        proposal is refit from the state its batch was proposed in, as the original proposal was.
+        """
+        from .bounds import parse_input_range
+        from .compensation import joint_moments, sample_inputs
+        from .surgery import clone
+        from .weights import _all_layers
+
+        self.moments(view)
+        g = view.graph
+        self.original(view)
+        assert self._original is not None
+        if self._original[2] is None:
+            try:
+                twin = clone(g.model)
+            except Exception:  # a model that cannot be cloned: no refit
+                twin = False
+            self._original = (g, self._original[1], twin)
+        if self._joint is None or self._joint[0] is not g or (fresh and self._joint[1] != view.store.version):
+            _, original, twin = self._original
+            x = self._inputs
+            if x is None:
+                box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
+                x = sample_inputs(g, box, max(self.samples, 256))
+            if x is None or twin is False:
+                return None
+            x = self._joint_inputs(view, x)
+            current = None
+            if view.store.version:  # weights edited (version 0: the original, one pass serves both)
+                view.store.load_into(twin)
+                current = {layer.name: layer for layer in _all_layers(twin)}
+            self._joint = (g, view.store.version, joint_moments(g, original, current, x, g.prunable_groups))
+        return self._joint[2]
 
     def propose(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
         from .compensation import plan_removal
 
         stats, informed = self.moments(view)
+        fixed = None
         if not self.everywhere and view.mergeable and not any(t in informed for t in view.group.tensors):
             # no BatchNorm statistics anchor these units: the box alone predicts them poorly (measured),
             # so they are merged by their certified output change instead
-            return self._certified.merge(view, k, rng)
+            cert = self._certified.merge(view, k, rng)
+            if not (self.refit and self.hybrid):
+                return cert
+            fixed = cert.drop
+        if self.refit:
+            from .compensation import plan_refit, reader_targets
 
+            joint = self.joint(view)
+            assert self._original is not None
+            res = None if joint is None else plan_refit(view, joint, reader_targets(view, self._original[1]), k,
+                                                         self.ridge, drop=fixed)
+            if res is not None:
+                drop, cost, refit = res
+                mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior, drop=drop)[2]
+                z = np.zeros(len(drop), np.float32)
+                return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix, refit=refit)
+        if fixed is not None:
+            return self._certified.merge(view, k, rng)
         drop, cost, mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior)
         z = np.zeros(len(drop), np.float32)
         return Candidates(np.full(len(drop), -1, np.int64), drop, z, z.copy(), cost, mix=mix)
+
+    def restore(self, view: UnitView, cand: Candidates) -> None:
+        """Recompute a restored proposal's folds in place (the refit from the weights as they are now)."""
+        cand.mix = self.compensation(view, cand.drop)
+        if self.refit:
+            from .compensation import plan_refit, reader_targets
+
+            joint = self.joint(view, fresh=False)
+            if joint is not None and self._original is not None:
+                res = plan_refit(view, joint, reader_targets(view, self._original[1]), len(cand.drop), self.ridge,
+                                 drop=cand.drop)
+                cand.refit = None if res is None else res[2]
 
     def compensation(self, view: UnitView, drop: np.ndarray) -> list[np.ndarray]:
         """The compensation of a given removal (for a proposal restored without its coefficients)."""
@@ -283,7 +397,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 # Limits of the numeric options (inclusive); every option is a plain number or bool, so settings stay JSON.
 _RANGES: dict[str, tuple[float, float]] = {"pool": (1.0, 1000.0), "alpha": (0.0, 1e6), "beta": (0.0, 1e6),
-                                          "samples": (16.0, 65536.0), "steps": (0.0, 1e5), "ridge": (0.0, 1e3)}
+                                          "samples": (16.0, 65536.0), "steps": (0.0, 1e5), "ridge": (0.0, 1e3),
+                                          "ce": (0.0, 1e3), "tv": (0.0, 1e3), "l2": (0.0, 1e3)}
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

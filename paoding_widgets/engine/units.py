@@ -59,6 +59,11 @@ class Candidates:
     # coefficients expressing each removed unit over the group's units plus a constant (last column);
     # the readers' rows of those units get ``coef * v_drop`` added, their bias ``const * v_drop``.
     mix: list[np.ndarray] | None = field(default=None, kw_only=True)
+    # Error-correcting refit (``compensated``): per consumer slot, ``(rows, bias)`` -- additive changes of
+    # the reader's rows of the group's units (shape of ``v[slot.index]``) and of its bias (or of the
+    # moving mean of the BatchNorm after a bias-free reader, with the sign flipped).  Applied instead
+    # of that slot's ``mix``; solved jointly for the whole edit, so :meth:`take` drops it.
+    refit: list[tuple[np.ndarray, np.ndarray] | None] | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return len(self.drop)
