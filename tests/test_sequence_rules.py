@@ -28,6 +28,22 @@ def _seq_inputs(model, n=8, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (n, *model.inputs[0].shape[1:])).astype(np.float32)
 
 
+def _prune_twice(pruner):
+    """Two iterations of the pruner's proposals, applied; returns (weights before, patches)."""
+    original = pruner.store.copy()
+    patches = []
+    for _ in range(2):
+        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    return original, patches
+
+
+def _assert_physical_equals_edited_and_undo_exact(pruner, x, original, patches):
+    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
+    for p in reversed(patches):
+        pruner.store.revert(p)
+    assert pruner.store.equal(original)
+
+
 # ------------------------------------------------------------------ recurrent
 def _rnn_model(kind: str, return_sequences: bool, seed: int = 0, **kw):
     keras.utils.set_random_seed(seed)
@@ -70,16 +86,10 @@ def test_a_silent_recurrent_unit_is_removed_without_changing_outputs(kind, seq):
 def test_recurrent_pruning_is_exact_after_surgery_and_undo_is_bit_exact(kind):
     model = _rnn_model(kind, True, seed=3, **({"reset_after": False} if kind == "GRU" else {}))
     pruner = Pruner(model, strategy="impact", step=0.25, target=0.5)
-    original = pruner.store.copy()
-    patches = []
-    for _ in range(2):
-        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    original, patches = _prune_twice(pruner)
     assert not pruner.store.alive[pruner.graph.group("rnn").id].all()
     x = _seq_inputs(model)
-    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
-    for p in reversed(patches):
-        pruner.store.revert(p)
-    assert pruner.store.equal(original)
+    _assert_physical_equals_edited_and_undo_exact(pruner, x, original, patches)
 
 
 def test_lstm_states_are_outputs_of_the_same_units():
@@ -229,17 +239,11 @@ def test_a_zero_head_is_removed_without_changing_outputs():
 def test_attention_model_prunes_heads_and_inputs_exactly(strategy):
     model = _attention_model(seed=5)
     pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
-    original = pruner.store.copy()
-    patches = []
-    for _ in range(2):
-        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    original, patches = _prune_twice(pruner)
     small = pruner.pruned_model()
     assert small.get_layer("mha").num_heads == 2
     x = _seq_inputs(model)
-    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
-    for p in reversed(patches):
-        pruner.store.revert(p)
-    assert pruner.store.equal(original)
+    _assert_physical_equals_edited_and_undo_exact(pruner, x, original, patches)
 
 
 def test_attention_bounds_contain_sampled_outputs():
@@ -355,18 +359,12 @@ def test_group_norm_pruning_is_exact_after_surgery_and_undo_is_bit_exact(strateg
     pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
     group = pruner.graph.group("conv")
     assert group.prunable and group.size == 4 and "gn" in group.layers and ("side" in group.layers) == join
-    original = pruner.store.copy()
-    patches = []
-    for _ in range(2):
-        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    original, patches = _prune_twice(pruner)
     assert int(pruner.store.alive[group.id].sum()) == 2
     small = pruner.pruned_model()
     assert small.get_layer("gn").groups == 2 and small.get_layer("conv").filters == 6
     x = _seq_inputs(model)
-    np.testing.assert_allclose(run(small, x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
-    for p in reversed(patches):
-        pruner.store.revert(p)
-    assert pruner.store.equal(original)
+    _assert_physical_equals_edited_and_undo_exact(pruner, x, original, patches)
 
 
 def test_group_norm_bounds_hold_and_uneven_groups_are_reported():
@@ -446,17 +444,11 @@ def test_without_rescaling_the_query_a_smaller_key_dim_changes_the_outputs():
 def test_heads_key_and_value_dims_prune_together_exactly(strategy):
     model = _attention_model(seed=5)
     pruner = Pruner(model, strategy=strategy, step=0.25, target=0.5)
-    original = pruner.store.copy()
-    patches = []
-    for _ in range(2):
-        patches += [pruner.apply(p) for p in pruner.propose().values()]
+    original, patches = _prune_twice(pruner)
     cfg = pruner.pruned_model().get_layer("mha").get_config()
     assert (cfg["num_heads"], cfg["key_dim"], cfg["value_dim"]) == (2, 3, 3)  # two steps of one unit each
     x = _seq_inputs(model)
-    np.testing.assert_allclose(run(pruner.pruned_model(), x), run(pruner.edited_model(), x), rtol=1e-5, atol=1e-5)
-    for p in reversed(patches):
-        pruner.store.revert(p)
-    assert pruner.store.equal(original)
+    _assert_physical_equals_edited_and_undo_exact(pruner, x, original, patches)
 
 
 @pytest.mark.parametrize("wrap", ["LSTM-backwards", "Bidirectional-GRU"])

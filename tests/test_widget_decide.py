@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import build_mlp
+from conftest import build_mlp, randomize
 
 from paoding_widgets.session import PruningSession, sensitivity
 from paoding_widgets.session import plan as plan_mod
@@ -81,6 +81,28 @@ def test_the_certified_bound_is_monotone_in_the_share(strategy: str) -> None:
         bounds = [b for b in c.bound if b is not None]
         assert bounds == sorted(bounds) and bounds[0] == 0.0 and bounds[-1] > 0
         assert c.params == sorted(c.params) and c.flops == sorted(c.flops)
+
+
+def test_sensitivity_measures_robustness_kept_with_eval_data() -> None:
+    from paoding_widgets.engine.evaluate import predict_classes, robust_instances
+
+    model = randomize(build_mlp(hidden=(20, 16, 12), names=NAMES), seed=3)
+    x = np.random.default_rng(4).random((200, 8)).astype(np.float32)
+    y = predict_classes(model, x)  # the model's own answers: everything correct now
+    assert len(np.unique(y)) > 1  # decision boundaries inside the box: FGSM can flip some answers
+    s = PruningSession(model, n_probes=64, strategy="magnitude", eval_data=(x, y), epsilons=(0.05, 0.1))
+    sens = sensitivity.compute(SessionView(s), agreement=True)
+    now = robust_instances(model, x[:sensitivity.MAX_ROBUST], y[:sensitivity.MAX_ROBUST], (0.05, 0.1))
+    assert min(now.values()) > 0
+    for c in sens.curves.values():
+        assert len(c.robust) == len(c.ratios) and c.robust[0] == 1.0
+        assert all(r is not None and 0 <= r for r in c.robust)
+        assert c.as_dict()["robust"][0] == 1.0
+    assert any(r != 1.0 for c in sens.curves.values() for r in c.robust)  # pruning moves robustness somewhere
+    s2 = PruningSession(build_mlp(hidden=(20, 16, 12), names=NAMES), n_probes=64, strategy="magnitude",
+                        eval_data=(x, y), epsilons=())
+    assert all(r is None for c in sensitivity.compute(SessionView(s2), agreement=True).curves.values()
+               for r in c.robust)  # no step sizes: nothing to measure
 
 
 def test_sensitivity_leaves_the_session_untouched_and_is_cancellable(session: PruningSession) -> None:

@@ -16,6 +16,11 @@ shares of its units with the session's strategy, and record at each share:
 * ``agreement`` -- top-1 agreement with the current state on box samples (when
   the model is small enough to run that often within the time budget).
 * ``accuracy`` -- with the session's eval data (a subset), likewise.
+* ``robust`` -- robustness kept, with eval data: FGSM at the session's step sizes
+  on up to ``MAX_ROBUST`` eval samples, crafted on the pruned copy (white-box);
+  the share of the current state's robust instances count, averaged over the
+  step sizes (it may exceed 1: a pruned model can resist where the current one
+  did not).
 * ``params`` / ``flops`` -- what removing those units saves (FLOPs estimated from
   each slot's parameters times its output's spatial size).
 
@@ -42,6 +47,7 @@ from ..errors import SessionError
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MAX_PROBES = 256  # box samples for agreement (a subset of the session's)
 MAX_EVAL = 512  # eval samples for accuracy
+MAX_ROBUST = 128  # eval samples for FGSM robustness (one gradient and one pass per step size each)
 Interval = tuple[np.ndarray, np.ndarray]
 
 
@@ -62,12 +68,14 @@ class Curve:
     flops: list[int]
     note: str = ""
     score: list[float] = field(default_factory=list)  # the strategy's own cost of the units removed (summed)
+    robust: list[float | None] = field(default_factory=list)  # robustness kept, share of the current state's
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ratios": [round(r, 4) for r in self.ratios],
                 "bound": [_num(b) for b in self.bound], "agreement": [_num(a) for a in self.agreement],
                 "accuracy": [_num(a) for a in self.accuracy], "params": self.params, "flops": self.flops,
-                "score": [_num(x) for x in self.score], "note": self.note}
+                "score": [_num(x) for x in self.score], "robust": [_num(x) for x in self.robust],
+                "note": self.note}
 
 
 @dataclass
@@ -192,7 +200,7 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
     the estimated time fits ``budget`` seconds).  Raises :class:`Cancelled` when
     ``cancelled()`` turns true.
     """
-    from ..engine.evaluate import predict_classes
+    from ..engine.evaluate import predict_classes, robust_instances
     from ..engine.weights import layer_variable_names
 
     t0 = time.monotonic()
@@ -207,6 +215,7 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
         wanted = [g for g in session.graph.prunable_groups if groups is None or g.name in groups]
         probes = session._probes[:MAX_PROBES]
         eval_data = session.eval_data
+        epsilons = tuple(session.epsilons)
     if eval_data is not None:
         eval_data = (eval_data[0][:MAX_EVAL], eval_data[1][:MAX_EVAL])
     graph, store = p.graph, p.store
@@ -232,8 +241,9 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
         t = time.monotonic()
         reference = predict_classes(model, probes)
         one = time.monotonic() - t
-        if eval_data is not None:
-            one *= 1 + len(eval_data[0]) / max(1, len(probes))
+        if eval_data is not None:  # accuracy, and FGSM: a gradient (about two passes) and a pass per step size
+            n_robust = min(MAX_ROBUST, len(eval_data[0])) if epsilons else 0
+            one *= 1 + (len(eval_data[0]) + n_robust * (2 + len(epsilons))) / max(1, len(probes))
         estimate = one * len(wanted) * len(ratios)
         if agreement is None and estimate > budget:
             notes.append(f"agreement not measured: running the model {len(wanted) * len(ratios)} times would take "
@@ -243,6 +253,19 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
     if eval_data is not None and model is not None:
         y = np.asarray(eval_data[1])
         labels = y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+    robust_x = robust_y = None
+    if labels is not None and epsilons:
+        assert eval_data is not None
+        robust_x, robust_y = np.asarray(eval_data[0][:MAX_ROBUST]), labels[:MAX_ROBUST]
+
+    def robust_counts() -> dict[float, int] | None:
+        if robust_x is None or robust_y is None or model is None:
+            return None
+        return robust_instances(model, robust_x, robust_y, epsilons, p.input_range)
+
+    def kept(counts: dict[float, int] | None, now: dict[float, int] | None) -> float | None:
+        shares = [counts[e] / now[e] for e in now if now[e] > 0] if counts and now else []
+        return float(np.mean(shares)) if shares else None
 
     def load(keys: set[tuple[str, str]]) -> None:
         if model is None:
@@ -264,6 +287,8 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
         if labels is not None:
             assert model is not None and eval_data is not None
             curve.accuracy[0] = float((predict_classes(model, eval_data[0]) == labels).mean())
+        robust_now = robust_counts()
+        curve.robust = [1.0 if kept(robust_now, robust_now) is not None else None]
         patches = []
         unloaded: set[tuple[str, str]] = set()
         total: dict[str, Interval] = {}
@@ -303,7 +328,7 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
                     bounded = False
                 else:
                     best = max(best, b)
-                agree = acc = None
+                agree = acc = rob = None
                 if model is not None:
                     load(unloaded)
                     unloaded.clear()
@@ -311,10 +336,12 @@ def compute(view: Any, ratios: Sequence[float] = RATIOS, progress: Callable[[dic
                     if labels is not None:
                         assert eval_data is not None
                         acc = float((predict_classes(model, eval_data[0]) == labels).mean())
+                    rob = kept(robust_counts(), robust_now)
                 curve.ratios.append((start + removed) / g.size)
                 curve.bound.append(best if bounded else None)
                 curve.agreement.append(agree)
                 curve.accuracy.append(acc)
+                curve.robust.append(rob)
                 curve.params.append(ppu * removed)
                 curve.flops.append(fpu * removed)
                 curve.score.append(score)
