@@ -142,3 +142,16 @@ def test_sensitivity_and_plan_name_every_group(widget: PruningWidget) -> None:
     act(widget, "plan", goal=0.2, metric="params")
     assert "bi/backward" not in widget.plan["targets"]
     assert set(widget.plan["targets"]) <= {r["group"] for r in widget.rows() if r.get("group")}
+
+
+def test_plan_message_agrees_with_its_number_of_layers() -> None:
+    from paoding_widgets.session.plan import make_plan
+    from paoding_widgets.session.sensitivity import Curve, Sensitivity
+
+    def curve(name: str) -> Curve:
+        return Curve(name, [0.0, 0.5], [0.0, 0.1], [1.0, 0.9], [None, None], [0, 50], [0, 50])
+
+    one = make_plan(Sensitivity((0, 0), {"a": curve("a")}, 0.0, 100, 100), 0.2)
+    assert one.message.startswith("1 layer pruned to its own share removes ~50.0 %"), one.message
+    two = make_plan(Sensitivity((0, 0), {"a": curve("a"), "b": curve("b")}, 0.0, 100, 100), 0.9)
+    assert two.message.startswith("2 layers pruned to their own shares remove ~100.0 %"), two.message

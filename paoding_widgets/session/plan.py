@@ -115,7 +115,7 @@ def make_plan(sens: Sensitivity, goal: float, metric: str = "params", locked: It
     what = "parameters" if metric == "params" else "FLOPs"
     if reached:
         one = len(targets) == 1
-        pruned = (f"1 layer pruned to its own share removes" if one
+        pruned = ("1 layer pruned to its own share removes" if one
                   else f"{len(targets)} layers pruned to their own shares remove")
         message = f"{pruned} ~{100 * saved / total:.1f} % of the {what} (goal {100 * goal:.0f} %)"
     else:
