@@ -208,9 +208,14 @@ class PruningWidget(anywidget.AnyWidget):
     # ------------------------------------------------------------ session -> view
     def refresh(self, metrics: bool = False) -> None:
         """Mirror the session into the traits; resend only changed states and heatmaps."""
-        with self._lock:
+        view = self._view
+        if view is None:  # closed
+            return
+        # the session lock first, as every other path that holds both (a preview or metrics thread publishing
+        # holds it while it waits for ours: taking ours first here deadlocked with it)
+        with view.reading(), self._lock:
             v = self._view
-            if v is None:  # closed
+            if v is None:  # closed meanwhile
                 return
             with self.hold_sync():
                 self.states = payload.layer_states(v)
