@@ -46,7 +46,8 @@ export function filterRows(rows, text) {
   const byName = new Map(rows.map((r) => [r.name, r]));
   const keep = new Set();
   for (const r of rows) {
-    if (r.name.toLowerCase().includes(q) || String(r.type || "").toLowerCase().includes(q)) {
+    if (r.name.toLowerCase().includes(q) || String(r.label || "").toLowerCase().includes(q)
+      || String(r.type || "").toLowerCase().includes(q)) {
       for (let x = r; x; x = x.parent != null ? byName.get(x.parent) : null) keep.add(x.name);
     }
   }
@@ -123,5 +124,19 @@ export function deployCells(r, eps) {
   const kept = eps != null && r.robust_kept ? r.robust_kept[String(eps)] : null;
   const drop = r.accuracy_drop == null ? "–" : `${r.accuracy_drop > 0 ? "−" : "+"}${Math.abs(100 * r.accuracy_drop).toFixed(2)} pt`;
   return [r.name, file, r.bytes ? fmt.bytes(r.bytes) : "–", r.times_smaller == null ? "–" : `${r.times_smaller.toFixed(1)}×`,
-    fmt.pct(r.accuracy), drop, kept == null ? "–" : fmt.pct(kept), fmt.pct(r.agreement)];
+    fmt.pct(r.accuracy), drop, keptText(kept).text, fmt.pct(r.agreement)];
+}
+
+/**
+ * Robustness kept (robust eval samples of the pruned model over the original's count) as {text, title}.
+ * Above 100 % the pruned model is robust on more samples than the original: said so in words, since a
+ * count ratio cannot say that every originally robust sample is still robust (some may be lost, others gained).
+ */
+export function keptText(v) {
+  if (v == null) return { text: "–", title: "" };
+  if (v <= 1) return { text: fmt.pct(v), title: "robust eval samples as a share of the original's" };
+  const more = `${(100 * (v - 1)).toFixed(1)}%`;
+  return { text: `${fmt.pct(v)} · more than the original`,
+    title: `robust on ${more} more eval samples than the original (counts compared: some samples robust for the `
+      + "original may no longer be, others became robust; the count is not capped at 100 %)" };
 }

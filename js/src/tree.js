@@ -139,3 +139,21 @@ export function blockWent(rows, name, cmpLayers) {
   }
   return { went, layers };
 }
+
+/** What the tree shows of a row: "mha · key_dim" for one of a layer's several unit groups, else its name. */
+export function rowLabel(row) {
+  return row.label || row.name;
+}
+
+/** A row button's accessible name: the action, the layer and (for one of a layer's groups) the group. */
+export function actionName(label, row) {
+  return row.part ? `${label} ${row.layer} ${row.part}` : `${label} ${row.name}`;
+}
+
+/**
+ * What the session's actions (accept, skip, lock) name for a row: the group of one of a layer's several
+ * groups ("mha/key_dim"); else the layer, which the session resolves to its one group.
+ */
+export function actionTarget(row) {
+  return row.part && row.group != null ? row.group : row.name;
+}

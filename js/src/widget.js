@@ -1,12 +1,12 @@
 // PruningWidget front end (anywidget ESM): a thin view over the kernel-side session.
 import { colormap, compareMarks, drawHeatmap, proposalMarks, unitsOfColumn } from "./heatmap.js";
 import {
-  blockCurve, blockWent, childSummary, keyAction, mergeRows, moveFocus, rowActions, summaryStatus, summaryText,
-  treeKey, unitsText, visibleRows,
+  actionName, actionTarget, blockCurve, blockWent, childSummary, keyAction, mergeRows, moveFocus, rowActions, rowLabel,
+  summaryStatus, summaryText, treeKey, unitsText, visibleRows,
 } from "./tree.js";
 import { applyHeatmaps, asBytes, detailAt, sendAction } from "./wire.js";
 import {
-  compareText, deployCells, filterRows, fmt, markText, previewParts, progressText, sparkPoints,
+  compareText, deployCells, filterRows, fmt, keptText, markText, previewParts, progressText, sparkPoints,
 } from "./format.js";
 
 function el(tag, attrs = {}, children = []) {
@@ -302,7 +302,7 @@ function render({ model, el: root }) {
     const cmp = model.get("compare") || {};
     const cmpRow = cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
     const mark = [markText(row.proposal, units), compareText(cmpRow, units, cmp.a, cmp.b)].filter(Boolean).join("; ");
-    canvas.title = `${row.name}, ${what}${mark ? `: ${mark}` : ""}`;
+    canvas.title = `${rowLabel(row)}, ${what}${mark ? `: ${mark}` : ""}`;
   }
 
   function drawRow(row, index, sens, top, scoreTop) {
@@ -316,7 +316,7 @@ function render({ model, el: root }) {
       for (const [c, m] of proposalMarks(row.proposal, row.units_total, img.w)) marks.set(c, m);
       drawHeatmap(canvas, img, marks);
       if (cmpRow && (cmpRow.went_count || cmpRow.back_count)) canvas.setAttribute("data-went", String(cmpRow.went_count));
-      canvas.title = `${row.name}: |weights| (inputs down, units across)` +
+      canvas.title = `${rowLabel(row)}: |weights| (inputs down, units across)` +
         (row.proposal ? `; proposal: ${row.proposal.drop.length} units go (point at a marked column)` : "");
       canvas.addEventListener("mousemove", (e) => heatTitle(row, img, canvas, e));
     }
@@ -328,8 +328,8 @@ function render({ model, el: root }) {
     const chip = chipStatus ? el("span", { class: chipClass, text: row.status || summary,
       title: row.reason || row.status || summary }) : el("span", { class: "pw-chip-empty" });
     const button = (name, label, on) => el("button", { class: `pw-row-btn pw-${name}`, text: label,
-      disabled: !on, tabindex: "-1", "aria-label": `${label} ${row.name}`,
-      onclick: (e) => { e.stopPropagation(); act(name, { layer: row.name }); } });
+      disabled: !on, tabindex: "-1", "aria-label": actionName(label, row),
+      onclick: (e) => { e.stopPropagation(); act(name, { layer: actionTarget(row) }); } });
     const live = (model.get("live_params") || {})[row.name];
     const params = live != null && row.params != null ? live : row.params;
     const curve = row.group && sens.curves ? sens.curves[row.group] : null;
@@ -353,13 +353,15 @@ function render({ model, el: root }) {
       "aria-expanded": nested ? String(expanded.has(row.name)) : false,
       onclick: () => { focus = index; toggleDetail(row); },
     }, [
-      el("span", { class: "pw-name", style: `padding-left:${row.depth * 12}px`, title: `${row.name} · ${row.type} ${row.shape || ""}`,
-        text: `${nested ? (expanded.has(row.name) ? "▾ " : "▸ ") : ""}${row.name}` }),
+      el("span", { class: "pw-name", style: `padding-left:${row.depth * 12}px`,
+        title: `${rowLabel(row)} · ${row.type} ${row.shape || ""}${row.part ? ` (unit group ${row.group})` : ""}`,
+        text: `${nested ? (expanded.has(row.name) ? "▾ " : "▸ ") : ""}${rowLabel(row)}` }),
       el("span", { class: "pw-type", text: row.type, title: row.type }),
       el("span", { class: "pw-shape", text: row.shape }),
       unitsCell,
       el("span", { class: "pw-params", text: fmt.int(params),
-        title: params !== row.params ? `${fmt.int(params)} of ${fmt.int(row.params)} parameters alive` : "parameters" }),
+        title: (params !== row.params ? `${fmt.int(params)} of ${fmt.int(row.params)} parameters alive` : "parameters")
+          + (row.part ? ` with this group's units (the layer has ${fmt.int(row.layer_params)})` : "") }),
       chip, row.heatmap ? canvas : el("span", { class: "pw-heat-empty" }), sensCell,
       el("span", { class: "pw-actions" }, row.group ? [
         button("accept", "Accept", acts.accept), button("skip", "Skip", acts.skip),
@@ -432,7 +434,14 @@ function render({ model, el: root }) {
     const scoreTop = scores.length ? Math.max(...scores) : 1;
     const header = el("div", { class: "pw-row pw-head" }, ["layer", "type", "output", "units", "params", "status",
       "weights", "sensitivity", ""].map((t, i) => el("span", { text: t, class: i === 0 ? "pw-name" : "" })));
+    // A redraw keeps where the reader is: the scroll position (a narrow tree scrolls sideways) and the
+    // keyboard focus (a clicked row button is replaced: the focus goes back to the tree, not the page).
+    const { scrollLeft, scrollTop } = tree;
+    const hadFocus = tree.contains(document.activeElement);
     tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top, scoreTop)));
+    if (hadFocus && !tree.contains(document.activeElement)) tree.focus({ preventScroll: true });
+    tree.scrollLeft = scrollLeft;
+    tree.scrollTop = scrollTop;
   }
 
   function metricItems(m) {
@@ -442,7 +451,10 @@ function render({ model, el: root }) {
     const p = m.probes != null ? `on ${fmt.int(m.probes)} random inputs from the box` : "";
     return [["parameters", fmt.int(size.params)], ["size", fmt.bytes(size.bytes)],
       ["FLOPs", fmt.si(size.flops)], ["pruned", fmt.pct(m.share_pruned)], ["accuracy", fmt.pct(m.accuracy), n],
-      ...Object.entries(rob).map(([e, v]) => [`robust @${e}`, fmt.pct(v), n]),
+      ...Object.entries(rob).map(([e, v]) => {
+        const k = keptText(v);
+        return [`robust @${e}`, k.text, [k.title, n].filter(Boolean).join("; ")];
+      }),
       ["agreement", fmt.pct(m.agreement), p],
       ["bound width", m.output_bound_width == null ? "–" : Number(m.output_bound_width).toPrecision(4)]];
   }
@@ -461,7 +473,7 @@ function render({ model, el: root }) {
     const row = rows[focus];
     const curve = row && row.group ? sens.curves[row.group] : null;
     if (curve) {
-      box.append(el("h4", { text: `Sensitivity of ${curve.name}` }), sensitivityChart(curve),
+      box.append(el("h4", { text: `Sensitivity of ${row.part ? rowLabel(row) : curve.name}` }), sensitivityChart(curve),
         el("div", { class: "pw-legend" }, [
           el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-warn-strong)" }), "certified bound of the largest output change"]),
           el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-ok)" }), "agreement (box samples)"])]));
@@ -627,7 +639,7 @@ function render({ model, el: root }) {
     if (e.target !== tree) return; // keys on a row's buttons belong to the buttons
     if ((e.key === "Enter" || e.key === " ") && rows[focus]) { toggleDetail(rows[focus]); e.preventDefault(); return; }
     const action = keyAction(e.key, rows[focus]);
-    if (action) { act(action, { layer: rows[focus].name }); e.preventDefault(); }
+    if (action) { act(action, { layer: actionTarget(rows[focus]) }); e.preventDefault(); }
   }
   // keys with modifiers (and Tab, Escape) are not caught by the guard: the tree still sees them
   tree.addEventListener("keydown", (e) => {

@@ -114,9 +114,10 @@ def make_plan(sens: Sensitivity, goal: float, metric: str = "params", locked: It
     reached = saved >= need
     what = "parameters" if metric == "params" else "FLOPs"
     if reached:
-        layers = f"{len(targets)} layer{'s' if len(targets) != 1 else ''}"
-        message = (f"{layers} pruned to their own shares remove ~{100 * saved / total:.1f} % of the "
-                   f"{what} (goal {100 * goal:.0f} %)")
+        one = len(targets) == 1
+        pruned = ("1 layer pruned to its own share removes" if one
+                  else f"{len(targets)} layers pruned to their own shares remove")
+        message = f"{pruned} ~{100 * saved / total:.1f} % of the {what} (goal {100 * goal:.0f} %)"
     else:
         message = (f"the goal of {100 * goal:.0f} % of the {what} cannot be reached"
                    + (f" with {len(locked)} locked layer{'s' if len(locked) != 1 else ''}" if locked else "")

@@ -136,6 +136,37 @@ class SessionView:
         key = self._kernel_keys.get(name)
         return self._session.pruner.store.changed.get(key, 0) if key is not None else 0
 
+    def _unit_slot(self, group: str) -> Any:
+        """The first producer slot of a group in an array of two or more axes (its units' incoming weights)."""
+        g = self._session.graph.group(group)
+        arrays = self._session.pruner.store.arrays
+        return next((sl for sl in g.producers if (sl.layer, sl.var) in arrays
+                     and arrays[(sl.layer, sl.var)].ndim >= 2), None)
+
+    def has_unit_matrix(self, group: str) -> bool:
+        """Whether a unit group has a producer kernel to draw (a layer with several groups draws each)."""
+        return self._unit_slot(group) is not None
+
+    def unit_matrix(self, group: str) -> np.ndarray:
+        """A group's units as columns (incoming weights down, one column per unit) of its first producer
+        kernel: an attention layer's heads, key_dim or value_dim units, a direction of a Bidirectional.
+
+        A unit with several columns (an LSTM's four gates) stacks them down its column.  A copy.
+        """
+        sl = self._unit_slot(group)
+        if sl is None:
+            raise KeyError(f"unit group {group!r} has no kernel")
+        a = np.moveaxis(self._session.pruner.store.arrays[(sl.layer, sl.var)], sl.axis, -1)
+        a = a.reshape(-1, a.shape[-1])
+        idx = np.asarray(sl.index).reshape(len(sl.index), -1)  # (units, columns per unit)
+        m = a[:, idx]  # (rows, units, k)
+        return np.ascontiguousarray(np.moveaxis(m, 1, -1).reshape(-1, idx.shape[0]))
+
+    def unit_matrix_version(self, group: str) -> int:
+        """The weight version that last wrote the array :meth:`unit_matrix` reads (0: never)."""
+        sl = self._unit_slot(group)
+        return self._session.pruner.store.changed.get((sl.layer, sl.var), 0) if sl is not None else 0
+
     def saliency(self, name: str) -> np.ndarray:
         """The pairwise saliency matrix of a prunable group's units (dead units' rows and columns 0)."""
         from ..engine.scores import saliency_matrix

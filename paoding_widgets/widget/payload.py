@@ -9,12 +9,14 @@ so they can be tested without a browser and measured for payload size.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from ..session.readonly import GroupInfo, NodeInfo, SessionView
 
+log = logging.getLogger("paoding_widgets")
 HEATMAP_ROWS = 12  # inline heatmap: input features (downsampled) x units (downsampled)
 HEATMAP_COLS = 48
 DETAIL_SIZE = 128  # expanded heatmap side
@@ -66,10 +68,10 @@ def layer_rows(session: Any) -> list[dict[str, Any]]:
 
     view = SessionView.of(session)
     infos = {info.name: info for info in view.layers}
-    group_of: dict[str, GroupInfo] = {}
+    groups_of: dict[str, list[GroupInfo]] = {}
     for g in view.groups:
         for layer in g.producers:
-            group_of.setdefault(layer, g)
+            groups_of.setdefault(layer, []).append(g)
     blocks = list(view.blocks)
     block_of = innermost(blocks)
     by_name = {b.name: b for b in blocks}
@@ -88,10 +90,62 @@ def layer_rows(session: Any) -> list[dict[str, Any]]:
                 rows.append(_block_row(view, by_name[name], parent, level))
                 emit(name, level + 1)
             else:
-                rows.extend(_node_rows(view, view.node(name), group_of.get(name), infos, parent, level))
+                rows.extend(_node_rows(view, view.node(name), groups_of.get(name, []), infos, parent, level))
 
     emit(None, 0)
-    return rows
+    if any(r.get("part") for r in rows):  # parameters that go with each of a layer's several groups
+        costs = view.unit_costs()
+        for r in rows:
+            if r.get("part"):
+                ppu = costs.get(r["group"], (None, 0))[0]
+                r["params"] = None if ppu is None else ppu * r["units_total"]
+    seen: set[str] = set()
+    unique = []
+    for r in rows:  # a group shared by two layers with several groups each keeps the row of its first layer
+        if r["name"] not in seen:
+            seen.add(r["name"])
+            unique.append(r)
+    return unique
+
+
+def row_params(session: Any, rows: list[dict[str, Any]], costs: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Parameters alive now per row: a layer's (as :meth:`SessionView.layer_params`), and for a row of one of
+    a layer's several groups, those that go with its units alive."""
+    view = SessionView.of(session)
+    out = dict(view.layer_params())
+    alive = {info.name: info.units_alive for info in view.layers}
+    for r in rows:
+        if r.get("part") and r["group"] in costs and alive.get(r["group"]) is not None:
+            out[r["name"]] = costs[r["group"]][0] * int(alive[r["group"]])
+    return out
+
+
+def matrix(session: Any, row: dict[str, Any]) -> np.ndarray:
+    """The (incoming weights, units) matrix a row's heatmap draws: its layer's kernel, or its group's
+    columns when the layer has several groups."""
+    view = SessionView.of(session)
+    if row.get("part"):
+        return view.unit_matrix(row["group"])
+    return unit_matrix(view.kernel(row["name"]))
+
+
+def matrix_version(session: Any, row: dict[str, Any]) -> int:
+    """The weight version of what :func:`matrix` reads (redraw only what was written since)."""
+    view = SessionView.of(session)
+    return view.unit_matrix_version(row["group"]) if row.get("part") else view.kernel_version(row["name"])
+
+
+# The name of a layer's first unit group when it has several (the others are labelled by the engine,
+# "mha/key_dim", "bi/backward"); other kinds say "units".
+FIRST_PART = {"MultiHeadAttention": "heads", "Bidirectional": "forward"}
+
+
+def _part(node: NodeInfo, g: GroupInfo, first: bool) -> str:
+    """The short name of one of a layer's groups: "heads", "key_dim", "backward"."""
+    prefix = node.name + "/"
+    if g.name.startswith(prefix):
+        return g.name[len(prefix):]
+    return FIRST_PART.get(node.type, "units") if first else g.name
 
 
 def layer_states(session: Any) -> dict[str, dict[str, Any]]:
@@ -105,19 +159,23 @@ def merge_rows(rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) ->
     return [{**r, **states[r["group"]]} if r.get("group") in states else dict(r) for r in rows]
 
 
-def _node_rows(view: SessionView, node: NodeInfo, g: GroupInfo | None, infos: dict[str, Any], parent: str | None,
-               depth: int) -> list[dict[str, Any]]:
-    info = infos.get(g.name) if g is not None else None
-    row: dict[str, Any] = {
-        "name": node.name, "type": node.type, "shape": _shape(node.output_shape), "depth": depth, "parent": parent,
-        "params": node.params, "group": g.name if g is not None else None,
-        "units_total": info.units_total if info else None,
-        "reason": (info.reason if info else node.reason) or "",
-        "heatmap": g is not None and view.has_kernel(node.name),
-    }
-    if info is None:  # no group: nothing here ever changes (grouped rows take theirs from layer_states)
-        row.update(status="unsupported" if not node.supported else "", units_alive=None, proposal=None)
-    rows = [row]
+def _node_rows(view: SessionView, node: NodeInfo, groups: list[GroupInfo], infos: dict[str, Any],
+               parent: str | None, depth: int) -> list[dict[str, Any]]:
+    if len(groups) > 1:  # one row per unit group: each is seen, decided and locked on its own
+        rows = [_group_row(view, node, g, infos, parent, depth, i == 0) for i, g in enumerate(groups)]
+    else:
+        g = groups[0] if groups else None
+        info = infos.get(g.name) if g is not None else None
+        row: dict[str, Any] = {
+            "name": node.name, "type": node.type, "shape": _shape(node.output_shape), "depth": depth,
+            "parent": parent, "params": node.params, "group": g.name if g is not None else None,
+            "units_total": info.units_total if info else None,
+            "reason": (info.reason if info else node.reason) or "",
+            "heatmap": g is not None and view.has_kernel(node.name),
+        }
+        if info is None:  # no group: nothing here ever changes (grouped rows take theirs from layer_states)
+            row.update(status="unsupported" if not node.supported else "", units_alive=None, proposal=None)
+        rows = [row]
     for inner in node.inner:
         rows.append({"name": f"{node.name}/{inner.name}", "type": inner.type,
                      "shape": "", "depth": depth + 1, "parent": node.name,
@@ -125,6 +183,22 @@ def _node_rows(view: SessionView, node: NodeInfo, g: GroupInfo | None, infos: di
                      "status": "", "units_alive": None, "units_total": None,
                      "reason": "inside a nested model (kept whole)", "heatmap": False, "proposal": None})
     return rows
+
+
+def _group_row(view: SessionView, node: NodeInfo, g: GroupInfo, infos: dict[str, Any], parent: str | None,
+               depth: int, first: bool) -> dict[str, Any]:
+    """A row of one of a layer's several groups: named by the layer (first) or the group (the others).
+
+    ``layer`` and ``part`` say whose and which group it is; ``label`` is what the tree shows
+    ("mha · key_dim"); ``params`` are the parameters that go with the group's units.
+    """
+    info = infos.get(g.name)
+    part = _part(node, g, first)
+    return {"name": node.name if first else g.name, "type": node.type, "shape": _shape(node.output_shape),
+            "depth": depth, "parent": parent, "params": None, "layer_params": node.params, "group": g.name,
+            "layer": node.name, "part": part, "label": f"{node.name} · {part}",
+            "units_total": info.units_total if info else g.size,
+            "reason": (info.reason if info else g.reason) or "", "heatmap": view.has_unit_matrix(g.name)}
 
 
 def _block_row(view: SessionView, block: Any, parent: str | None, depth: int) -> dict[str, Any]:
@@ -148,27 +222,41 @@ def heatmaps(session: Any, names: list[str] | None = None,
     header: dict[str, Any] = {"names": [], "shapes": []}
     buffers: list[bytes] = []
     for r in rows:
-        img = heatmap(view.kernel(r["name"]))
+        img = heatmap(matrix(view, r))
         header["names"].append(r["name"])
         header["shapes"].append(list(img.shape))
         buffers.append(img.tobytes())
     return header, buffers
 
 
-def detail(session: Any, name: str, kind: str = "weights") -> tuple[dict[str, Any], list[bytes]]:
-    """A larger view of one layer: weight magnitudes, or the pairwise saliency matrix.
+def detail(session: Any, name: str, kind: str = "weights",
+           rows: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[bytes]]:
+    """A larger view of one row: weight magnitudes, or the pairwise saliency matrix.
 
-    The header carries the value range and how many units/inputs each pixel
+    ``name`` is a row's name (a layer, or one of a layer's several groups; ``rows``: the tree, when
+    the caller has it).  The header carries the value range and how many units/inputs each pixel
     covers, so the front end can name the value and unit under the pointer.
     """
     view = SessionView.of(session)
-    view.node(name)  # KeyError names an unknown layer
-    if not view.has_kernel(name):
-        raise ValueError(f"layer {name!r} has no weights to show")
+    row = next((r for r in (rows if rows is not None else layer_rows(view)) if r["name"] == name), None)
+    if row is None or not row.get("part"):
+        view.node(name)  # KeyError names an unknown layer
+        if not view.has_kernel(name):
+            raise ValueError(f"layer {name!r} has no weights to show")
+        row = {"name": name, "group": name}
+    elif not row["heatmap"]:
+        raise ValueError(f"{row['label']} has no weights to show")
     if kind == "weights":
-        m = np.abs(unit_matrix(view.kernel(name)))
+        m = np.abs(matrix(view, row))
+    elif kind == "saliency" and row.get("part"):
+        try:
+            m = view.saliency(row["group"])
+        except (KeyError, ValueError, IndexError) as exc:  # the scores read one kernel layout per layer
+            log.debug("saliency of %s: %r", row["group"], exc)
+            raise ValueError(f"no saliency matrix for {row['label']}: pairwise unit scores are not computed "
+                             "for a layer with several unit groups (its weights are shown)") from None
     elif kind == "saliency":
-        m = view.saliency(name)
+        m = view.saliency(row["group"])
     else:
         raise ValueError(f"detail kind must be 'weights' or 'saliency', got {kind!r}")
     small = downsample(m, DETAIL_SIZE, DETAIL_SIZE)

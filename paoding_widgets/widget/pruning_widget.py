@@ -13,7 +13,11 @@ layers: list of dict
     block (residual / branching, found from the graph) or nested model, in
     display order; name, type, shape, depth/parent, params, group,
     units_total, reason, heatmap (bool).  Rows without a unit group also
-    carry their fixed status ("" or "unsupported").
+    carry their fixed status ("" or "unsupported").  A layer with several
+    unit groups (an attention layer's heads, key_dim and value_dim; the two
+    directions of a concat Bidirectional) has one row per group, named by the
+    layer (first) or the group, with ``layer``, ``part`` ("key_dim") and
+    ``label`` ("mha · key_dim"); actions on it name its group.
 states: dict
     Per unit group (``row["group"]``): status, units_alive, proposal
     (drop/keep units or None) -- the part an action changes, so an update
@@ -50,7 +54,8 @@ value: dict
     Changes with every change of the session (position, revision, share_pruned,
     state, history_length): reactive notebooks (marimo) re-run cells that read it.
 live_params: dict
-    Layer name -> parameters alive now (follows the units; ``layers[i].params`` is the original).
+    Row name -> parameters alive now (follows the units; ``layers[i].params`` is the original); a
+    row of one of a layer's several groups counts the parameters that go with its units.
 previews: dict
     Per pending layer: units, params and flops the proposal removes; ``bound`` (certified bound
     of the largest output change if accepted) and, with eval data (``eval``), ``accuracy`` after
@@ -203,9 +208,14 @@ class PruningWidget(anywidget.AnyWidget):
     # ------------------------------------------------------------ session -> view
     def refresh(self, metrics: bool = False) -> None:
         """Mirror the session into the traits; resend only changed states and heatmaps."""
-        with self._lock:
+        view = self._view
+        if view is None:  # closed
+            return
+        # the session lock first, as every other path that holds both (a preview or metrics thread publishing
+        # holds it while it waits for ours: taking ours first here deadlocked with it)
+        with view.reading(), self._lock:
             v = self._view
-            if v is None:  # closed
+            if v is None:  # closed meanwhile
                 return
             with self.hold_sync():
                 self.states = payload.layer_states(v)
@@ -213,7 +223,9 @@ class PruningWidget(anywidget.AnyWidget):
                 self.history = self._history_rows(v)
                 self.position = v.position
                 self.running = v.running
-                self.live_params = v.layer_params()
+                if self._unit_costs is None:
+                    self._unit_costs = v.unit_costs()
+                self.live_params = payload.row_params(v, self.layers, self._unit_costs)
                 self.value = {"position": v.position, "revision": list(v.revision), "share_pruned": v.share_pruned(),
                               "state": v.state, "history_length": v.history_length}
                 self._refresh_previews(v)
@@ -373,12 +385,14 @@ class PruningWidget(anywidget.AnyWidget):
 
     def _send_heatmaps(self, v: SessionView, force: bool) -> None:
         """Send heatmaps: all of them if ``force`` (a new view), else those whose weights were written since."""
-        todo = [r["name"] for r in self.layers if r["heatmap"]]
+        rows = {r["name"]: r for r in self.layers if r["heatmap"]}
+        versions = {n: payload.matrix_version(v, r) for n, r in rows.items()}
+        todo = list(rows)
         if not force:  # ResNet50, one accept: 3 of 54
-            todo = [n for n in todo if v.kernel_version(n) != self._drawn.get(n)]
+            todo = [n for n in todo if versions[n] != self._drawn.get(n)]
             if not todo:
                 return
-        self._drawn.update({n: v.kernel_version(n) for n in todo})
+        self._drawn.update({n: versions[n] for n in todo})
         header, buffers = payload.heatmaps(v, todo, self.layers)
         keep_names, keep_shapes, keep_bufs = [], [], []
         for name, shape, buf in zip(header["names"], header["shapes"], buffers):
@@ -517,7 +531,7 @@ class PruningWidget(anywidget.AnyWidget):
         elif a == "deploy":
             self._start_deploy(msg)
         elif a == "detail":
-            header, bufs = payload.detail(self._view, msg["layer"], msg.get("kind", "weights"))
+            header, bufs = payload.detail(self._view, msg["layer"], msg.get("kind", "weights"), self.layers)
             self.send({"type": "detail", **header}, bufs)
 
     # ------------------------------------------------------------ helpers for the actions

@@ -187,6 +187,15 @@ function blockWent(rows, name, cmpLayers) {
   }
   return { went, layers };
 }
+function rowLabel(row) {
+  return row.label || row.name;
+}
+function actionName(label, row) {
+  return row.part ? `${label} ${row.layer} ${row.part}` : `${label} ${row.name}`;
+}
+function actionTarget(row) {
+  return row.part && row.group != null ? row.group : row.name;
+}
 
 // js/src/wire.js
 function asBytes(buf) {
@@ -268,7 +277,7 @@ function filterRows(rows, text) {
   const byName = new Map(rows.map((r) => [r.name, r]));
   const keep = /* @__PURE__ */ new Set();
   for (const r of rows) {
-    if (r.name.toLowerCase().includes(q) || String(r.type || "").toLowerCase().includes(q)) {
+    if (r.name.toLowerCase().includes(q) || String(r.label || "").toLowerCase().includes(q) || String(r.type || "").toLowerCase().includes(q)) {
       for (let x = r; x; x = x.parent != null ? byName.get(x.parent) : null) keep.add(x.name);
     }
   }
@@ -338,9 +347,18 @@ function deployCells(r, eps) {
     r.times_smaller == null ? "\u2013" : `${r.times_smaller.toFixed(1)}\xD7`,
     fmt.pct(r.accuracy),
     drop,
-    kept == null ? "\u2013" : fmt.pct(kept),
+    keptText(kept).text,
     fmt.pct(r.agreement)
   ];
+}
+function keptText(v) {
+  if (v == null) return { text: "\u2013", title: "" };
+  if (v <= 1) return { text: fmt.pct(v), title: "robust eval samples as a share of the original's" };
+  const more = `${(100 * (v - 1)).toFixed(1)}%`;
+  return {
+    text: `${fmt.pct(v)} \xB7 more than the original`,
+    title: `robust on ${more} more eval samples than the original (counts compared: some samples robust for the original may no longer be, others became robust; the count is not capped at 100 %)`
+  };
 }
 
 // js/src/widget.js
@@ -729,7 +747,7 @@ function render({ model, el: root }) {
     const cmp = model.get("compare") || {};
     const cmpRow = cmp.layers ? cmp.layers.find((x) => x.name === row.group) : null;
     const mark = [markText(row.proposal, units), compareText(cmpRow, units, cmp.a, cmp.b)].filter(Boolean).join("; ");
-    canvas.title = `${row.name}, ${what}${mark ? `: ${mark}` : ""}`;
+    canvas.title = `${rowLabel(row)}, ${what}${mark ? `: ${mark}` : ""}`;
   }
   function drawRow(row, index, sens, top, scoreTop) {
     const acts = rowActions(row);
@@ -742,7 +760,7 @@ function render({ model, el: root }) {
       for (const [c, m] of proposalMarks(row.proposal, row.units_total, img.w)) marks.set(c, m);
       drawHeatmap(canvas, img, marks);
       if (cmpRow && (cmpRow.went_count || cmpRow.back_count)) canvas.setAttribute("data-went", String(cmpRow.went_count));
-      canvas.title = `${row.name}: |weights| (inputs down, units across)` + (row.proposal ? `; proposal: ${row.proposal.drop.length} units go (point at a marked column)` : "");
+      canvas.title = `${rowLabel(row)}: |weights| (inputs down, units across)` + (row.proposal ? `; proposal: ${row.proposal.drop.length} units go (point at a marked column)` : "");
       canvas.addEventListener("mousemove", (e) => heatTitle(row, img, canvas, e));
     }
     const nested = isParent(row.name);
@@ -760,10 +778,10 @@ function render({ model, el: root }) {
       text: label,
       disabled: !on,
       tabindex: "-1",
-      "aria-label": `${label} ${row.name}`,
+      "aria-label": actionName(label, row),
       onclick: (e) => {
         e.stopPropagation();
-        act(name, { layer: row.name });
+        act(name, { layer: actionTarget(row) });
       }
     });
     const live = (model.get("live_params") || {})[row.name];
@@ -800,8 +818,8 @@ function render({ model, el: root }) {
       el("span", {
         class: "pw-name",
         style: `padding-left:${row.depth * 12}px`,
-        title: `${row.name} \xB7 ${row.type} ${row.shape || ""}`,
-        text: `${nested ? expanded.has(row.name) ? "\u25BE " : "\u25B8 " : ""}${row.name}`
+        title: `${rowLabel(row)} \xB7 ${row.type} ${row.shape || ""}${row.part ? ` (unit group ${row.group})` : ""}`,
+        text: `${nested ? expanded.has(row.name) ? "\u25BE " : "\u25B8 " : ""}${rowLabel(row)}`
       }),
       el("span", { class: "pw-type", text: row.type, title: row.type }),
       el("span", { class: "pw-shape", text: row.shape }),
@@ -809,7 +827,7 @@ function render({ model, el: root }) {
       el("span", {
         class: "pw-params",
         text: fmt.int(params),
-        title: params !== row.params ? `${fmt.int(params)} of ${fmt.int(row.params)} parameters alive` : "parameters"
+        title: (params !== row.params ? `${fmt.int(params)} of ${fmt.int(row.params)} parameters alive` : "parameters") + (row.part ? ` with this group's units (the layer has ${fmt.int(row.layer_params)})` : "")
       }),
       chip,
       row.heatmap ? canvas : el("span", { class: "pw-heat-empty" }),
@@ -906,7 +924,12 @@ function render({ model, el: root }) {
       "sensitivity",
       ""
     ].map((t, i) => el("span", { text: t, class: i === 0 ? "pw-name" : "" })));
+    const { scrollLeft, scrollTop } = tree;
+    const hadFocus = tree.contains(document.activeElement);
     tree.replaceChildren(header, ...rows.flatMap((r, i) => drawRow(r, i, sens, top, scoreTop)));
+    if (hadFocus && !tree.contains(document.activeElement)) tree.focus({ preventScroll: true });
+    tree.scrollLeft = scrollLeft;
+    tree.scrollTop = scrollTop;
   }
   function metricItems(m) {
     const size = m.size || {};
@@ -919,7 +942,10 @@ function render({ model, el: root }) {
       ["FLOPs", fmt.si(size.flops)],
       ["pruned", fmt.pct(m.share_pruned)],
       ["accuracy", fmt.pct(m.accuracy), n],
-      ...Object.entries(rob).map(([e, v]) => [`robust @${e}`, fmt.pct(v), n]),
+      ...Object.entries(rob).map(([e, v]) => {
+        const k = keptText(v);
+        return [`robust @${e}`, k.text, [k.title, n].filter(Boolean).join("; ")];
+      }),
       ["agreement", fmt.pct(m.agreement), p],
       ["bound width", m.output_bound_width == null ? "\u2013" : Number(m.output_bound_width).toPrecision(4)]
     ];
@@ -938,7 +964,7 @@ function render({ model, el: root }) {
     const curve = row && row.group ? sens.curves[row.group] : null;
     if (curve) {
       box.append(
-        el("h4", { text: `Sensitivity of ${curve.name}` }),
+        el("h4", { text: `Sensitivity of ${row.part ? rowLabel(row) : curve.name}` }),
         sensitivityChart(curve),
         el("div", { class: "pw-legend" }, [
           el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-warn-strong)" }), "certified bound of the largest output change"]),
@@ -1200,7 +1226,7 @@ function render({ model, el: root }) {
     }
     const action = keyAction(e.key, rows[focus]);
     if (action) {
-      act(action, { layer: rows[focus].name });
+      act(action, { layer: actionTarget(rows[focus]) });
       e.preventDefault();
     }
   }
