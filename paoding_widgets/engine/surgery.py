@@ -9,7 +9,10 @@ and load the sliced weights.  The original model is never touched.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -74,13 +77,37 @@ def clone(model: Any, configs: dict[str, dict] | None = None, feeds: dict[str, d
             raise SurgeryError(f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config: "
                                f"{type(exc).__name__}: {exc}") from exc
 
-    new = keras.models.clone_model(model, clone_function=one)
-    if getattr(new, "compiled", False):
-        # clone_model recompiles a compiled source, building a fresh optimizer whose state would triple
-        # the exported file; a pruned model ships without training state (compile it to train).
+    was_compiled = bool(getattr(model, "compiled", False))
+    with _uncompiled(model):
+        new = keras.models.clone_model(model, clone_function=one)
+    if was_compiled or getattr(new, "compiled", False):
+        # a pruned model ships without training state (compile it to train); ``optimizer`` reads None
+        # as it did when clone_model's recompilation was undone here
         new.compiled = False
         new.optimizer = None
     return new
+
+
+_compile_guard = threading.Lock()
+
+
+@contextmanager
+def _uncompiled(model: Any) -> Iterator[None]:
+    """``model.compiled`` reads False while the block runs (under a lock; restored after).
+
+    Why: ``clone_model`` recompiles a compiled source -- a new optimizer with a variable per weight,
+    half of ``pruned_model()`` on a small model -- and surgery drops that compilation again at once
+    (a pruned model ships without training state).  Nothing else of the model is touched.
+    """
+    if not getattr(model, "compiled", False):
+        yield
+        return
+    with _compile_guard:
+        model.compiled = False
+        try:
+            yield
+        finally:
+            model.compiled = True
 
 
 class _FeedMismatch(Exception):
