@@ -353,7 +353,7 @@ class _ProbeReplay:
         # cuts: after node i exactly one tensor is live (produced, still to be read) -- that node's output
         live: dict[int, int] = {id(self.input): uses.get(id(self.input), 0)}
         cuts: list[int] = []
-        for i, (op, node) in enumerate(order):
+        for i, (_op, node) in enumerate(order):
             for t in node.input_tensors:
                 live[id(t)] -= 1
                 if live[id(t)] == 0:
@@ -454,7 +454,7 @@ class _ProbeReplay:
         results: list[np.ndarray] = []
         for sl in self._batches(n):
             values: dict[int, Any] = {id(start_t): self.cache[start][sl]}
-            left = {}
+            left: dict[int, int] = {}
             for i in range(start + 1, len(self.order)):
                 op, node = self.order[i]
                 args, kwargs = node.arguments.fill_in(values)
