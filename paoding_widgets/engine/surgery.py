@@ -77,8 +77,7 @@ def clone(model: Any, configs: dict[str, dict] | None = None, feeds: dict[str, d
             raise SurgeryError(f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config: "
                                f"{type(exc).__name__}: {exc}") from exc
 
-    was_compiled = bool(getattr(model, "compiled", False))
-    with _uncompiled(model):
+    with _uncompiled(model) as was_compiled:
         new = keras.models.clone_model(model, clone_function=one)
     if was_compiled or getattr(new, "compiled", False):
         # a pruned model ships without training state (compile it to train); ``optimizer`` reads None
@@ -88,26 +87,27 @@ def clone(model: Any, configs: dict[str, dict] | None = None, feeds: dict[str, d
     return new
 
 
-_compile_guard = threading.Lock()
+_compile_guard = threading.RLock()
 
 
 @contextmanager
-def _uncompiled(model: Any) -> Iterator[None]:
-    """``model.compiled`` reads False while the block runs (under a lock; restored after).
+def _uncompiled(model: Any) -> Iterator[bool]:
+    """``model.compiled`` reads False while the block runs; yields whether it was compiled.
 
     Why: ``clone_model`` recompiles a compiled source -- a new optimizer with a variable per weight,
     half of ``pruned_model()`` on a small model -- and surgery drops that compilation again at once
-    (a pruned model ships without training state).  Nothing else of the model is touched.
+    (a pruned model ships without training state).  Nothing else of the model is touched; the flag is
+    read and flipped under one lock, so a second clone of the same model waits instead of reading it flipped.
     """
-    if not getattr(model, "compiled", False):
-        yield
-        return
     with _compile_guard:
-        model.compiled = False
+        was = bool(getattr(model, "compiled", False))
+        if was:
+            model.compiled = False
         try:
-            yield
+            yield was
         finally:
-            model.compiled = True
+            if was:
+                model.compiled = True
 
 
 class _FeedMismatch(Exception):
