@@ -559,3 +559,24 @@ def test_clone_of_a_compiled_model_does_not_compile_or_touch_it():
     new = clone(model)
     assert not new.compiled and new.optimizer is None
     assert model.compiled and model.optimizer is opt
+
+
+def test_probe_replay_is_refused_where_a_mask_would_be_lost():
+    """A cached activation is a plain array: a masked sequence falls back to the full pass, same outputs."""
+    from paoding_widgets.engine.evaluate import predict
+    from paoding_widgets.engine.graph import ModelGraph
+    from paoding_widgets.engine.surgery import EditedModel
+
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((6,), dtype="int32")
+    x = L.Embedding(20, 8, mask_zero=True)(x)
+    x = L.LSTM(5)(x)
+    model = keras.Model(inp, L.Dense(3)(L.Dense(7, activation="relu")(x)))
+    edited = EditedModel(ModelGraph(model))
+    store = WeightStore.from_model(model, {})
+    probes = np.random.default_rng(0).integers(0, 20, (9, 6)).astype(np.int32)
+    probes[:, 4:] = 0  # padded steps: the mask matters
+    edited.sync(store)
+    out = edited.probe_outputs(probes)
+    assert edited._replay is False and edited.last_restart == "full"
+    np.testing.assert_allclose(out, predict(model, probes), rtol=1e-6, atol=1e-6)

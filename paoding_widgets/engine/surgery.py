@@ -343,6 +343,8 @@ class _ProbeReplay:
         order = [(op, node) for op, node in _topological_nodes([self.output]) if not node.is_input]
         if len({id(op) for op, _ in order}) != len(order):
             raise _NoReplay("a layer is called more than once")
+        if any(getattr(t, "_keras_mask", None) is not None for _, node in order for t in node.outputs):
+            raise _NoReplay("a layer passes a mask (a cached activation would lose it)")
         self.order = order
         self.position = {op.name: i for i, (op, _) in enumerate(order)}
         uses: dict[int, int] = defaultdict(int)
@@ -449,6 +451,8 @@ class _ProbeReplay:
         self.cache[c][sl] = a
 
     def _restart(self, start: int, n: int) -> np.ndarray:
+        import keras
+
         start_t = self.order[start][1].outputs[0]
         later = set(c for c in self.cuts if c > start)
         results: list[np.ndarray] = []
@@ -463,7 +467,7 @@ class _ProbeReplay:
                     left[id(t)] = left.get(id(t), self.uses[id(t)]) - 1
                     if left[id(t)] == 0:
                         values.pop(id(t), None)
-                flat = outs if isinstance(outs, (list, tuple)) else [outs]
+                flat = keras.tree.flatten(outs)
                 for t, v in zip(node.outputs, flat):
                     values[id(t)] = v
                 if i in later:
