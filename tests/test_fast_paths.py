@@ -488,3 +488,95 @@ def test_blas_limit_caps_inside_and_restores_after():
             assert counts() == [1] * len(before)
         assert counts() == [1] * len(before)
     assert counts() == before
+
+
+def _blocks():
+    """Three residual blocks and a Dense head: cuts at every block output."""
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((10, 10, 3))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    for b in range(3):
+        y = L.Conv2D(8, 3, padding="same", name=f"b{b}a")(h)
+        y = L.BatchNormalization(name=f"b{b}bn")(y)
+        y = L.ReLU()(y)
+        y = L.Conv2D(8, 3, padding="same", name=f"b{b}b")(y)
+        h = L.ReLU(name=f"b{b}out")(L.Add()([h, y]))
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    h = L.Dense(16, activation="relu", name="d1")(h)
+    return _randomize_bn(keras.Model(inp, L.Dense(5, name="out")(h)))
+
+
+def test_probe_pass_restarts_at_the_first_edited_layer_and_equals_a_full_pass():
+    """After a click the probes' pass restarts at the last cut before the edit; outputs equal a full pass."""
+    from paoding_widgets.engine.evaluate import predict
+    from paoding_widgets.engine.surgery import EditedModel
+    from paoding_widgets.session import PruningSession
+
+    s = PruningSession(_blocks(), input_range=(0.0, 1.0), strategy="impact", n_probes=24)
+    s.metrics()
+    edited = s._edited_model
+    assert isinstance(edited, EditedModel) and edited.last_restart == "input"
+    replay = edited._replay
+    cut_names = [replay.order[c][0].name for c in replay.cuts]
+    assert {"b2out", "gap", "d1"} <= set(cut_names)  # where a restart saves half
+    assert {"c1", "b0out", "b1out", "b2out", "d1"} <= {replay.order[c][0].name for c in replay.all_cuts}
+    assert "d1" in s.propose()
+    s.accept("d1")  # late: only the Dense head changed
+    m = s.metrics()
+    assert edited.last_restart == "gap"
+    fresh = EditedModel(s._pruner.graph)
+    want = predict(fresh.sync(s._pruner.store), s._probes)
+    np.testing.assert_allclose(edited.probe_outputs(s._probes), want, rtol=1e-5, atol=1e-5)
+    assert edited.last_restart == "d1"  # nothing changed since: only the last layer runs again
+    classes = (want.argmax(-1) == s._original_probe_classes()).mean()
+    assert m.agreement == pytest.approx(float(classes))
+    s.accept(next(n for n in s.propose() if n.startswith("c1")))  # c1's group: every block's output
+    s.metrics()
+    assert edited.last_restart == "input"  # the first layer changed: a full pass
+    want = predict(EditedModel(s._pruner.graph).sync(s._pruner.store), s._probes)
+    np.testing.assert_allclose(edited.probe_outputs(s._probes), want, rtol=1e-5, atol=1e-5)
+
+
+def test_probe_cache_stays_within_its_budget():
+    from paoding_widgets.engine.surgery import EditedModel
+    from paoding_widgets.session import PruningSession
+
+    s = PruningSession(_blocks(), input_range=(0.0, 1.0), strategy="impact", n_probes=24)
+    edited = EditedModel(s._pruner.graph, cache_budget=24 * 10 * 10 * 8 * 4 * 2)  # two block outputs
+    edited.sync(s._pruner.store)
+    edited.probe_outputs(s._probes)
+    cached = edited._replay.cache
+    assert sum(a.nbytes for a in cached.values()) <= edited.cache_budget
+    assert [edited._replay.order[c][0].name for c in sorted(cached)][-1] == "d1"  # the latest cuts first
+
+
+def test_clone_of_a_compiled_model_does_not_compile_or_touch_it():
+    from paoding_widgets.engine.surgery import clone
+
+    model = _seq((6,), L.Dense(4, activation="relu"), L.Dense(2))
+    model.compile("adam", "mse")
+    opt = model.optimizer
+    new = clone(model)
+    assert not new.compiled and new.optimizer is None
+    assert model.compiled and model.optimizer is opt
+
+
+def test_probe_replay_is_refused_where_a_mask_would_be_lost():
+    """A cached activation is a plain array: a masked sequence falls back to the full pass, same outputs."""
+    from paoding_widgets.engine.evaluate import predict
+    from paoding_widgets.engine.graph import ModelGraph
+    from paoding_widgets.engine.surgery import EditedModel
+
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((6,), dtype="int32")
+    x = L.Embedding(20, 8, mask_zero=True)(x)
+    x = L.LSTM(5)(x)
+    model = keras.Model(inp, L.Dense(3)(L.Dense(7, activation="relu")(x)))
+    edited = EditedModel(ModelGraph(model))
+    store = WeightStore.from_model(model, {})
+    probes = np.random.default_rng(0).integers(0, 20, (9, 6)).astype(np.int32)
+    probes[:, 4:] = 0  # padded steps: the mask matters
+    edited.sync(store)
+    out = edited.probe_outputs(probes)
+    assert edited._replay is False and edited.last_restart == "full"
+    np.testing.assert_allclose(out, predict(model, probes), rtol=1e-6, atol=1e-6)

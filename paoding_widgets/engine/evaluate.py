@@ -363,13 +363,15 @@ def evaluate(model: Any, original: Any | None = None, data: Any = None,
              epsilons: Sequence[float] = DEFAULT_EPSILONS, input_range: tuple[Any, Any] = (0.0, 1.0),
              original_robust: dict[float, int] | None = None, probes: np.ndarray | None = None,
              output_bound_width: float | None = None, probe_classes: np.ndarray | None = None,
-             size: SizeReport | None = None) -> Metrics:
+             size: SizeReport | None = None, probe_outputs: np.ndarray | None = None) -> Metrics:
     """Evaluate ``model``; robustness is compared with ``original`` when given.
 
     ``data``: ``(x, y)`` arrays, or a stream of ``(x, y)`` batches (a ``tf.data.Dataset``, a
     ``keras.utils.PyDataset``, a generator; see :func:`batches`), read once, batch by batch.
     ``size``: the size to report when ``model`` is not the physically pruned
     model itself (the session evaluates a full-size model carrying the edits).
+    ``probe_outputs``: ``model``'s outputs on ``probes`` when the caller has them (the session
+    restarts the probes' pass at the first edited layer, ``surgery.EditedModel.probe_outputs``).
     """
     m = Metrics(size=size_report(model) if size is None else size, output_bound_width=output_bound_width)
     if data is not None:
@@ -384,5 +386,11 @@ def evaluate(model: Any, original: Any | None = None, data: Any = None,
                 m.robust_preserved = {e: (m.robust[e] / original_robust[e] if original_robust[e] else 1.0)
                                       for e in m.robust}
     if original is not None and probes is not None:
-        m.agreement = agreement(original, model, probes, probe_classes)
+        if probe_outputs is None:
+            m.agreement = agreement(original, model, probes, probe_classes)
+        else:
+            if probe_classes is None:
+                probe_classes = predict_classes(original, probes)
+            mine = classes(np.asarray(probe_outputs), outputs_are_probabilities(model))
+            m.agreement = float((probe_classes == mine).mean())
     return m

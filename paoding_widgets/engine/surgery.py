@@ -9,7 +9,10 @@ and load the sliced weights.  The original model is never touched.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -74,13 +77,37 @@ def clone(model: Any, configs: dict[str, dict] | None = None, feeds: dict[str, d
             raise SurgeryError(f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config: "
                                f"{type(exc).__name__}: {exc}") from exc
 
-    new = keras.models.clone_model(model, clone_function=one)
-    if getattr(new, "compiled", False):
-        # clone_model recompiles a compiled source, building a fresh optimizer whose state would triple
-        # the exported file; a pruned model ships without training state (compile it to train).
+    with _uncompiled(model) as was_compiled:
+        new = keras.models.clone_model(model, clone_function=one)
+    if was_compiled or getattr(new, "compiled", False):
+        # a pruned model ships without training state (compile it to train); ``optimizer`` reads None
+        # as it did when clone_model's recompilation was undone here
         new.compiled = False
         new.optimizer = None
     return new
+
+
+_compile_guard = threading.RLock()
+
+
+@contextmanager
+def _uncompiled(model: Any) -> Iterator[bool]:
+    """``model.compiled`` reads False while the block runs; yields whether it was compiled.
+
+    Why: ``clone_model`` recompiles a compiled source -- a new optimizer with a variable per weight,
+    half of ``pruned_model()`` on a small model -- and surgery drops that compilation again at once
+    (a pruned model ships without training state).  Nothing else of the model is touched; the flag is
+    read and flipped under one lock, so a second clone of the same model waits instead of reading it flipped.
+    """
+    with _compile_guard:
+        was = bool(getattr(model, "compiled", False))
+        if was:
+            model.compiled = False
+        try:
+            yield was
+        finally:
+            if was:
+                model.compiled = True
 
 
 class _FeedMismatch(Exception):
@@ -217,6 +244,14 @@ def _in_weight_order(layer: Any, feeds: dict[str, _Feed]) -> list[_Feed]:
 
 
 # ------------------------------------------------------------------ evaluation without surgery
+#: Bytes of probe activations kept at graph cuts (ResNet50, 26 probes: the cuts where a restart pays, from
+#: the middle of stage 4 on, 0.1 GiB).
+PROBE_CACHE_BUDGET = 160 * 2**20
+#: A restart in eager mode runs the tail about this much slower than the traced full pass (measured on
+#: ResNet50: 1.9x); it is taken only when it still wins.
+_EAGER_PENALTY = 2.0
+
+
 class EditedModel:
     """One full-size clone of the model carrying the edited weights, kept and updated in place.
 
@@ -228,12 +263,18 @@ class EditedModel:
     whose arrays were written since (``WeightStore.changed``) are reloaded,
     and ``model.predict`` reuses its traced function.  Sizes come from
     :func:`pruned_size`, without building anything.
+
+    The probes' forward pass restarts where the edits begin (:meth:`probe_outputs`):
+    an edit to one layer leaves every activation before it unchanged.
     """
 
-    def __init__(self, graph: ModelGraph) -> None:
+    def __init__(self, graph: ModelGraph, cache_budget: int = PROBE_CACHE_BUDGET) -> None:
         self.graph = graph
         self.model = clone(graph.model)
         self._loaded: dict[str, tuple] = {}  # layer -> token of the arrays it holds
+        self.cache_budget = cache_budget
+        self._replay: _ProbeReplay | None | bool = None  # built on first use; False: not applicable
+        self.last_restart: str | None = None  # where the last probe pass began ("input", a layer, "full")
 
     def sync(self, store: WeightStore) -> Any:
         """Load what changed since the last call; returns the model."""
@@ -245,7 +286,194 @@ class EditedModel:
             if self._loaded.get(layer.name) != token:
                 layer.set_weights([store[(layer.name, n)] for n in names])
                 self._loaded[layer.name] = token
+                if isinstance(self._replay, _ProbeReplay):
+                    self._replay.changed(layer.name)
         return self.model
+
+    def probe_outputs(self, probes: np.ndarray) -> np.ndarray:
+        """The model's outputs on ``probes`` (call :meth:`sync` first): ``predict``'s, up to float rounding.
+
+        After an edit the pass restarts at the last cached cut before the first
+        changed layer, when that saves at least half of the work; the cache holds
+        the probes' activations at single-tensor cuts of the graph (block
+        boundaries), the latest ones first, within ``cache_budget`` bytes.
+        """
+        from .evaluate import predict
+
+        if self._replay is None:
+            try:
+                self._replay = _ProbeReplay(self.model, self.cache_budget)
+            except _NoReplay:
+                self._replay = False
+        if self._replay is False:
+            self.last_restart = "full"
+            return predict(self.model, probes)
+        assert isinstance(self._replay, _ProbeReplay)
+        out, self.last_restart = self._replay.outputs(probes)
+        return out
+
+
+class _NoReplay(Exception):
+    """The model's graph is not one the replay handles (several inputs or outputs, shared layers)."""
+
+
+class _ProbeReplay:
+    """Probe activations at the cuts of a model's graph, and forward passes that restart there.
+
+    A cut is a tensor every path from the input to the output goes through (a
+    Sequential model's every layer output; ResNet50's block outputs).  A full
+    pass is one traced function returning the output and the cached cuts; a
+    restart replays the layers after a cut eagerly, freeing each activation
+    after its last reader, batch by batch.
+    """
+
+    def __init__(self, model: Any, budget: int) -> None:
+        from .graph import _topological_nodes
+        from .rules import rule_for
+
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise _NoReplay("one input and one output only")
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise _NoReplay("TensorFlow backend only")
+        self.model = model
+        self.input = model.inputs[0]
+        self.output = model.outputs[0]
+        order = [(op, node) for op, node in _topological_nodes([self.output]) if not node.is_input]
+        if len({id(op) for op, _ in order}) != len(order):
+            raise _NoReplay("a layer is called more than once")
+        if any(getattr(t, "_keras_mask", None) is not None for _, node in order for t in node.outputs):
+            raise _NoReplay("a layer passes a mask (a cached activation would lose it)")
+        self.order = order
+        self.position = {op.name: i for i, (op, _) in enumerate(order)}
+        uses: dict[int, int] = defaultdict(int)
+        for _, node in order:
+            for t in node.input_tensors:
+                uses[id(t)] += 1
+        self.uses = dict(uses)
+        # cuts: after node i exactly one tensor is live (produced, still to be read) -- that node's output
+        live: dict[int, int] = {id(self.input): uses.get(id(self.input), 0)}
+        cuts: list[int] = []
+        for i, (_op, node) in enumerate(order):
+            for t in node.input_tensors:
+                live[id(t)] -= 1
+                if live[id(t)] == 0:
+                    del live[id(t)]
+            outs = list(node.outputs)
+            for t in outs:
+                if uses.get(id(t), 0):
+                    live[id(t)] = uses[id(t)]
+            if len(outs) == 1 and list(live) == [id(outs[0])] and i < len(order) - 1:
+                cuts.append(i)
+        # work per node (2 x multiply-adds of Dense / convolutions), to decide whether a restart pays
+        work = []
+        for op, node in order:
+            rule = rule_for(op)
+            try:
+                shape = tuple(node.outputs[0].shape)
+                pos = int(np.prod([d for d in shape[1:-1] if d is not None])) if len(shape) > 2 else 1
+                work.append(2.0 * rule.flops(op, pos) if rule is not None else 0.0)
+            except Exception:
+                work.append(0.0)
+        self.tail_work = np.cumsum(np.asarray(work[::-1], float))[::-1]  # work of nodes i.. end
+        self.total_work = float(self.tail_work[0]) if len(work) else 0.0
+        self.budget = budget
+        self.all_cuts = cuts
+        self.cuts: list[int] = []  # chosen per probe count, latest first within the budget
+        self.cache: dict[int, np.ndarray] = {}
+        self.dirty = 0  # first node whose weights changed since the cache was filled
+        self.probes_key: tuple | None = None
+        self._full: Any = None
+
+    def changed(self, layer: str) -> None:
+        self.dirty = min(self.dirty, self.position.get(layer, 0))
+
+    def _choose(self, n: int) -> None:
+        self.cuts, used = [], 0
+        for i in reversed(self.all_cuts):
+            if _EAGER_PENALTY * self.tail_work[i + 1] >= self.total_work:
+                break  # a restart there would not pay (see :meth:`outputs`): never used, not kept
+            t = self.order[i][1].outputs[0]
+            size = n * int(np.prod([d for d in t.shape[1:]])) * 4
+            if used + size > self.budget:
+                break
+            self.cuts.append(i)
+            used += size
+        self.cuts.sort()
+
+    def outputs(self, probes: np.ndarray) -> tuple[np.ndarray, str]:
+        key = (id(probes), probes.shape, probes.dtype.str)
+        if key != self.probes_key:
+            self.probes_key, self.cache, self.dirty = key, {}, 0
+            self._choose(len(probes))
+        start = max((c for c in self.cuts if c < self.dirty and c in self.cache), default=None)
+        if start is not None and _EAGER_PENALTY * self.tail_work[start + 1] >= self.total_work:
+            start = None  # replaying that tail eagerly costs more than the traced full pass
+        if start is None:
+            out = self._full_pass(probes)
+            where = "input"
+        else:
+            out = self._restart(start, len(probes))
+            where = self.order[start][0].name
+        self.dirty = len(self.order)
+        return out, where
+
+    def _batches(self, n: int) -> list[slice]:
+        from .evaluate import _COMPILED_BATCH_BUDGET, auto_batch_size
+
+        bs = auto_batch_size(self.model, budget=_COMPILED_BATCH_BUDGET)
+        return [slice(i, min(n, i + bs)) for i in range(0, n, bs)]
+
+    def _full_pass(self, probes: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        if self._full is None:
+            outs = [self.order[c][1].outputs[0] for c in self.cuts] + [self.output]
+            import keras
+
+            sub = keras.Model(self.input, outs)
+            spec = tf.TensorSpec((None, *self.input.shape[1:]), self.input.dtype)
+            self._full = tf.function(lambda x: sub(x, training=False), input_signature=[spec])
+        dtype = np.dtype(self.input.dtype)
+        results: list[np.ndarray] = []
+        self.cache = {}
+        for sl in self._batches(len(probes)):
+            got = self._full(np.asarray(probes[sl], dtype))
+            for c, a in zip(self.cuts, got[:-1]):
+                self._store(c, sl, np.asarray(a), len(probes))
+            results.append(np.asarray(got[-1]))
+        return np.concatenate(results)
+
+    def _store(self, c: int, sl: slice, a: np.ndarray, n: int) -> None:
+        if c not in self.cache:
+            self.cache[c] = np.empty((n, *a.shape[1:]), a.dtype)
+        self.cache[c][sl] = a
+
+    def _restart(self, start: int, n: int) -> np.ndarray:
+        import keras
+
+        start_t = self.order[start][1].outputs[0]
+        later = set(c for c in self.cuts if c > start)
+        results: list[np.ndarray] = []
+        for sl in self._batches(n):
+            values: dict[int, Any] = {id(start_t): self.cache[start][sl]}
+            left: dict[int, int] = {}
+            for i in range(start + 1, len(self.order)):
+                op, node = self.order[i]
+                args, kwargs = node.arguments.fill_in(values)
+                outs = op(*args, **kwargs)
+                for t in node.input_tensors:
+                    left[id(t)] = left.get(id(t), self.uses[id(t)]) - 1
+                    if left[id(t)] == 0:
+                        values.pop(id(t), None)
+                flat = keras.tree.flatten(outs)
+                for t, v in zip(node.outputs, flat):
+                    values[id(t)] = v
+                if i in later:
+                    self._store(i, sl, np.asarray(flat[0]), n)
+            results.append(np.asarray(values[id(self.output)]))
+        return np.concatenate(results)
 
 
 def pruned_shapes(graph: ModelGraph, store: WeightStore) -> dict[tuple[str, str], tuple[int, ...]]:

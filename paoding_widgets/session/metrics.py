@@ -51,8 +51,9 @@ class MetricsMixin(SessionBase):
             if data is not None and self._original_robust is None and self.epsilons:
                 self._original_robust = score_data(self.model, data, self.epsilons, box).robust \
                     if self.eval_data is None else robust_instances(self.model, data[0], data[1], self.epsilons, box)
+            outs = edited.probe_outputs(self._probes) if self._probes is not None and len(self._probes) else None
             m = _evaluate(model, self.model, data, self.epsilons, box, self._original_robust,
-                         self._probes, width, self._original_probe_classes(), size)
+                         self._probes, width, self._original_probe_classes(), size, outs)
             with self._lock:
                 if self._metrics_cache is None or self._metrics_cache[0] < version:
                     self._metrics_cache = (version, m)
