@@ -475,3 +475,20 @@ def test_recurrent_bounds_follow_the_time_order_of_a_box_that_changes_over_time(
     assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
     flipped = (lo[:, ::-1], hi[:, ::-1])  # the same bounds in the wrong time order do not hold
     assert not ((y >= flipped[0] - 1e-5).all() and (y <= flipped[1] + 1e-5).all())
+
+
+def test_attention_with_value_dim_other_than_key_dim_gets_sensitivity_and_proposals():
+    """Units read inside their own layer have no tensor of their own: no merge bounds, no crash."""
+    from paoding_widgets import PruningSession
+    from paoding_widgets.session import sensitivity
+    from paoding_widgets.session.readonly import SessionView
+
+    x = keras.Input((6, 8))
+    a = L.MultiHeadAttention(num_heads=3, key_dim=4, value_dim=5, name="mha")(x, x)
+    y = L.Dense(3, name="out")(L.GlobalAveragePooling1D()(L.Dense(12, activation="relu", name="ffn")(a)))
+    s = PruningSession(keras.Model(x, y), n_probes=32, step=0.25)
+    curves = sensitivity.compute(SessionView(s), agreement=True).curves
+    assert {"mha", "mha/key_dim", "mha/value_dim", "ffn"} <= set(curves)
+    assert max(b for b in curves["ffn"].bound if b is not None) > 0
+    s.propose()
+    assert "mha/value_dim" in s.proposals and s.status("mha/value_dim") == "pending"

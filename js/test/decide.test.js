@@ -167,6 +167,22 @@ describe("sensitivity and plan", () => {
     expect($(".pw-sens-cell").classList.contains("pw-stale")).toBe(true);
   });
 
+  it("with eval data the chart adds accuracy and robustness kept, with their legend; robustness over 100 % stays inside", async () => {
+    const curve = { ...CURVE("conv2_block1_1_conv"), accuracy: [0.9, 0.88, 0.7], robust: [1, 1.25, 0.5] };
+    const curves = Object.fromEntries(LAYERS.map((l) => [l.name, l.name === curve.name ? curve : CURVE(l.name)]));
+    const { $ } = mount({ sensitivity: { status: "done", current: true, curves } });
+    const chart = $(".pw-sens-chart");
+    expect([...chart.querySelectorAll("polyline")].map((p) => p.dataset.series))
+      .toEqual(["bound", "agreement", "accuracy", "robustness kept"]);
+    const robust = chart.querySelector("polyline[data-series='robustness kept']");
+    const ys = robust.getAttribute("points").split(" ").map((p) => Number(p.split(",")[1]));
+    expect(Math.min(...ys)).toBeGreaterThanOrEqual(6); // the plot's top edge: 125 % is drawn there
+    expect([...chart.querySelectorAll("title")].map((t) => t.textContent).join("|")).toMatch(/50(\.0)?% pruned: robustness kept 125(\.0)?%/);
+    const legend = chart.nextElementSibling.textContent;
+    expect(legend).toContain("accuracy (eval data)");
+    expect(legend).toContain("robustness kept (FGSM)");
+  });
+
   it("makes a plan, edits a row and runs it", async () => {
     const curves = Object.fromEntries(LAYERS.map((l) => [l.name, CURVE(l.name)]));
     const { $, model, actions } = mount({ sensitivity: { status: "done", current: true, curves } });

@@ -216,6 +216,8 @@ class UnitView:
         if iv is None:
             return None
         n = self.group.size
+        if self.read_tensor not in self.group.tensors or iv[0].shape[-1] % n:
+            return None  # units read inside their own layer (attention heads, key/value dims): no tensor holds them
         return iv[0].reshape(-1, n).min(0), iv[1].reshape(-1, n).max(0)
 
     @cached_property

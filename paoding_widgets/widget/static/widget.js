@@ -488,15 +488,16 @@ function sensitivityChart(curve) {
   const line = (ys, scale, color, key) => {
     const pts = curve.ratios.map((r, i) => [r, ys[i]]).filter(([, v]) => v != null);
     if (!pts.length) return;
+    const yv = (v) => y(Math.min(v / scale, 1));
     svg.append(svgEl("polyline", {
-      points: pts.map(([r, v]) => `${x(r)},${y(v / scale)}`).join(" "),
+      points: pts.map(([r, v]) => `${x(r)},${yv(v)}`).join(" "),
       fill: "none",
       stroke: color,
       "stroke-width": "1.5",
       "data-series": key
     }));
     for (const [r, v] of pts) {
-      const dot = svgEl("circle", { cx: x(r), cy: y(v / scale), r: 2, fill: color });
+      const dot = svgEl("circle", { cx: x(r), cy: yv(v), r: 2, fill: color });
       dot.append(svgEl("title", {}, `${fmt.pct(r)} pruned: ${key} ${key === "bound" ? fmt.num(v) : fmt.pct(v)}`));
       svg.append(dot);
     }
@@ -504,6 +505,7 @@ function sensitivityChart(curve) {
   line(curve.bound, top, "var(--pw-warn-strong)", "bound");
   line(curve.agreement, 1, "var(--pw-ok)", "agreement");
   if (curve.accuracy.some((a) => a != null)) line(curve.accuracy, 1, "var(--pw-accent)", "accuracy");
+  if ((curve.robust || []).some((a) => a != null)) line(curve.robust, 1, "var(--pw-robust)", "robustness kept");
   return svg;
 }
 var METRIC_HELP = {
@@ -968,7 +970,9 @@ function render({ model, el: root }) {
         sensitivityChart(curve),
         el("div", { class: "pw-legend" }, [
           el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-warn-strong)" }), "certified bound of the largest output change"]),
-          el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-ok)" }), "agreement (box samples)"])
+          el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-ok)" }), "agreement (box samples)"]),
+          ...curve.accuracy.some((a) => a != null) ? [el("span", { class: "pw-legend-item" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-accent)" }), "accuracy (eval data)"])] : [],
+          ...(curve.robust || []).some((a) => a != null) ? [el("span", { class: "pw-legend-item", title: "FGSM robust instances at the session's step sizes, as a share of the current state's (eval data; may pass 100 %)" }, [el("span", { class: "pw-swatch", style: "background:var(--pw-robust)" }), "robustness kept (FGSM)"])] : []
         ])
       );
     } else box.append(el("div", { class: "pw-tip", text: "select a prunable row to see its curve" }));
