@@ -132,7 +132,7 @@ class Pruner:
             return {g.id: 0 for g in gs}
         views = {g.id: self.view(g) for g in gs}
         t = self.target if target is None else target
-        got = self.strategy.allocate(views, total, room, t)  # type: ignore[attr-defined]
+        got = self.strategy.allocate(views, total, room, t)
         if got is None:
             return uniform
         out = {g.id: int(got.get(g.id, 0)) for g in gs}

@@ -257,6 +257,8 @@ class Compensated(Strategy):
         self.spread, self.sequential = float(spread), bool(sequential)
         # edits proposed earlier in this batch, on a copy of the weights: (graph, version, copy, group ids)
         self._pending: tuple[Any, int, Any, list[int]] | None = None
+        # per group id, the greedy order :meth:`allocate` found: (graph, version, units, costs)
+        self._orders: dict[int, tuple[Any, int, np.ndarray, np.ndarray]] = {}
         self.allocates = self.refit and self.spread > 0
         self._moments: tuple[Any, dict, set[int]] | None = None
         self._inputs: np.ndarray | None = None
@@ -410,8 +412,16 @@ class Compensated(Strategy):
 
             joint = self.joint(view)
             assert self._original is not None
+            known = self._orders.get(view.group.id)
+            staged = self._pending is not None and bool(self._pending[3])
+            reuse = fixed is None and known is not None and known[0] is view.graph \
+                and known[1] == view.store.version and not staged and len(known[2]) >= k
+            # the greedy picks the same first units whatever k: the allocation's order, no second greedy
+            chosen = known[2][:k] if reuse and known is not None else fixed
             res = None if joint is None else plan_refit(view, joint, reader_targets(view, self._original[1]), k,
-                                                         self.ridge, drop=fixed)
+                                                         self.ridge, drop=chosen)
+            if res is not None and reuse and known is not None:
+                res = (res[0], np.asarray(known[3][:k], np.float32), res[2])
             if res is not None:
                 drop, cost, refit = res
                 mix = plan_removal(view, stats, k, self.ridge, self.reconstruct, self.bn_prior, drop=drop)[2]
@@ -454,6 +464,7 @@ class Compensated(Strategy):
             res = plan_refit(view, joint, reader_targets(view, self._original[1]), cap, self.ridge)
             if res is None:
                 return None
+            self._orders[gid] = (view.graph, view.store.version, res[0], res[1])  # the greedy's first picks
             energy = refit_energy(view, joint)
             cost = np.maximum.accumulate(np.asarray(res[1], np.float64) / max(energy, 1e-30))
             pool += [(float(c), gid) for c in cost]
