@@ -257,6 +257,8 @@ class Compensated(Strategy):
         self.spread, self.sequential = float(spread), bool(sequential)
         # edits proposed earlier in this batch, on a copy of the weights: (graph, version, copy, group ids)
         self._pending: tuple[Any, int, Any, list[int]] | None = None
+        self._batch_joints: dict[tuple[int, int], dict] = {}  # the batch's joint moments per staged state
+        self._seq_ok: tuple[Any, bool] | None = None
         # per group id, the greedy order :meth:`allocate` found: (graph, version, units, costs)
         self._orders: dict[int, tuple[Any, int, np.ndarray, np.ndarray]] = {}
         self.allocates = self.refit and self.spread > 0
@@ -341,6 +343,8 @@ class Compensated(Strategy):
             and self._pending[1] == view.store.version and self._pending[3] else None
         state = (view.store.version, len(pend[3]) if pend is not None else 0)
         if self._joint is None or self._joint[0] is not g or (fresh and self._joint[1] != state):
+            if self._joint is not None and self._joint[0] is g and self._sequential_ok(view):
+                self._batch_joints[self._joint[1]] = self._joint[2]
             _, original, twin = self._original
             x = self._inputs
             if x is None:
@@ -354,6 +358,9 @@ class Compensated(Strategy):
                 (view.store if pend is None else pend[2]).load_into(twin)
                 current = {layer.name: layer for layer in _all_layers(twin)}
             self._joint = (g, state, joint_moments(g, original, current, x, g.prunable_groups))
+            if self._sequential_ok(view):  # kept for the batch: a restored proposal is refit on its own state
+                self._batch_joints = {k: v for k, v in self._batch_joints.items() if k[0] == state[0]}
+                self._batch_joints[state] = self._joint[2]
         return self._joint[2]
 
     def _sequential_ok(self, view: UnitView) -> bool:
@@ -362,13 +369,17 @@ class Compensated(Strategy):
 
         if not self.sequential:
             return False
+        if self._seq_ok is not None and self._seq_ok[0] is view.graph:
+            return self._seq_ok[1]
+        self._seq_ok = (view.graph, False)
         try:
             per = 2.0 * float(flops(view.graph.model)) * min(len(self._inputs) if self._inputs is not None
                                                               else self.samples, max(32, 4e10 / max(
                                                                   float(flops(view.graph.model)), 1.0)))
         except Exception:
             return False
-        return per * len(view.graph.prunable_groups) <= 2e11
+        self._seq_ok = (view.graph, per * len(view.graph.prunable_groups) <= 2e11)
+        return self._seq_ok[1]
 
     def _stage(self, view: UnitView, cand: Candidates) -> None:
         """Apply a proposed edit to a copy of the weights, so the next groups of the batch are refit after it.
@@ -482,7 +493,11 @@ class Compensated(Strategy):
         if self.refit:
             from .compensation import plan_refit, reader_targets
 
-            joint = self.joint(view, fresh=False)
+            p, joint = self._pending, None
+            if p is not None and p[0] is view.graph and view.group.id in p[3]:  # staged: the state it was proposed on
+                joint = self._batch_joints.get((p[1], p[3].index(view.group.id)))
+            if joint is None:
+                joint = self.joint(view, fresh=False)
             if joint is not None and self._original is not None:
                 res = plan_refit(view, joint, reader_targets(view, self._original[1]), len(cand.drop), self.ridge,
                                  drop=cand.drop)
