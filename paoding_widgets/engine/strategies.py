@@ -496,8 +496,8 @@ class Compensated(Strategy):
             p, joint = self._pending, None
             if p is not None and p[0] is view.graph and view.group.id in p[3]:  # staged: the state it was proposed on
                 joint = self._batch_joints.get((p[1], p[3].index(view.group.id)))
-            if joint is None:
-                joint = self.joint(view, fresh=False)
+            if joint is None:  # refit group after group: the batch's earlier proposals are applied by now
+                joint = self.joint(view, fresh=self._sequential_ok(view))
             if joint is not None and self._original is not None:
                 res = plan_refit(view, joint, reader_targets(view, self._original[1]), len(cand.drop), self.ridge,
                                  drop=cand.drop)
