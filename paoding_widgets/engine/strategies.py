@@ -251,7 +251,7 @@ class Compensated(Strategy):
 
     def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 0.3, reconstruct: bool = True,
                  bn_prior: bool = False, everywhere: bool = False, refit: bool = True, hybrid: bool = True,
-                 ce: float = 1.0, tv: float = 0.3, l2: float = 0.3, spread: float = 0.2,
+                 ce: float = 1.0, tv: float = 0.3, l2: float = 0.3, spread: float = 0.3,
                  sequential: bool = True) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
