@@ -257,7 +257,7 @@ def test_allocation_out_of_range_is_refused():
 
     p = Pruner(_mlp(), strategy=Bad(), step=0.1, target=0.5)
     with pytest.raises(ValueError, match="allotted"):
-        p.propose()
+        p.propose(allocate=True)
 
 
 @pytest.mark.parametrize("name", ["baseline", "impact", "stochastic", "magnitude", "random", "certified"])

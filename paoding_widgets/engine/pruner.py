@@ -155,11 +155,16 @@ class Pruner:
     def view(self, group: UnitGroup) -> UnitView:
         return UnitView(self.graph, self.store, group, self.propagator, self.bounds, self.input_range)
 
-    def propose(self, groups: Iterable[UnitGroup] | None = None, target: float | None = None) -> dict[int, Proposal]:
-        """One iteration's proposals for the given (default: all prunable) groups."""
+    def propose(self, groups: Iterable[UnitGroup] | None = None, target: float | None = None,
+                allocate: bool = False) -> dict[int, Proposal]:
+        """One iteration's proposals for the given (default: all prunable) groups.
+
+        ``allocate`` (automated iterations: :meth:`iterate`, the session's run) lets an allocating strategy
+        share the units among the groups (:meth:`allot`); otherwise every group proposes its own step.
+        """
         out: dict[int, Proposal] = {}
         gs = list(self.graph.prunable_groups if groups is None else groups)
-        ks = self.allot(gs, target)
+        ks = self.allot(gs, target) if allocate else {g.id: self.next_k(g, target) for g in gs}
         for g in gs:
             k = ks[g.id]
             if k <= 0:
@@ -207,7 +212,7 @@ class Pruner:
         The loop over iterations -- stop conditions, cancel, history -- is the
         session's (:meth:`PruningSession.run`), the one pruning loop.
         """
-        proposals = self.propose(target=target)
+        proposals = self.propose(target=target, allocate=True)
         return [self.apply(p) for p in proposals.values()]
 
     def output_bound_width(self) -> float:
