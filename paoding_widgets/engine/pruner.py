@@ -165,6 +165,11 @@ class Pruner:
         out: dict[int, Proposal] = {}
         gs = list(self.graph.prunable_groups if groups is None else groups)
         ks = self.allot(gs, target) if allocate else {g.id: self.next_k(g, target) for g in gs}
+        if not allocate and self.allocates:  # one step per layer, but never past the total a run may have shared
+            left = self.remaining_units(gs, target)
+            for g in gs:
+                ks[g.id] = min(ks[g.id], left)
+                left -= ks[g.id]
         for g in gs:
             k = ks[g.id]
             if k <= 0:
