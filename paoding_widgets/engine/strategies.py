@@ -240,8 +240,9 @@ class Compensated(Strategy):
     (compensate groups with no BN anchor by the greedy choice too), ``ce`` / ``tv`` / ``l2`` (weights
     of the inversion's class pull, total-variation and L2 priors; models without BN only), ``spread``
     (in runs on models where BatchNorm anchors every group, units move between groups, ranked by
-    relative refit cost; a group goes at most this far past the target share; 0: every group its share), ``sequential`` (the groups of a batch are refit one after
-    another, each on the state the earlier proposals leave, while passes stay cheap).
+    relative refit cost; a group goes at most this far past the target share; 0: every group its
+    share), ``sequential`` (the groups of a batch are refit one after another, each on the state the
+    earlier proposals leave, while passes stay cheap).
     """
 
     name = "compensated"
