@@ -271,8 +271,9 @@ def test_strategies_other_than_compensated_are_allotted_uniformly(name, mlp_mode
 def test_compensated_allocation_respects_locked_layers_and_the_total():
     from paoding_widgets.session import PruningSession
 
-    model = build_mlp(n_in=8, hidden=(20, 16, 12), n_out=3, seed=44, names=["a", "b", "c", "out"])
-    s = PruningSession(model, strategy="compensated", step=0.1, target=0.5)
+    # BatchNorm after every hidden layer: the groups are anchored, so compensated allocates
+    model = build_mlp(n_in=8, hidden=(20, 16, 12), n_out=3, seed=44, bn=True, names=["a", "b", "c", "out"])
+    s = PruningSession(model, strategy="compensated", step=0.1, target=0.5, samples=64, steps=20)
     assert s._pruner.allocates
     s.lock("b")
     res = s.run()
@@ -283,6 +284,6 @@ def test_compensated_allocation_respects_locked_layers_and_the_total():
     assert res.reason == "target"
     assert sum(p.pruned_units(g) for g in free) == sum(p.target_units(g) for g in free)
     # spread 0: the uniform share per group, as before the hook
-    s2 = PruningSession(model, strategy="compensated", step=0.1, target=0.5, spread=0.0)
+    s2 = PruningSession(model, strategy="compensated", step=0.1, target=0.5, spread=0.0, samples=64, steps=20)
     s2.run()
     assert all(s2._pruner.pruned_units(g) == s2._pruner.target_units(g) for g in s2._pruner.graph.prunable_groups)
