@@ -341,3 +341,26 @@ def test_synthesis_matches_batchnorm_statistics_and_inverts_models_without_bn():
     assert xi is not None
     pred = np.argmax(run(mlp, xi), 1)
     assert np.mean(pred == np.arange(30) % 3) > 0.6, "class-conditional inversion reaches the classes dealt out"
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_batch_is_refit_group_after_group(sequential):
+    """With ``sequential`` a batch's second group is refit on the state the first group's proposal leaves:
+    the same edit as proposing it after applying the first (without, it is refit on the old state)."""
+    model = build_mlp(n_in=8, hidden=(20, 16), n_out=3, seed=45, dropout=False, names=["a", "b", "out"])
+    opts = dict(everywhere=True, steps=0, spread=0.0, sequential=sequential)
+    batch = Pruner(model, (0.0, 1.0), strategy=Compensated(**opts), step=0.2, target=0.2)
+    props = batch.propose()
+    one = Pruner(model, (0.0, 1.0), strategy=Compensated(**opts), step=0.2, target=0.2)
+    ga, gb = one.graph.group("a"), one.graph.group("b")
+    one.apply(one.propose([ga])[ga.id])
+    alone = one.propose([gb])[gb.id].candidates
+    got = props[gb.id].candidates
+    same = np.array_equal(got.drop, alone.drop) and all(
+        np.allclose(r[0], s[0], atol=1e-5) and np.allclose(r[1], s[1], atol=1e-5)
+        for r, s in zip(got.refit, alone.refit))
+    assert same == sequential
+    for p in props.values():
+        batch.apply(p)
+    x = box_inputs(model, 64)
+    np.testing.assert_allclose(run(batch.pruned_model(), x), run(_edited(batch), x), rtol=1e-4, atol=1e-4)

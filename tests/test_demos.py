@@ -191,7 +191,10 @@ def test_digits_cnn_works_on_the_8x8_fallback(cache: Path) -> None:
     pruner = Pruner(demo.model, demo.input_range, target=0.5)
     assert {g.name for g in pruner.graph.prunable_groups} == {"conv2d", "conv2d_1", "dense"}
     run_to_target(pruner)
-    assert pruner.pruned_model().get_layer("conv2d").kernel.shape[-1] == 16
+    gs = pruner.graph.prunable_groups  # compensated (the default) shares the units among the layers
+    assert sum(pruner.pruned_units(g) for g in gs) == sum(pruner.target_units(g) for g in gs)
+    small = pruner.pruned_model()
+    assert small.get_layer("conv2d").kernel.shape[-1] == 32 - pruner.pruned_units(pruner.graph.group("conv2d"))
 
 
 def test_train_digits_model_wrapper_rejects_unknown_kind() -> None:

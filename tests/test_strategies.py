@@ -69,7 +69,8 @@ def test_pruner_rejects_bad_fractions(mlp_model, kw):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_strategy_reaches_exact_target_mlp(mlp_model, name):
-    pruner = Pruner(mlp_model, input_range=(0, 1), strategy=name, step=0.1, target=0.5, seed=1)
+    opts = {"spread": 0.0} if name == "compensated" else {}  # per-group shares (its allocation: tests below)
+    pruner = Pruner(mlp_model, input_range=(0, 1), strategy=name, step=0.1, target=0.5, seed=1, **opts)
     shares = []
     iterations = run_to_target(pruner, callback=lambda i, share: shares.append((i, share)))
     groups = {g.name: g for g in pruner.graph.groups}
@@ -91,7 +92,8 @@ def test_strategy_reaches_exact_target_mlp(mlp_model, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_strategy_reaches_exact_target_cnn(residual_model, name):
-    pruner = Pruner(residual_model, input_range=(0, 1), strategy=name, step=0.25, target=0.5, seed=3)
+    opts = {"spread": 0.0} if name == "compensated" else {}
+    pruner = Pruner(residual_model, input_range=(0, 1), strategy=name, step=0.25, target=0.5, seed=3, **opts)
     run_to_target(pruner)
     for g in pruner.graph.groups:
         expected = int(np.floor(0.5 * g.size + 0.5)) if g.prunable else 0
@@ -210,3 +212,78 @@ def test_impact_keeps_accuracy_on_digits(digits_mlp):
     assert impact >= 0.5 * base
     # a quarter of every hidden layer: most of the accuracy stays
     assert _pruned_accuracy(model, data, "impact", target=0.25) >= 0.8 * base
+
+
+# ------------------------------------------------------------------ non-uniform allocation hook
+class _Greedy(Strategy):
+    """Allocates every unit it can to the first group (to show the hook's limits)."""
+
+    name = "random"
+    allocates = True
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, dict[int, int]]] = []
+
+    def propose(self, view, k, rng):
+        from paoding_widgets.engine.strategies import removal
+
+        return removal(view, rng.random(view.group.size), k)
+
+    def allocate(self, views, total, room, target):
+        self.asked.append((total, dict(room)))
+        out = dict.fromkeys(views, 0)
+        for gid in sorted(views):
+            out[gid] = min(room[gid], total - sum(out.values()))
+        return out
+
+
+def test_allocation_reaches_the_global_target_exactly_and_moves_units():
+    model = build_mlp(n_in=8, hidden=(20, 16, 12), n_out=3, seed=43, names=["a", "b", "c", "out"])
+    strat = _Greedy()
+    p = Pruner(model, strategy=strat, step=0.1, target=0.5)
+    run_to_target(p)
+    groups = p.graph.prunable_groups
+    assert sum(p.pruned_units(g) for g in groups) == sum(p.target_units(g) for g in groups)  # exactly the total
+    first = groups[0]
+    assert p.pruned_units(first) > p.target_units(first)  # units moved to the group it favours
+    assert all(p.pruned_units(g) <= g.size - 1 for g in groups)
+    assert strat.asked and all(t <= sum(r.values()) for t, r in strat.asked)
+
+
+def test_allocation_out_of_range_is_refused():
+    class Bad(_Greedy):
+        def allocate(self, views, total, room, target):
+            return dict.fromkeys(views, total)
+
+    p = Pruner(_mlp(), strategy=Bad(), step=0.1, target=0.5)
+    with pytest.raises(ValueError, match="allotted"):
+        p.propose(allocate=True)
+
+
+@pytest.mark.parametrize("name", ["baseline", "impact", "stochastic", "magnitude", "random", "certified"])
+def test_strategies_other_than_compensated_are_allotted_uniformly(name, mlp_model):
+    p = Pruner(mlp_model, strategy=name, step=0.1, target=0.5)
+    assert not p.allocates
+    gs = p.graph.prunable_groups
+    assert p.allot(gs) == {g.id: p.next_k(g) for g in gs}
+
+
+def test_compensated_allocation_respects_locked_layers_and_the_total():
+    from paoding_widgets.session import PruningSession
+
+    # BatchNorm after every hidden layer: the groups are anchored, so compensated allocates
+    model = build_mlp(n_in=8, hidden=(20, 16, 12), n_out=3, seed=44, bn=True, names=["a", "b", "c", "out"])
+    s = PruningSession(model, strategy="compensated", step=0.1, target=0.5, samples=64, steps=20)
+    assert s._pruner.allocates
+    s.lock("b")
+    res = s.run()
+    p = s._pruner
+    gs = {g.name: g for g in p.graph.prunable_groups}
+    assert p.pruned_units(gs["b"]) == 0  # locked: never touched
+    free = [gs["a"], gs["c"]]
+    assert res.reason == "target"
+    assert sum(p.pruned_units(g) for g in free) == sum(p.target_units(g) for g in free)
+    # spread 0: the uniform share per group, as before the hook
+    s2 = PruningSession(model, strategy="compensated", step=0.1, target=0.5, spread=0.0, samples=64, steps=20)
+    s2.run()
+    assert all(s2._pruner.pruned_units(g) == s2._pruner.target_units(g) for g in s2._pruner.graph.prunable_groups)

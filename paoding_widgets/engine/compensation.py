@@ -730,3 +730,25 @@ def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targe
         arr = np.moveaxis(view.store[(slot.layer, slot.var)], slot.axis, 0)
         out.append((delta.reshape(arr[slot.index].shape).astype(np.float32), bias.astype(np.float32)))
     return drop_arr, np.asarray(costs, np.float32), out
+
+
+def refit_energy(view: UnitView, joint: dict[tuple[int, int], JointMoments]) -> float:
+    """What the group's readers output from it: ``sum_readers sum_outputs w_o Var(y_o)`` under the current rows.
+
+    The scale against which :func:`plan_refit`'s costs compare across groups (``w_o`` the squared BN
+    scale after the reader, as in the costs; positions and taps pooled).
+    """
+    g = view.group
+    n = g.size
+    total = 0.0
+    for i, (layer, v) in enumerate(view.v_rows):
+        jm = joint.get((g.id, i))
+        if jm is None:
+            continue
+        mean = jm.cc[n, :n]
+        cov = jm.cc[:n, :n] - np.outer(mean, mean)
+        w = v.reshape(n, -1, v.shape[-1]).astype(np.float64)  # (n, taps, fan_out)
+        var = np.einsum("ito,ij,jto->o", w, cov, w)
+        ow = _output_weights(view.graph, view.store, layer)
+        total += float(np.sum(np.maximum(var, 0.0) * (1.0 if ow is None else ow)))
+    return total

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, EditError, ModelError
 from .bounds import Bounds, Propagator, parse_input_range
 from .edits import apply_edit, impact_increment, init_impact
 from .graph import ModelGraph, UnitGroup
@@ -98,8 +98,49 @@ class Pruner:
 
     def next_k(self, group: UnitGroup, target: float | None = None) -> int:
         """Units to prune in the next iteration: one step, never past the target."""
-        step = max(1, int(math.floor(self.step * group.size + 0.5)))
-        return max(0, min(step, self.target_units(group, target) - self.pruned_units(group)))
+        return max(0, min(self.step_units(group), self.target_units(group, target) - self.pruned_units(group)))
+
+    def step_units(self, group: UnitGroup) -> int:
+        return max(1, int(math.floor(self.step * group.size + 0.5)))
+
+    @property
+    def allocates(self) -> bool:
+        """Whether the strategy moves units between groups (then the target is a total, not per group)."""
+        return bool(getattr(self.strategy, "allocates", False))
+
+    def remaining_units(self, groups: Iterable[UnitGroup], target: float | None = None) -> int:
+        """Units still to prune over ``groups`` to reach the target in total (what an allocating strategy owes)."""
+        gs = list(groups)
+        return max(0, sum(self.target_units(g, target) for g in gs) - sum(self.pruned_units(g) for g in gs))
+
+    def allot(self, groups: Iterable[UnitGroup], target: float | None = None) -> dict[int, int]:
+        """Units each group gives up in the next iteration.
+
+        Uniform (every strategy but an allocating one): :meth:`next_k` per group.  An allocating strategy
+        (``allocates = True``) is asked how to share this iteration's total -- the units still owed over
+        ``groups``, at most one step of each -- among the groups, each within its room (at most two
+        steps, at least one unit left); the pruner checks the answer, so the total over the groups reaches
+        the target exactly, and groups not passed (locked) are never touched.
+        """
+        gs = list(groups)
+        uniform = {g.id: self.next_k(g, target) for g in gs}
+        if not self.allocates or len(gs) < 2:
+            return uniform
+        room = {g.id: max(0, min(2 * self.step_units(g), g.size - 1 - self.pruned_units(g))) for g in gs}
+        total = min(self.remaining_units(gs, target), sum(self.step_units(g) for g in gs), sum(room.values()))
+        if total <= 0:
+            return {g.id: 0 for g in gs}
+        views = {g.id: self.view(g) for g in gs}
+        t = self.target if target is None else target
+        got = self.strategy.allocate(views, total, room, t)
+        if got is None:
+            return uniform
+        out = {g.id: int(got.get(g.id, 0)) for g in gs}
+        bad = [g.name for g in gs if not 0 <= out[g.id] <= room[g.id]]
+        if bad or sum(out.values()) != total:
+            raise EditError(f"strategy {self.strategy.name!r} allotted {sum(out.values())} units for {total}"
+                            + (f" (out of range on {', '.join(bad)})" if bad else ""))
+        return out
 
     # -------------------------------------------------------------- proposals
     def bounds(self) -> Bounds:
@@ -114,11 +155,23 @@ class Pruner:
     def view(self, group: UnitGroup) -> UnitView:
         return UnitView(self.graph, self.store, group, self.propagator, self.bounds, self.input_range)
 
-    def propose(self, groups: Iterable[UnitGroup] | None = None, target: float | None = None) -> dict[int, Proposal]:
-        """One iteration's proposals for the given (default: all prunable) groups."""
+    def propose(self, groups: Iterable[UnitGroup] | None = None, target: float | None = None,
+                allocate: bool = False) -> dict[int, Proposal]:
+        """One iteration's proposals for the given (default: all prunable) groups.
+
+        ``allocate`` (automated iterations: :meth:`iterate`, the session's run) lets an allocating strategy
+        share the units among the groups (:meth:`allot`); otherwise every group proposes its own step.
+        """
         out: dict[int, Proposal] = {}
-        for g in self.graph.prunable_groups if groups is None else groups:
-            k = self.next_k(g, target)
+        gs = list(self.graph.prunable_groups if groups is None else groups)
+        ks = self.allot(gs, target) if allocate else {g.id: self.next_k(g, target) for g in gs}
+        if not allocate and self.allocates:  # one step per layer, but never past the total a run may have shared
+            left = self.remaining_units(gs, target)
+            for g in gs:
+                ks[g.id] = min(ks[g.id], left)
+                left -= ks[g.id]
+        for g in gs:
+            k = ks[g.id]
             if k <= 0:
                 continue
             view = self.view(g)
@@ -164,7 +217,7 @@ class Pruner:
         The loop over iterations -- stop conditions, cancel, history -- is the
         session's (:meth:`PruningSession.run`), the one pruning loop.
         """
-        proposals = self.propose(target=target)
+        proposals = self.propose(target=target, allocate=True)
         return [self.apply(p) for p in proposals.values()]
 
     def output_bound_width(self) -> float:

@@ -223,7 +223,7 @@ class ActionsMixin(SessionBase):
         drop_proposals(st)  # an automated iteration replaces any open proposal
         groups = [g for g in self.graph.prunable_groups if st.status[g.name] != LOCKED]
         if targets is None:
-            props = self._pruner.propose(groups, target)
+            props = self._pruner.propose(groups, target, allocate=True)  # a run may move units between layers
         else:
             props = {}
             for g in groups:

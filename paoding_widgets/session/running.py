@@ -143,6 +143,8 @@ class RunMixin(ActionsMixin):
     def _todo_units(self, st: SessionState, target: float | None, targets: dict[str, float] | None) -> int:
         """Units the run still has to remove on the layers it may touch."""
         p = self._pruner
+        if p.allocates and targets is None:  # the strategy moves units between layers: the total is owed
+            return p.remaining_units([g for g in self.graph.prunable_groups if st.status[g.name] != LOCKED], target)
         return sum(max(0, p.target_units(g, targets.get(g.name, 0.0) if targets is not None else target)
                        - p.pruned_units(g))
                    for g in self.graph.prunable_groups if st.status[g.name] != LOCKED
@@ -240,8 +242,10 @@ class RunMixin(ActionsMixin):
         if targets is not None:
             return all(self._pruner.next_k(g, targets.get(g.name, 0.0)) == 0 for g in self.graph.prunable_groups
                        if st.status[g.name] != LOCKED and targets.get(g.name, 0.0) > 0)
-        return all(self._pruner.next_k(g, target) == 0 for g in self.graph.prunable_groups
-                   if st.status[g.name] != LOCKED)
+        unlocked = [g for g in self.graph.prunable_groups if st.status[g.name] != LOCKED]
+        if self._pruner.allocates:
+            return self._pruner.remaining_units(unlocked, target) == 0
+        return all(self._pruner.next_k(g, target) == 0 for g in unlocked)
 
     def _failed_condition(self, min_accuracy: float | None, min_fidelity: float | None) -> str:
         if min_accuracy is None and min_fidelity is None:
