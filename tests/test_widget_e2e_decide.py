@@ -46,7 +46,7 @@ def _names_readable(page) -> list[str]:
 def _wait_previews(page, name: str) -> str:
     sel = f".pw-preview[data-layer='{name}']"
     page.wait_for_function(f"document.querySelector(\"{sel}\") && "
-                           f"!document.querySelector(\"{sel}\").textContent.includes('computing')", timeout=60_000)
+                           f"!document.querySelector(\"{sel}\").textContent.includes('computing')", timeout=180_000)
     return page.locator(sel).inner_text()
 
 
