@@ -385,15 +385,7 @@ def plan_removal(view: UnitView, moments: dict[tuple[int, int], ReaderMoments], 
             j = int(np.argmin(total))
             if not np.isfinite(total[j]):
                 break
-            for i in range(len(mats)):
-                p = invs[i]
-                a = -p[:, j] / p[j, j]  # regression of x_j on the rest (zero outside the active set)
-                a[j] = 0.0
-                if reconstruct:
-                    vs[i] += np.outer(a, vs[i][j])
-                vs[i][j] = 0.0
-                invs[i] = p - np.outer(p[:, j], p[j, :]) / p[j, j]
-                invs[i][j, :] = invs[i][:, j] = 0.0
+            _eliminate(invs, vs, j, reconstruct)
             active[j] = False
             chosen.append(j)
             costs.append(float(total[j]))
@@ -420,6 +412,19 @@ def plan_removal(view: UnitView, moments: dict[tuple[int, int], ReaderMoments], 
         mix.append(coef.astype(np.float32))
     return drop_arr, np.asarray(costs, np.float32), mix
 
+
+
+def _eliminate(invs: list[np.ndarray], vs: list[np.ndarray], j: int, reconstruct: bool) -> None:
+    """Remove unit ``j`` from every reader's precision matrix (in place); with ``reconstruct``, fold its
+    regression on the remaining units (zero outside the active set) into the readers' rows ``vs``."""
+    for i, p in enumerate(invs):
+        if reconstruct:
+            a = -p[:, j] / p[j, j]
+            a[j] = 0.0
+            vs[i] += np.outer(a, vs[i][j])
+        vs[i][j] = 0.0
+        invs[i] = p - np.outer(p[:, j], p[j, :]) / p[j, j]
+        invs[i][j, :] = invs[i][:, j] = 0.0
 
 def _plain_costs(mats: list[np.ndarray], vs: list[np.ndarray], n: int, const_ok: list[bool]) -> np.ndarray:
     """Per unit: the readers' loss when it goes with only its mean folded (its variance, or second moment)."""
@@ -698,14 +703,7 @@ def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targe
             j = int(np.argmin(total))
             if not np.isfinite(total[j]):
                 break
-            for i in range(len(mats)):
-                p = invs[i]
-                a = -p[:, j] / p[j, j]
-                a[j] = 0.0
-                vs[i] += np.outer(a, vs[i][j])
-                vs[i][j] = 0.0
-                invs[i] = p - np.outer(p[:, j], p[j, :]) / p[j, j]
-                invs[i][j, :] = invs[i][:, j] = 0.0
+            _eliminate(invs, vs, j, True)
             active[j] = False
             chosen.append(j)
             costs.append(float(total[j]))
