@@ -33,6 +33,7 @@ scored on every reader at once, each with the moments of the tensor it reads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -372,23 +373,8 @@ def plan_removal(view: UnitView, moments: dict[tuple[int, int], ReaderMoments], 
     if drop is None:
         kk = min(k, int(alive.sum()) - 1)
         invs = [_inverse(m, active, const_ok[i]) for i, m in enumerate(mats)]
-        for _ in range(max(kk, 0)):
-            total = np.zeros(n + 1)
-            for i in range(len(mats)):
-                pdiag = np.diag(invs[i])
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    total += np.where(pdiag > 0, (vs[i] ** 2).sum(1) / pdiag, np.inf)
-            total[n] = np.inf
-            total[~active] = np.inf
-            if not reconstruct:
-                total[:n] = np.where(active[:n], _plain_costs(mats, vs, n, const_ok), np.inf)
-            j = int(np.argmin(total))
-            if not np.isfinite(total[j]):
-                break
-            _eliminate(invs, vs, j, reconstruct)
-            active[j] = False
-            chosen.append(j)
-            costs.append(float(total[j]))
+        plain = None if reconstruct else (lambda: _plain_costs(mats, vs, n, const_ok))
+        _greedy(invs, vs, active, kk, chosen, costs, plain)
         drop_arr = np.asarray(chosen, np.int64)
     else:
         drop_arr = np.asarray(drop, np.int64)
@@ -413,6 +399,31 @@ def plan_removal(view: UnitView, moments: dict[tuple[int, int], ReaderMoments], 
     return drop_arr, np.asarray(costs, np.float32), mix
 
 
+
+
+def _greedy(invs: list[np.ndarray], vs: list[np.ndarray], active: np.ndarray, k: int, chosen: list[int],
+            costs: list[float], plain: Callable[[], np.ndarray] | None = None) -> None:
+    """Remove up to ``k`` units one at a time, each the cheapest to reconstruct from the rest over all
+    readers (``v_j^2 / P_jj`` summed; the last slot, the constant, never goes); ``plain`` replaces the
+    costs of the real units by removal without reconstruction.  Appends to ``chosen`` and ``costs``."""
+    n = len(active) - 1
+    for _ in range(max(k, 0)):
+        total = np.zeros(n + 1)
+        for p, v in zip(invs, vs):
+            pdiag = np.diag(p)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                total += np.where(pdiag > 0, (v ** 2).sum(1) / pdiag, np.inf)
+        total[n] = np.inf
+        total[~active] = np.inf
+        if plain is not None:
+            total[:n] = np.where(active[:n], plain(), np.inf)
+        j = int(np.argmin(total))
+        if not np.isfinite(total[j]):
+            break
+        _eliminate(invs, vs, j, plain is None)
+        active[j] = False
+        chosen.append(j)
+        costs.append(float(total[j]))
 
 def _eliminate(invs: list[np.ndarray], vs: list[np.ndarray], j: int, reconstruct: bool) -> None:
     """Remove unit ``j`` from every reader's precision matrix (in place); with ``reconstruct``, fold its
@@ -692,21 +703,7 @@ def plan_refit(view: UnitView, joint: dict[tuple[int, int], JointMoments], targe
             b = solve(i)
             sw = np.sqrt(outw[i])
             vs.append((b.reshape(n + 1, -1, len(sw)) * sw).reshape(n + 1, -1))
-        for _ in range(max(kk, 0)):
-            total = np.zeros(n + 1)
-            for i in range(len(mats)):
-                pdiag = np.diag(invs[i])
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    total += np.where(pdiag > 0, (vs[i] ** 2).sum(1) / pdiag, np.inf)
-            total[n] = np.inf
-            total[~active] = np.inf
-            j = int(np.argmin(total))
-            if not np.isfinite(total[j]):
-                break
-            _eliminate(invs, vs, j, True)
-            active[j] = False
-            chosen.append(j)
-            costs.append(float(total[j]))
+        _greedy(invs, vs, active, kk, chosen, costs)
         drop_arr = np.asarray(chosen, np.int64)
     else:
         drop_arr = np.asarray(drop, np.int64)
