@@ -336,3 +336,31 @@ def test_session_takes_a_stream_and_measures_like_arrays(softmax_model, digits):
         PruningSession(softmax_model, eval_data=_streams(x, y)["generator"], **kw)
     result = PruningSession(softmax_model, eval_data=_streams(x, y)["generator function"], **kw).run(min_accuracy=0.99)
     assert result.reason == "min_accuracy"
+
+
+def test_default_probe_count_is_bounded_by_input_size_and_by_cost():
+    from paoding_widgets.engine.evaluate import PROBE_FLOPS_BUDGET, default_probe_count
+
+    assert default_probe_count((784,)) == 1000  # small input, cost unknown
+    assert default_probe_count((224, 224, 3)) == 26  # input-size bound alone (16 at least)
+    assert default_probe_count((784,), flops_per_sample=2.4e5) == 1000  # cheap model: the size bound wins
+    # ResNet50 at 224 px (7.7 GFLOP per image): one pass over the probes stays within the FLOPs budget
+    n = default_probe_count((224, 224, 3), flops_per_sample=7.7e9)
+    assert n == 12 and n * 7.7e9 <= PROBE_FLOPS_BUDGET
+    assert default_probe_count((224, 224, 3), flops_per_sample=1e12) == 8  # never fewer than 8
+
+
+def test_session_probe_count_follows_the_model_cost():
+    from paoding_widgets import PruningSession
+    from paoding_widgets.engine.evaluate import PROBE_FLOPS_BUDGET, flops
+
+    inp = keras.Input((64, 64, 3))
+    h = keras.layers.Conv2D(256, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv2D(256, 3, padding="same", activation="relu")(h)
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    per = float(flops(model))
+    s = PruningSession(model, strategy="magnitude")
+    n = s.snapshot().n_probes
+    assert n == int(PROBE_FLOPS_BUDGET // per) < 4e6 // (64 * 64 * 3)  # the cost bound, not the size bound
+    assert PruningSession(model, strategy="magnitude", n_probes=40).snapshot().n_probes == 40  # asked for: kept

@@ -75,10 +75,10 @@ from .evaluate import (
     DEFAULT_EPSILONS,
     _labels,
     classes,
-    default_probe_count,
     fgsm,
     outputs_are_probabilities,
     predict,
+    probe_count_for,
     robust_instances,
     sample_box,
 )
@@ -556,7 +556,7 @@ def deploy(model: Any, out_dir: PathLike, *, original: Any | None = None,
     shape = tuple(model.inputs[0].shape[1:])
     probs = outputs_are_probabilities(model)
     if probes is None:
-        probes = sample_box(shape, input_range, default_probe_count(shape))
+        probes = sample_box(shape, input_range, probe_count_for(model))
     reference = original if original is not None else model
     probe_classes = classes(predict(reference, probes), outputs_are_probabilities(reference))
     x = y = None

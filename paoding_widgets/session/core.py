@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.evaluate import DEFAULT_EPSILONS, default_probe_count, is_stream, sample_box
+from ..engine.evaluate import DEFAULT_EPSILONS, is_stream, probe_count_for, sample_box
 from ..engine.evaluate import evaluate as evaluate  # noqa: F401  (metrics._evaluate looks it up here)
 from ..engine.graph import UnitGroup
 from ..engine.pruner import Proposal, Pruner
@@ -86,7 +86,8 @@ class PruningSession(RunMixin, MetricsMixin):
         and the sensitivity scan and ``deploy`` work data-free with it.
     epsilons: FGSM step sizes for robustness (at most 64).
     n_probes: box samples for the data-free agreement metric (default: 1,000 for small
-        inputs, fewer for large images, so metrics stay quick; at most 100,000).
+        inputs, fewer for large images and costly models -- one pass over them is at most
+        about 1e11 FLOPs -- so metrics stay quick after every click; at most 100,000).
     strategy_options: plain numbers, bools or strings (they are saved as JSON).
     """
 
@@ -111,7 +112,7 @@ class PruningSession(RunMixin, MetricsMixin):
         else:
             self.eval_data, self.eval_stream = validate.check_eval_data(model, eval_data), None
         shape = tuple(model.inputs[0].shape[1:])
-        n = default_probe_count(shape) if n_probes is None else validate.n_probes(n_probes, shape)
+        n = probe_count_for(model) if n_probes is None else validate.n_probes(n_probes, shape)
         self.events = Emitter()
         self.history = History()
         self._lock = threading.RLock()
@@ -300,3 +301,4 @@ def _check_settings(session: PruningSession, s: Any) -> None:
 
 __all__ = ["ACCEPTED", "DONE", "LOCKED", "NOT_PRUNABLE", "PENDING", "READY", "RUNNING", "SKIPPED", "LayerInfo",
            "PruningSession", "RunHandle", "RunResult", "SessionError", "SessionSnapshot"]
+
