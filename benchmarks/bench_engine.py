@@ -195,13 +195,19 @@ def _rss() -> tuple[float, float]:
     return cur, hwm
 
 
-def metrics_memory(clicks: int = 4) -> dict[str, Any]:
-    """``metrics()`` on a ResNet50 session: first call, then after each of ``clicks`` accepted proposals."""
+def metrics_memory(clicks: int = 4, n_probes: int | None = None) -> dict[str, Any]:
+    """``metrics()`` on a ResNet50 session: first call, then after each of ``clicks`` accepted proposals.
+
+    ``n_probes``: None for the session's default (bounded by cost: 12 on ResNet50), or a count to compare
+    with (26, the default by input size alone before the cost bound).
+    """
     from paoding_widgets.session import PruningSession
 
     model = app_model("resnet50")
-    s = PruningSession(model, input_range=(0.0, 1.0), strategy="impact", step=0.05, target=0.5, seed=0)
-    print(f"ResNet50 session built: RSS {_rss()[0]:.2f} GiB, load average {os.getloadavg()[0]:.2f}")
+    s = PruningSession(model, input_range=(0.0, 1.0), strategy="impact", step=0.05, target=0.5, seed=0,
+                       n_probes=n_probes)
+    print(f"ResNet50 session built ({'default probes' if n_probes is None else f'n_probes={n_probes}'}): "
+          f"RSS {_rss()[0]:.2f} GiB, load average {os.getloadavg()[0]:.2f}")
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     m = s.metrics()
@@ -500,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mlp", action="store_true", help="skip the MLPs (with --apps: only the applications)")
     ap.add_argument("--metrics", action="store_true",
                     help="only: session.metrics() on ResNet50 (weights=None), peak RSS and re-evaluation after clicks")
+    ap.add_argument("--metrics-probes", type=int, default=None, metavar="N",
+                    help="with --metrics: measure again with n_probes=N (e.g. 26, the size-only default) to compare")
     ap.add_argument("--slowdown", action="store_true",
                     help="only: slowdown of short runs (MLP-128, CNN) with a process spinning on one core, "
                          "quiet and busy alternating in one run")
@@ -521,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics:
         with BusyCore() if args.busy else _Nothing():
             result = metrics_memory()
+            if args.metrics_probes:  # side by side: the same clicks with an explicit probe count
+                result["with_n_probes"] = metrics_memory(n_probes=args.metrics_probes)
         if args.json:
             result["busy"] = bool(args.busy)
             Path(args.json).write_text(json.dumps({"metrics_resnet50": result, "machine": machine_info()}, indent=2))
