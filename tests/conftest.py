@@ -236,3 +236,12 @@ def build_conv1d(seed: int = 0, input_shape=(12, 4)):
     x = L.Reshape((-1,), name="flatten_reshape")(x)
     x = L.Dense(6, activation="relu", name="d")(x)
     return randomize(keras.Model(inp, L.Dense(2, name="logits")(x)), seed)
+
+
+@pytest.fixture(scope="module")
+def pw():
+    """One Playwright driver per module for the real-browser tests (a second sync driver cannot start in one)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        yield driver

@@ -66,23 +66,47 @@ def _serve(work: Path, app: str):
         pytest.fail(f"{module} did not start:\n{(work / 'server.log').read_text()[-3000:]}")
     path = f"/lab/tree/{NOTEBOOK.name}" if app == "lab" else f"/notebooks/{NOTEBOOK.name}"
     yield {"base": base, "token": token, "work": work, "url": f"{base}{path}?token={token}"}
-    os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started (own process groups below)
+    stop_server(proc, log)
+    subprocess.run(["pkill", "-f", str(work)], check=False)  # kernels started from the temp runtime dir
+
+
+def stop_server(proc: subprocess.Popen, log) -> None:
+    """Stop a server started with ``start_new_session=True``: it and its children (kernels), then its log."""
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run(["pkill", "-f", str(work)], check=False)  # kernels started from the temp runtime dir
     log.close()
+
+
+def server_fixture(name: str, app: str):
+    """A module-scoped fixture serving the quickstart in JupyterLab (``"lab"``) or Notebook 7 (``"notebook"``)."""
+
+    @pytest.fixture(scope="module")
+    def serve(tmp_path_factory: pytest.TempPathFactory):
+        if app == "notebook":
+            pytest.importorskip("notebook", minversion="7")
+        yield from _serve(tmp_path_factory.mktemp(name), app)
+
+    return serve
+
+
+# Debian chromium, headless, as root, on a closed network (background requests would be refused, many a time)
+CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def launch(pw, profile: Path, width: int = 1400, height: int = 1000):
+    """A persistent Chromium context with its own profile folder (never the user's)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                 viewport={"width": width, "height": height}, args=CHROME_ARGS)
 
 
 def _browse(pw, server: dict, profile: Path):
     """Chromium on the server's notebook, once its kernel is up."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    ctx = pw.chromium.launch_persistent_context(
-        str(profile), executable_path=CHROMIUM, headless=True,
-        viewport={"width": 1400, "height": 1000},
-        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    ctx = launch(pw, profile)
     try:
         pg = ctx.new_page()
         pg.console_lines = []  # what the page logged, for the failure message
@@ -98,18 +122,7 @@ def _browse(pw, server: dict, profile: Path):
         ctx.close()
 
 
-@pytest.fixture(scope="module")
-def pw():
-    """One Playwright driver for the module (a second sync driver cannot start inside the first)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
-    yield from _serve(tmp_path_factory.mktemp("lab"), "lab")
+lab = server_fixture("lab", "lab")
 
 
 @pytest.fixture(scope="module")
@@ -341,10 +354,7 @@ def test_cancel_from_a_second_view_stops_the_run(page, lab):
 
 
 # ---------------------------------------------------------------------- Notebook 7
-@pytest.fixture(scope="module")
-def nb7(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("notebook", minversion="7")
-    yield from _serve(tmp_path_factory.mktemp("nb7"), "notebook")
+nb7 = server_fixture("nb7", "notebook")
 
 
 def test_the_widget_works_in_notebook_7(pw, nb7, tmp_path_factory: pytest.TempPathFactory):

@@ -11,7 +11,7 @@ Screenshots go to ``artifacts/e2e/`` (``decide_*.png``); ``docs/widget.png`` is 
 from __future__ import annotations
 
 import pytest
-from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, STATE, _browse, _serve, kernel, open_widget, row, shot
+from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, STATE, _browse, kernel, open_widget, row, server_fixture, shot
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed")
@@ -19,17 +19,7 @@ pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(
 CELLS = "window.jupyterapp.shell.currentWidget.content.model.sharedModel.cells.length"
 
 
-@pytest.fixture(scope="module")
-def pw():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
-    yield from _serve(tmp_path_factory.mktemp("lab_decide"), "lab")
+lab = server_fixture("lab_decide", "lab")
 
 
 def _narrow(page, width: int = 900) -> None:
@@ -163,10 +153,7 @@ def test_deciding_in_jupyterlab_at_900px(pw, lab, tmp_path_factory: pytest.TempP
         page.locator(".pw-root").screenshot(path=str(ARTIFACTS / "decide_wide.png"))
 
 
-@pytest.fixture(scope="module")
-def nb7(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("notebook", minversion="7")
-    yield from _serve(tmp_path_factory.mktemp("nb7_decide"), "notebook")
+nb7 = server_fixture("nb7_decide", "notebook")
 
 
 def test_deciding_in_notebook_7(pw, nb7, tmp_path_factory: pytest.TempPathFactory):

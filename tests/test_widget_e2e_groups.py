@@ -6,7 +6,7 @@ narrow tree keeps the tree's sideways scroll.  Screenshots: ``artifacts/e2e/grou
 from __future__ import annotations
 
 import pytest
-from test_widget_e2e import ARTIFACTS, CHROMIUM, _browse, _serve, kernel
+from test_widget_e2e import ARTIFACTS, CHROMIUM, _browse, kernel, server_fixture
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed")
@@ -38,17 +38,7 @@ async (source) => {
 STATUS = ("import json; print(json.dumps({l.name: l.status for l in mha_session.layers}))")
 
 
-@pytest.fixture(scope="module")
-def pw():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
-    yield from _serve(tmp_path_factory.mktemp("lab_groups"), "lab")
+lab = server_fixture("lab_groups", "lab")
 
 
 def test_attention_groups_are_rows_locked_by_keyboard(pw, lab, tmp_path_factory: pytest.TempPathFactory):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_widget_e2e import ARTIFACTS, CHROMIUM, ROOT, _free_port
+from test_widget_e2e import ARTIFACTS, CHROMIUM, ROOT, _free_port, launch, stop_server
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
@@ -81,41 +80,28 @@ def marimo_app(tmp_path_factory: pytest.TempPathFactory):
         proc.kill()
         pytest.fail(f"marimo did not start:\n{(work / 'server.log').read_text()[-3000:]}")
     yield {"url": base, "work": work}
-    os.killpg(proc.pid, signal.SIGTERM)
+    stop_server(proc, log)
+
+
+def test_the_widget_in_marimo(pw, marimo_app, tmp_path_factory: pytest.TempPathFactory):
+    ctx = launch(pw, tmp_path_factory.mktemp("chrome_marimo"), 1200, 1000)
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
-
-
-def test_the_widget_in_marimo(marimo_app, tmp_path_factory: pytest.TempPathFactory):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chrome_marimo")), executable_path=CHROMIUM, headless=True,
-            viewport={"width": 1200, "height": 1000},
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(120_000)
-            page.goto(marimo_app["url"])
-            page.wait_for_selector(".pw-root .pw-row[data-layer='h1']")
-            page.wait_for_selector("text=session at position 0")
-            # marimo's reset: the fields and buttons still have borders
-            borders = [page.locator(f".pw-root {s}").evaluate("e => getComputedStyle(e).borderTopWidth")
-                       for s in (".pw-step", ".pw-target", ".pw-export-path", ".pw-propose")]  # in a shadow root
-            assert all(b not in ("0px", "") for b in borders), borders
-            page.click(".pw-root .pw-propose")
-            page.wait_for_selector(".pw-row[data-layer='h1'][data-status='pending']")
-            page.wait_for_selector("text=session at position 1", timeout=60_000)  # the reading cell re-ran
-            page.locator(".pw-row[data-layer='h1'] .pw-accept").click()
-            page.wait_for_selector(".pw-row[data-layer='h1'][data-status='accepted']")
-            page.wait_for_selector("text=session at position 2", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "decide_marimo.png"), full_page=True)
-        finally:
-            ctx.close()
+        page = ctx.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(marimo_app["url"])
+        page.wait_for_selector(".pw-root .pw-row[data-layer='h1']")
+        page.wait_for_selector("text=session at position 0")
+        # marimo's reset: the fields and buttons still have borders
+        borders = [page.locator(f".pw-root {s}").evaluate("e => getComputedStyle(e).borderTopWidth")
+                   for s in (".pw-step", ".pw-target", ".pw-export-path", ".pw-propose")]  # in a shadow root
+        assert all(b not in ("0px", "") for b in borders), borders
+        page.click(".pw-root .pw-propose")
+        page.wait_for_selector(".pw-row[data-layer='h1'][data-status='pending']")
+        page.wait_for_selector("text=session at position 1", timeout=60_000)  # the reading cell re-ran
+        page.locator(".pw-row[data-layer='h1'] .pw-accept").click()
+        page.wait_for_selector(".pw-row[data-layer='h1'][data-status='accepted']")
+        page.wait_for_selector("text=session at position 2", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "decide_marimo.png"), full_page=True)
+    finally:
+        ctx.close()
     shutil.rmtree(marimo_app["work"] / ".cache", ignore_errors=True)

@@ -10,7 +10,7 @@ the table read; a second deploy asks before overwriting.  Screenshots: ``artifac
 from __future__ import annotations
 
 import pytest
-from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, STATE, _browse, _serve, kernel, open_widget, row, shot
+from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, STATE, _browse, kernel, open_widget, row, server_fixture, shot
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed")
@@ -19,23 +19,10 @@ CELLS = "window.jupyterapp.shell.currentWidget.content.model.sharedModel.cells.l
 ACC = ".pw-preview[data-layer='{}'] .pw-preview-acc"
 
 
-@pytest.fixture(scope="module")
-def pw():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        yield driver
+lab = server_fixture("lab_more", "lab")
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
-    yield from _serve(tmp_path_factory.mktemp("lab_more"), "lab")
-
-
-@pytest.fixture(scope="module")
-def nb7(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("notebook", minversion="7")
-    yield from _serve(tmp_path_factory.mktemp("nb7_more"), "notebook")
+nb7 = server_fixture("nb7_more", "notebook")
 
 
 def _accuracy_preview(page, name: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, NOTEBOOK, _free_port, row
+from test_widget_e2e import ARTIFACTS, CHROMIUM, H1, H2, NOTEBOOK, _free_port, launch, row, stop_server
 
 pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
               pytest.mark.skipif(shutil.which("voila") is None and not (Path(sys.executable).parent / "voila").exists(),
@@ -54,49 +53,36 @@ def voila(tmp_path_factory: pytest.TempPathFactory):
         proc.kill()
         pytest.fail(f"voila did not start:\n{(work / 'voila.log').read_text()[-3000:]}")
     yield {"url": base + "/", "work": work}
-    os.killpg(proc.pid, signal.SIGTERM)
+    stop_server(proc, log)
+
+
+def test_the_widget_renders_and_acts_under_voila(pw, voila, tmp_path_factory: pytest.TempPathFactory):
+    ctx = launch(pw, tmp_path_factory.mktemp("chrome_voila"), 1300, 1000)
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
-
-
-def test_the_widget_renders_and_acts_under_voila(voila, tmp_path_factory: pytest.TempPathFactory):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chrome_voila")), executable_path=CHROMIUM, headless=True,
-            viewport={"width": 1300, "height": 1000},
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = ctx.new_page()
+        lines: list[str] = []
+        page.on("console", lambda m: lines.append(f"{m.type}: {m.text}"[:300]))
+        page.on("pageerror", lambda e: lines.append(f"pageerror: {e}"[:300]))
+        page.set_default_timeout(60_000)
+        page.goto(voila["url"], timeout=300_000)  # Voila answers once every cell has run
         try:
-            page = ctx.new_page()
-            lines: list[str] = []
-            page.on("console", lambda m: lines.append(f"{m.type}: {m.text}"[:300]))
-            page.on("pageerror", lambda e: lines.append(f"pageerror: {e}"[:300]))
-            page.set_default_timeout(60_000)
-            page.goto(voila["url"], timeout=300_000)  # Voila answers once every cell has run
-            try:
-                page.wait_for_selector(f".pw-root .pw-row[data-layer='{H1}']", timeout=300_000)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "voila_failed.png"), full_page=True)
-                raise AssertionError("no widget under Voila; console:\n" + "\n".join(lines[-30:])) from None
-            assert not page.evaluate("document.body.innerText.includes('session.widget()')")  # no code: an app
-            page.wait_for_selector(f".pw-heat[data-layer='{H1}']")  # heatmaps came over the comm (binary)
-            page.click(".pw-propose")
-            page.wait_for_selector(f".pw-row[data-layer='{H1}'][data-status='pending']")
-            page.wait_for_selector(f".pw-preview[data-layer='{H1}'] .pw-preview-acc[data-state='done']",
-                                   timeout=120_000)
-            row(page, H1).locator(".pw-accept").click()
-            page.wait_for_selector(f".pw-row[data-layer='{H1}'][data-status='accepted']")
-            assert row(page, H2).get_attribute("data-status") == "pending"
-            units = row(page, H1).locator(".pw-units").inner_text()
-            alive, total = (int(x) for x in units.split(" / "))
-            assert alive < total == 128
-            page.wait_for_selector(".pw-hist:has-text('accept')")
-            page.screenshot(path=str(ARTIFACTS / "voila.png"), full_page=True)
-        finally:
-            ctx.close()
+            page.wait_for_selector(f".pw-root .pw-row[data-layer='{H1}']", timeout=300_000)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "voila_failed.png"), full_page=True)
+            raise AssertionError("no widget under Voila; console:\n" + "\n".join(lines[-30:])) from None
+        assert not page.evaluate("document.body.innerText.includes('session.widget()')")  # no code: an app
+        page.wait_for_selector(f".pw-heat[data-layer='{H1}']")  # heatmaps came over the comm (binary)
+        page.click(".pw-propose")
+        page.wait_for_selector(f".pw-row[data-layer='{H1}'][data-status='pending']")
+        page.wait_for_selector(f".pw-preview[data-layer='{H1}'] .pw-preview-acc[data-state='done']",
+                               timeout=120_000)
+        row(page, H1).locator(".pw-accept").click()
+        page.wait_for_selector(f".pw-row[data-layer='{H1}'][data-status='accepted']")
+        assert row(page, H2).get_attribute("data-status") == "pending"
+        units = row(page, H1).locator(".pw-units").inner_text()
+        alive, total = (int(x) for x in units.split(" / "))
+        assert alive < total == 128
+        page.wait_for_selector(".pw-hist:has-text('accept')")
+        page.screenshot(path=str(ARTIFACTS / "voila.png"), full_page=True)
+    finally:
+        ctx.close()
