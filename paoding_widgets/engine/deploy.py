@@ -75,7 +75,8 @@ from .evaluate import (
     DEFAULT_EPSILONS,
     _labels,
     classes,
-    fgsm,
+    fgsm_step,
+    gradient_signs,
     outputs_are_probabilities,
     predict,
     probe_count_for,
@@ -571,8 +572,9 @@ def deploy(model: Any, out_dir: PathLike, *, original: Any | None = None,
     adversarial: dict[float, np.ndarray] = {}
     if n_robust and x is not None and y is not None:
         say("crafting FGSM inputs on the pruned float model")
+        signs = gradient_signs(model, x[:n_robust], y[:n_robust])  # one gradient serves every epsilon
         for e in epsilons:
-            adversarial[e] = fgsm(model, x[:n_robust], y[:n_robust], e, input_range)
+            adversarial[e] = fgsm_step(x[:n_robust], signs, e, input_range)
     original_robust: dict[float, int] = {}
     rows: list[DeployRow] = []
     original_bytes = None
