@@ -238,7 +238,11 @@ class Compensated(Strategy):
     current rows, relative to the mean second moment), ``reconstruct`` / ``bn_prior`` (plain
     reconstruction only: False = DFQ bias correction; closed-form BN/ReLU moments), ``everywhere``
     (compensate groups with no BN anchor by the greedy choice too), ``ce`` / ``tv`` / ``l2`` (weights
-    of the inversion's class pull, total-variation and L2 priors; models without BN only), ``spread``
+    of the inversion's class pull, total-variation and L2 priors; models without BN only),
+    ``prior_spread`` (the L2 weight varies per sample from ``l2 / prior_spread`` to ``l2 * prior_spread``),
+    ``adversarial`` / ``adv_steps`` / ``adv_pool`` (per pruned state, this share of the samples moved by
+    ``adv_steps`` steps to where the pruned model disagrees most with the original, the last ``adv_pool``
+    batches added to the refit's inputs; 0 = off, measured worse on the MNIST MLP), ``spread``
     (in runs on models where BatchNorm anchors every group, units move between groups, ranked by
     relative refit cost; a group goes at most this far past the target share; 0: every group its
     share), ``sequential`` (the groups of a batch are refit one after another, each on the state the
