@@ -364,3 +364,61 @@ def test_batch_is_refit_group_after_group(sequential):
         batch.apply(p)
     x = box_inputs(model, 64)
     np.testing.assert_allclose(run(batch.pruned_model(), x), run(_edited(batch), x), rtol=1e-4, atol=1e-4)
+
+
+def test_prior_weights_bracket_the_l2_prior_within_each_class():
+    w = C.prior_weights(40, 4, 10.0)
+    assert w.shape == (40,) and np.isclose(w.min(), 0.1) and np.isclose(w.max(), 10.0)
+    for c in range(4):  # every class gets the whole range, log-evenly
+        wc = w[c::4]
+        assert np.isclose(wc[0], 0.1) and np.isclose(wc[-1], 10.0) and np.allclose(np.diff(np.log(wc)), np.log(100) / 9)
+    assert np.allclose(C.prior_weights(40, 4, 1.0), 1.0), "spread 1: one weight for all"
+
+
+def test_spread_prior_shrinks_the_samples_it_weighs_more():
+    from paoding_widgets.engine.bounds import parse_input_range
+    from paoding_widgets.engine.graph import ModelGraph
+    from paoding_widgets.engine.weights import WeightStore
+
+    mlp = build_mlp(n_in=12, hidden=(16,), n_out=3, dropout=False, seed=3)
+    g, store = ModelGraph(mlp), WeightStore.from_model(mlp, {})
+    box = parse_input_range((0.0, 1.0), (12,))
+    x = C.synthesize_inputs(g, store, box, samples=60, steps=60, ce=1.0, l2=3.0, prior_spread=30.0, lr=0.1)
+    assert x is not None and x.min() >= 0.0 and x.max() <= 1.0
+    energy = np.mean(x ** 2, axis=1)
+    w = C.prior_weights(60, 3, 30.0)
+    assert energy[w > 5].mean() < 0.5 * energy[w < 0.2].mean(), "a heavier L2 weight gives smaller inputs"
+    again = C.synthesize_inputs(g, store, box, samples=60, steps=60, ce=1.0, l2=3.0, prior_spread=30.0, lr=0.1)
+    assert again is not None and np.array_equal(x, again), "deterministic for a seed"
+
+
+def test_disagreement_samples_raise_the_pruned_models_disagreement():
+    """DFAD-style samples: the pruned model and the original disagree more on them than on their start."""
+    model = build_mlp(n_in=10, hidden=(24,), n_out=4, dropout=False, seed=5)
+    rival = keras.models.clone_model(model)
+    weights = [w.copy() for w in model.get_weights()]
+    weights[0][:, ::2] = 0.0  # half the hidden units removed, uncompensated
+    rival.set_weights(weights)
+    box = (np.zeros(10, np.float32), np.ones(10, np.float32))
+    x0 = box_inputs(model, 64)
+
+    def gap(x):
+        return np.mean(np.abs(run(model, x) - run(rival, x)))
+
+    xa = C.disagreement_inputs(model, rival, x0, box, steps=30, lr=0.05)
+    assert xa is not None and xa.shape == x0.shape and xa.min() >= 0.0 and xa.max() <= 1.0
+    assert gap(xa) > 1.5 * gap(x0)
+    again = C.disagreement_inputs(model, rival, x0, box, steps=30, lr=0.05)
+    assert again is not None and np.array_equal(xa, again)
+
+
+def test_compensated_adds_disagreement_samples_to_the_refit():
+    model = build_mlp(n_in=10, hidden=(24, 16), n_out=4, dropout=False, seed=6)
+    strat = Compensated(adversarial=0.5, adv_steps=10, adv_pool=2, samples=32, steps=20)
+    pruner = Pruner(model, (0.0, 1.0), strategy=strat, step=0.1, target=0.3)
+    while pruner.iterate():
+        pass
+    assert 1 <= len(strat._adv) <= 2 and all(len(a) == 16 for a in strat._adv), "half the samples, two states kept"
+    x = run(model, box_inputs(model, 50))
+    edited = run(pruner.edited_model(), box_inputs(model, 50))
+    assert np.all(np.isfinite(edited)) and edited.shape == x.shape

@@ -109,7 +109,8 @@ def bn_informed(graph: ModelGraph) -> set[int]:
 
 def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[np.ndarray, np.ndarray],
                       samples: int = 256, steps: int = 200, seed: int = 0, budget: float = 6e11,
-                      lr: float = 0.05, ce: float = 0.0, tv: float = 0.0, l2: float = 0.0) -> np.ndarray | None:
+                      lr: float = 0.05, ce: float = 0.0, tv: float = 0.0, l2: float = 0.0,
+                      prior_spread: float = 1.0) -> np.ndarray | None:
     """Inputs in the box whose statistics at every BatchNorm match its moving mean and variance.
 
     ZeroQ (Cai et al., CVPR 2020): start from uniform points of the box and descend on
@@ -119,7 +120,8 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
     backend runs (:func:`~paoding_widgets.engine.gradients.invert_inputs`).  ``ce`` adds
     DeepInversion's pull of each sample towards a class (classes dealt out evenly), ``tv`` a
     total-variation prior on image inputs, ``l2`` DeepInversion's L2 prior; with ``ce`` a model
-    without BN is inverted too (DAFL-style model inversion).
+    without BN is inverted too (DAFL-style model inversion).  ``prior_spread``: the L2 weight varies
+    per sample from ``l2 / prior_spread`` to ``l2 * prior_spread`` (:func:`prior_weights`).
     Returns None when there is nothing to match, the model cannot be differentiated here,
     or would cost more than ``budget`` FLOPs (about ``3 * FLOPs * samples * steps``).
     """
@@ -154,10 +156,46 @@ def synthesize_inputs(graph: ModelGraph, store: WeightStore, input_range: tuple[
 
         x0 = (lo + (hi - lo) * rng.random(shape, dtype=np.float32)).astype(np.float32)
         x = invert_inputs(model, [n.layer for n in bns], targets, x0, lo, hi, steps, lr,
-                          labels if ce and n_out > 1 else None, ce, tv, not _squashed(model), l2)
+                          labels if ce and n_out > 1 else None, ce, tv, not _squashed(model),
+                          l2 * prior_weights(samples, max(n_out, 1), prior_spread))
         return x if np.all(np.isfinite(x)) else None
     except Exception:  # a model this cannot differentiate (custom layers, several inputs...): box samples
         return None
+
+
+def prior_weights(samples: int, n_out: int, spread: float) -> np.ndarray:
+    """Per-sample factors of the L2 prior, log-evenly from ``1/spread`` to ``spread`` within each class.
+
+    Why: the prior's weight sets how strongly the inputs (hence the activations) are shrunk, and the
+    data's scale is unknown; a range of weights brackets it (measured on the MNIST MLP: one weight
+    gives activations too large or too small).
+    """
+    per = -(-samples // n_out)  # samples per class (classes are dealt out in turn)
+    rank = np.arange(samples) // n_out
+    return (spread ** (2.0 * rank / max(per - 1, 1) - 1.0)).astype(np.float32)
+
+
+def disagreement_inputs(model: Any, rival: Any, x0: np.ndarray, input_range: tuple[np.ndarray, np.ndarray],
+                        steps: int = 20, lr: float = 0.05, tv: float = 0.0, l2: float = 0.0) -> np.ndarray | None:
+    """``x0`` moved, in the box, to where ``model`` and ``rival`` (the pruned model) disagree most.
+
+    Why: a refit fitted on inputs where the two already agree cannot see the regions where the pruned
+    model went wrong.  Data-free adversarial distillation (DFAD, Fang et al. 2019; zero-shot knowledge
+    transfer, Micaelli & Storkey 2019) trains on inputs that maximise the teacher/student discrepancy;
+    here projected Adam ascends ``mean |model(x) - rival(x)|`` (logits, or probabilities for squashed
+    outputs) from the synthetic samples, with the same smoothness priors as the inversion.  None when
+    the models cannot be differentiated here.
+    """
+    if len(getattr(model, "inputs", [])) != 1 or not steps:
+        return None
+    from .gradients import invert_inputs
+
+    lo, hi = (np.asarray(a, np.float32) for a in input_range)
+    try:
+        x = invert_inputs(model, [], [], x0, lo, hi, steps, lr, None, 0.0, tv, True, l2, rival=rival, disagree=1.0)
+    except Exception:  # a model this cannot differentiate: no disagreement samples
+        return None
+    return x if np.all(np.isfinite(x)) else None
 
 
 def _squashed(model: Any) -> bool:

@@ -66,25 +66,34 @@ def input_gradient(model: Any, x: np.ndarray, labels: np.ndarray, from_probs: bo
 
 def invert_inputs(model: Any, bn_layers: list[Any], targets: list[tuple[np.ndarray, np.ndarray]], x0: np.ndarray,
                   lo: np.ndarray, hi: np.ndarray, steps: int, lr: float = 0.05, labels: np.ndarray | None = None,
-                  ce: float = 0.0, tv: float = 0.0, from_logits: bool = True, l2: float = 0.0) -> np.ndarray:
+                  ce: float = 0.0, tv: float = 0.0, from_logits: bool = True, l2: float | np.ndarray = 0.0,
+                  rival: Any = None, disagree: float = 0.0) -> np.ndarray:
     """Inputs moved by projected Adam so the model's BatchNorms see their running statistics.
 
     Why: synthetic calibration data (ZeroQ / DeepInversion) for data-free compensation, on whichever
     backend runs.  The loss is ``sum_BN mean_c ((mu_c - m_c)^2 + (sd_c - s_c)^2) / (s_c + 1e-3)^2``
     over the batch's per-channel moments at each BN's input (``targets``: moving mean and std), plus
-    ``ce`` times the cross-entropy towards ``labels`` and ``tv`` times a total-variation prior on
-    image inputs (rank 4).  The inputs stay in the box ``[lo, hi]`` after every step.
+    ``ce`` times the cross-entropy towards ``labels``, ``tv`` times a total-variation prior on image
+    inputs (rank 3 or 4) and ``l2`` times an L2 prior (one weight per sample when an array); with a
+    ``rival`` model (same input and output shapes, e.g. the pruned model) minus ``disagree`` times
+    the mean absolute difference of the two outputs, so the inputs go where the two models disagree
+    (DFAD, Fang et al. 2019).  The inputs stay in the box ``[lo, hi]`` after every step.
     """
     import keras
 
     ops = keras.ops
-    feat = keras.Model(model.inputs, [layer.input for layer in bn_layers] + [model.outputs[0]])
+    heads = [model.outputs[0]] + ([rival(model.inputs[0])] if rival is not None and disagree else [])
+    feat = keras.Model(model.inputs, [layer.input for layer in bn_layers] + heads)
     tg = [(ops.convert_to_tensor(m), ops.convert_to_tensor(s)) for m, s in targets]
     lab = None if labels is None or not ce else ops.convert_to_tensor(np.asarray(labels, np.int32))
+    l2w = ops.convert_to_tensor(np.broadcast_to(np.asarray(l2, np.float32), (len(x0),)))
 
     def loss_of(x: Any, out: Any) -> Any:
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         loss = ops.convert_to_tensor(0.0)
+        if len(heads) > 1:
+            loss = loss - disagree * ops.mean(ops.abs(outs[-1] - outs[-2]))
+            outs = outs[:-1]
         for a, (m, sd) in zip(outs[:-1], tg):
             axes = tuple(range(len(a.shape) - 1))
             mu = ops.mean(a, axis=axes)
@@ -97,8 +106,8 @@ def invert_inputs(model: Any, bn_layers: list[Any], targets: list[tuple[np.ndarr
         if tv and len(x.shape) >= 3:  # images: (batch, rows, cols[, channels])
             loss = loss + tv * (ops.mean(ops.square(x[:, 1:] - x[:, :-1]))
                                 + ops.mean(ops.square(x[:, :, 1:] - x[:, :, :-1])))
-        if l2:
-            loss = loss + l2 * ops.mean(ops.square(x))
+        if np.any(l2):  # per sample when an array
+            loss = loss + ops.mean(l2w * ops.mean(ops.reshape(ops.square(x), (x.shape[0], -1)), axis=1))
         return loss
 
     backend = keras.backend.backend()

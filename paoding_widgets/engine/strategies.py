@@ -238,7 +238,11 @@ class Compensated(Strategy):
     current rows, relative to the mean second moment), ``reconstruct`` / ``bn_prior`` (plain
     reconstruction only: False = DFQ bias correction; closed-form BN/ReLU moments), ``everywhere``
     (compensate groups with no BN anchor by the greedy choice too), ``ce`` / ``tv`` / ``l2`` (weights
-    of the inversion's class pull, total-variation and L2 priors; models without BN only), ``spread``
+    of the inversion's class pull, total-variation and L2 priors; models without BN only),
+    ``prior_spread`` (the L2 weight varies per sample from ``l2 / prior_spread`` to ``l2 * prior_spread``),
+    ``adversarial`` / ``adv_steps`` / ``adv_pool`` (per pruned state, this share of the samples moved by
+    ``adv_steps`` steps to where the pruned model disagrees most with the original, the last ``adv_pool``
+    batches added to the refit's inputs; 0 = off, measured worse on the MNIST MLP), ``spread``
     (in runs on models where BatchNorm anchors every group, units move between groups, ranked by
     relative refit cost; a group goes at most this far past the target share; 0: every group its
     share), ``sequential`` (the groups of a batch are refit one after another, each on the state the
@@ -252,13 +256,17 @@ class Compensated(Strategy):
 
     def __init__(self, samples: float = 256, steps: float = 200, ridge: float = 0.3, reconstruct: bool = True,
                  bn_prior: bool = False, everywhere: bool = False, refit: bool = True, hybrid: bool = True,
-                 ce: float = 1.0, tv: float = 0.3, l2: float = 0.3, spread: float = 0.3,
-                 sequential: bool = True) -> None:
+                 ce: float = 1.0, tv: float = 0.3, l2: float = 1.0, spread: float = 0.3,
+                 sequential: bool = True, prior_spread: float = 10.0, adversarial: float = 0.0,
+                 adv_steps: float = 20, adv_pool: float = 4.0) -> None:
         self.samples, self.steps, self.ridge = int(samples), int(steps), float(ridge)
         self.reconstruct, self.bn_prior, self.everywhere = bool(reconstruct), bool(bn_prior), bool(everywhere)
         self.refit, self.hybrid = bool(refit), bool(hybrid)
         self.ce, self.tv, self.l2 = float(ce), float(tv), float(l2)
         self.spread, self.sequential = float(spread), bool(sequential)
+        self.prior_spread = float(prior_spread)
+        self.adversarial, self.adv_steps, self.adv_pool = float(adversarial), int(adv_steps), float(adv_pool)
+        self._adv: list[np.ndarray] = []  # disagreement samples of this run's earlier states (newest last)
         # edits proposed earlier in this batch, on a copy of the weights: (graph, version, copy, group ids)
         self._pending: tuple[Any, int, Any, list[int]] | None = None
         self._batch_joints: dict[tuple[int, int], dict] = {}  # the batch's joint moments per staged state
@@ -284,7 +292,9 @@ class Compensated(Strategy):
             # else class-conditional model inversion with smoothness priors
             inv = not any(isinstance(n.rule, BatchNormRule) for n in view.graph.nodes)
             x = synthesize_inputs(view.graph, view.store, box, self.samples, self.steps, ce=self.ce * inv,
-                                  tv=self.tv * inv, l2=self.l2 * inv) if self.steps > 0 else None
+                                  tv=self.tv * inv, l2=self.l2 * inv, prior_spread=self.prior_spread) \
+                if self.steps > 0 else None
+            self._adv = []
             stats = None
             if self.refit:  # the original model's moments are the refit's first joint pass: one pass, not two
                 from .compensation import joint_moments, moments_of, sample_inputs
@@ -361,11 +371,38 @@ class Compensated(Strategy):
             if view.store.version or pend is not None:  # edited (version 0: the original, one pass serves both)
                 (view.store if pend is None else pend[2]).load_into(twin)
                 current = {layer.name: layer for layer in _all_layers(twin)}
+                x = self._with_disagreement(view, twin, x, state)
             self._joint = (g, state, joint_moments(g, original, current, x, g.prunable_groups))
             if self._sequential_ok(view):  # kept for the batch: a restored proposal is refit on its own state
                 self._batch_joints = {k: v for k, v in self._batch_joints.items() if k[0] == state[0]}
                 self._batch_joints[state] = self._joint[2]
         return self._joint[2]
+
+    def _with_disagreement(self, view: UnitView, twin: Any, x: np.ndarray, state: tuple[int, int]) -> np.ndarray:
+        """``x`` and the disagreement samples of this state and the earlier ones (``adversarial``).
+
+        A share ``adversarial`` of the synthetic samples (drawn afresh per state) is moved to where the
+        pruned model, as it is now, disagrees most with the original
+        (:func:`~paoding_widgets.engine.compensation.disagreement_inputs`); the refit then also fits
+        the regions the pruning has broken.  The last ``adv_pool`` batches of them are kept.
+        """
+        from .bounds import parse_input_range
+        from .compensation import disagreement_inputs
+        from .rules.builtin import BatchNormRule
+
+        count = int(round(self.adversarial * len(x)))
+        if count <= 0:
+            return x
+        box = view.input_range if view.input_range is not None else parse_input_range((0.0, 1.0))
+        rng = np.random.default_rng([state[0], state[1], len(self._adv)])
+        pick = rng.choice(len(x), size=min(count, len(x)), replace=False)
+        # the inversion's smoothness priors where there is no BN (as for the synthetic inputs)
+        inv = not any(isinstance(n.rule, BatchNormRule) for n in view.graph.nodes)
+        xa = disagreement_inputs(view.graph.model, twin, x[np.sort(pick)], box, self.adv_steps,
+                                 tv=self.tv * inv, l2=self.l2 * inv)
+        if xa is not None:
+            self._adv = (self._adv + [xa])[-max(1, int(self.adv_pool)):]
+        return np.concatenate([x, *self._adv]) if self._adv else x
 
     def _sequential_ok(self, view: UnitView) -> bool:
         """One joint pass per group (not per batch) only while they stay cheap: at most ``2e11`` FLOPs a batch."""
@@ -529,7 +566,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
 _RANGES: dict[str, tuple[float, float]] = {"pool": (1.0, 1000.0), "alpha": (0.0, 1e6), "beta": (0.0, 1e6),
                                           "samples": (16.0, 65536.0), "steps": (0.0, 1e5), "ridge": (0.0, 1e3),
                                           "ce": (0.0, 1e3), "tv": (0.0, 1e3), "l2": (0.0, 1e3),
-                                          "spread": (0.0, 1.0)}
+                                          "spread": (0.0, 1.0), "prior_spread": (1.0, 1e3),
+                                          "adversarial": (0.0, 8.0), "adv_steps": (0.0, 1000.0),
+                                          "adv_pool": (1.0, 100.0)}
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
