@@ -72,15 +72,21 @@ def _pairs(view: UnitView, cost: np.ndarray, m: int, scale: np.ndarray | None = 
     return Candidates(keep, drop, s, shift, cost[keep, drop])
 
 
+#: Saliency runs on the living units' block once at most this share of the group lives.
+BLOCK_SHARE = 0.8
+
+
 def _saliency_pairs(view: UnitView, m: int, bias_aware: bool) -> Candidates:
     """Up to ``m`` disjoint pairs of least saliency among the living units.
 
     Why: the Gram matrix, the bias term and the pairing only ever use living units (the dead are
-    excluded), so they run on the ``n_alive x n_alive`` block -- a run to 50 % averages about 60 % of
-    the full work.  Indices map back in increasing order, so ties break as on the full matrix (same pairs).
+    excluded), so once enough units are gone they run on the ``n_alive x n_alive`` block.  Indices map
+    back in increasing order, so ties break as on the full matrix (same pairs, tested).  Above
+    :data:`BLOCK_SHARE` living units the gather of the living columns costs what the smaller product
+    saves (measured at 128 units: 784 x 109 gathered and multiplied is no faster than 784 x 128).
     """
     alive = view.alive
-    if alive.all():
+    if alive.mean() > BLOCK_SHARE:
         cost = saliency_matrix(view.u, view.b, view.v_norm, bias_aware)
         return _pairs(view, cost, m)
     idx = np.flatnonzero(alive)
