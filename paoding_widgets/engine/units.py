@@ -225,7 +225,9 @@ class UnitView:
     def effective_u(self) -> tuple[np.ndarray, np.ndarray]:
         """``(p * u, p * b + p0)``: the pre-activation each unit's non-linearity sees."""
         t = self.merge_transfer
-        return self.u * t.p[None, :], self.b * t.p + t.p0
+        if not np.all(t.p == 1):
+            return self.u * t.p[None, :], self.b * t.p + t.p0
+        return self.u, self.b * t.p + t.p0  # no scale (no BatchNorm before the activation): u * 1 is u, no copy
 
     def rms_input_weight(self) -> np.ndarray:
         """Per input feature, its RMS size over the box (uniform), for error norms."""
