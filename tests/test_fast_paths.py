@@ -6,7 +6,9 @@
 * incremental value bounds after an edit: equal to a fresh pass, and the
   tensors before the edited layer are not recomputed;
 * pairing in float32 on the transposed layout against a float64 reference;
-* proposals of whole runs equal with both propagators.
+* proposals of whole runs equal with both propagators;
+* saliency pairs on the living units' block equal the full matrix's; a small convolution's fused im2col and
+  max pooling by strided slices equal the separate calls and the windows reduction.
 """
 
 from __future__ import annotations
