@@ -6,7 +6,9 @@
 * incremental value bounds after an edit: equal to a fresh pass, and the
   tensors before the edited layer are not recomputed;
 * pairing in float32 on the transposed layout against a float64 reference;
-* proposals of whole runs equal with both propagators.
+* proposals of whole runs equal with both propagators;
+* saliency pairs on the living units' block equal the full matrix's; a small convolution's fused im2col and
+  max pooling by strided slices equal the separate calls and the windows reduction.
 """
 
 from __future__ import annotations
@@ -580,3 +582,60 @@ def test_probe_replay_is_refused_where_a_mask_would_be_lost():
     out = edited.probe_outputs(probes)
     assert edited._replay is False and edited.last_restart == "full"
     np.testing.assert_allclose(out, predict(model, probes), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ round 4: living-unit blocks, fused small kernels
+@pytest.mark.parametrize("strategy", ["baseline", "impact"])
+@pytest.mark.parametrize("seed", range(3))
+def test_saliency_pairs_on_the_living_block_equal_the_full_matrix(strategy, seed):
+    """Pairs chosen on the living units' block are those of the full matrix with the dead excluded."""
+    from paoding_widgets.engine import strategies as S
+
+    keras.utils.set_random_seed(seed)
+    model = _seq((20,), L.Dense(40, activation="relu"), L.Dense(24, activation="relu"), L.Dense(3))
+    p = Pruner(model, strategy=strategy, step=0.1, target=0.6, seed=seed)
+    checked = 0
+    for _ in range(6):
+        for g in p.graph.prunable_groups:
+            view = p.view(g)
+            for m in (1, 3, int(view.alive.sum()) // 2):
+                old = S._pairs(view, saliency_matrix(view.u, view.b, view.v_norm), m)
+                new = S._saliency_pairs(view, m, True)
+                assert np.array_equal(old.keep, new.keep) and np.array_equal(old.drop, new.drop)
+                np.testing.assert_allclose(new.cost, old.cost, rtol=1e-6)
+                checked += view.alive.mean() <= S.BLOCK_SHARE
+        p.iterate()
+    assert checked > 0  # the block path ran
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((1, 9, 9, 3), (3, 3), (2, 2), "valid"), ((2, 8, 8, 4), (2, 2), (1, 1), "same"),
+    ((1, 6, 5, 7, 2), (1, 1, 1), (2, 1, 2), "same"), ((3, 10, 2), (3,), (1,), "valid")])
+def test_small_conv_fused_im2col_equals_separate_calls(shape, kernel, strides, padding):
+    rng = np.random.default_rng(0)
+    k = rng.normal(size=(*kernel, shape[-1], 5)).astype(np.float32)
+    k[..., 1] = 0  # a dead filter
+    prep = PreparedConv.build(k, ConvSpec(kernel, strides, (1,) * len(kernel), padding))
+    c, r = rng.normal(size=shape).astype(np.float32), rng.uniform(0, 1, size=shape).astype(np.float32)
+    yc, yr = prep.both(c, r)
+    assert np.array_equal(yc, prep(c)) and np.array_equal(yr, prep(r, absolute=True))
+
+
+@pytest.mark.parametrize("dims,pool,strides,padding", [
+    (2, (2, 2), None, "valid"), (2, (3, 3), (2, 2), "same"), (2, (2, 3), (1, 2), "valid"),
+    (1, (3,), (2,), "same"), (3, (2, 2, 2), None, "valid")])
+def test_max_pooling_by_slices_equals_keras(dims, pool, strides, padding):
+    """Same maxima as Keras on finite inputs, and as the reduction over windows (the old path) with NaN / -inf."""
+    from paoding_widgets.engine.kernels import passthrough_forward
+
+    layer = {1: L.MaxPooling1D, 2: L.MaxPooling2D, 3: L.MaxPooling3D}[dims](pool, strides=strides, padding=padding)
+    rng = np.random.default_rng(dims)
+    x = rng.normal(size=(2, *([7] * dims), 3)).astype(np.float32)
+    got = passthrough_forward(layer, layer.get_config(), x)
+    assert got is not None and np.array_equal(got, np.asarray(layer(x)))
+    x[0, 0, ..., 0] = np.nan
+    x[1, ..., 1] = -np.inf
+    spec = ConvSpec(pool, strides or pool, (1,) * dims, padding)
+    xp, outs = spec.pad(x, -np.inf)
+    want = spec.windows(xp, outs).max(axis=tuple(range(-dims, 0)))
+    assert np.array_equal(passthrough_forward(layer, layer.get_config(), x), want, equal_nan=True)

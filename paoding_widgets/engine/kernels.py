@@ -12,6 +12,7 @@ these kernels do not cover returns ``None`` and the caller falls back to Keras.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .threads import pair
+from .threads import PAIR_WORK, pair
 
 _MIN_SAVING = 0.9  # slice a kernel only when at most this share of its channels live
 
@@ -121,28 +122,41 @@ class PreparedConv:
     def both(self, c: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(conv(c, k), conv(r, |k|))``: centre and radius, side by side (:func:`..threads.pair`)."""
         work = 2.0 * c.size * self.k2.shape[1] * int(np.prod(self.spec.kernel))
+        if work < PAIR_WORK and c.shape == r.shape:
+            # small: one im2col of centre and radius stacked on the batch axis, then a product of each half
+            # (the same rows in the same layout as two separate calls, so the same numbers); the copy and
+            # the NumPy calls around it were most of a small convolution's time
+            b = c.shape[0]
+            cols, outs = self._columns(np.concatenate([c, r]))
+            half = cols.shape[0] // 2
+            return self._finish(cols[:half] @ self.k2, b, outs), self._finish(cols[half:] @ self.k2_abs, b, outs)
         return pair(lambda: self(c), lambda: self(r, absolute=True), work)
 
     def __call__(self, x: np.ndarray, absolute: bool = False) -> np.ndarray:
         """The convolution (no bias) of a batch ``x`` (B, *spatial, C) with the kernel (or its |.|)."""
+        cols, outs = self._columns(x)
+        return self._finish(cols @ (self.k2_abs if absolute else self.k2), x.shape[0], outs)
+
+    def _columns(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """im2col of a batch on the live input channels: rows (B, *out), columns (taps, channel)."""
         if self.in_idx is not None:
             x = x[..., self.in_idx]
         x = np.asarray(x, np.float32)
         spec = self.spec
-        b = x.shape[0]
         if all(k == 1 for k in spec.kernel):  # pointwise: strided slice, no copy of windows
             sl = (slice(None),) + tuple(slice(None, None, s) for s in spec.strides) + (slice(None),)
             cols = x[sl]
             outs = cols.shape[1:-1]
-            cols = cols.reshape(-1, cols.shape[-1])
-        else:
-            xp, outs = spec.pad(x)
-            w = spec.windows(xp, outs)  # (B, *out, C, *kernel)
-            n = len(spec.kernel)
-            # rows of k2 are ordered (kernel taps..., channel): move channels after the taps
-            w = np.moveaxis(w, 1 + n, -1)
-            cols = w.reshape(-1, int(np.prod(w.shape[1 + n:])))
-        y = cols @ (self.k2_abs if absolute else self.k2)
+            return cols.reshape(-1, cols.shape[-1]), tuple(outs)
+        xp, outs = spec.pad(x)
+        w = spec.windows(xp, outs)  # (B, *out, C, *kernel)
+        n = len(spec.kernel)
+        # rows of k2 are ordered (kernel taps..., channel): move channels after the taps
+        w = np.moveaxis(w, 1 + n, -1)
+        return w.reshape(-1, int(np.prod(w.shape[1 + n:]))), outs
+
+    def _finish(self, y: np.ndarray, b: int, outs: tuple[int, ...]) -> np.ndarray:
+        """The product's rows back to (B, *out, filters), dead filters as zeros."""
         y = y.reshape(b, *outs, y.shape[-1])
         if self.out_idx is None:
             return y
@@ -270,7 +284,13 @@ def _pool(layer: Any, cfg: dict[str, Any], x: np.ndarray) -> np.ndarray | None:
     axes = tuple(range(-n, 0))
     if is_max:
         xp, outs = spec.pad(x, -np.inf)
-        return spec.windows(xp, outs).max(axis=axes)
+        # one elementwise maximum per window offset over strided slices: the same maxima (NaN included) as a
+        # reduction over the windows view, about 3x faster on small bounds (a reduction over two short axes)
+        out = None
+        for off in itertools.product(*(range(k) for k in spec.kernel)):
+            sl = (slice(None),) + tuple(slice(o, o + m * st, st) for o, m, st in zip(off, outs, spec.strides))
+            out = xp[sl].copy() if out is None else np.maximum(out, xp[sl], out=out)
+        return np.zeros((x.shape[0], *outs, x.shape[-1]), x.dtype) if out is None else out
     xp, outs = spec.pad(x, 0.0)
     total = spec.windows(xp, outs).sum(axis=axes, dtype=np.float32)
     if spec.padding == "valid":

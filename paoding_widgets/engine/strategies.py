@@ -72,8 +72,28 @@ def _pairs(view: UnitView, cost: np.ndarray, m: int, scale: np.ndarray | None = 
     return Candidates(keep, drop, s, shift, cost[keep, drop])
 
 
-def _saliency(view: UnitView, bias_aware: bool) -> np.ndarray:
-    return saliency_matrix(view.u, view.b, view.v_norm, bias_aware)
+#: Saliency runs on the living units' block once at most this share of the group lives.
+BLOCK_SHARE = 0.8
+
+
+def _saliency_pairs(view: UnitView, m: int, bias_aware: bool) -> Candidates:
+    """Up to ``m`` disjoint pairs of least saliency among the living units.
+
+    Why: the Gram matrix, the bias term and the pairing only ever use living units (the dead are
+    excluded), so once enough units are gone they run on the ``n_alive x n_alive`` block.  Indices map
+    back in increasing order, so ties break as on the full matrix (same pairs, tested).  Above
+    :data:`BLOCK_SHARE` living units the gather of the living columns costs what the smaller product
+    saves (measured at 128 units: 784 x 109 gathered and multiplied is no faster than 784 x 128).
+    """
+    alive = view.alive
+    if alive.mean() > BLOCK_SHARE:
+        cost = saliency_matrix(view.u, view.b, view.v_norm, bias_aware)
+        return _pairs(view, cost, m)
+    idx = np.flatnonzero(alive)
+    cost = saliency_matrix(view.u[:, idx], view.b[idx], view.v_norm[idx], bias_aware)
+    keep, drop = disjoint_pairs(cost, m)
+    return Candidates(idx[keep], idx[drop], np.ones(len(drop), np.float32), np.zeros(len(drop), np.float32),
+                      cost[keep, drop])
 
 
 class Baseline(Strategy):
@@ -87,7 +107,7 @@ class Baseline(Strategy):
         self.bias_aware = bias_aware
 
     def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
-        return _pairs(view, _saliency(view, self.bias_aware), k)
+        return _saliency_pairs(view, k, self.bias_aware)
 
 
 class Impact(Strategy):
@@ -101,7 +121,7 @@ class Impact(Strategy):
         self.alpha, self.beta, self.bias_aware, self.pool = alpha, beta, bias_aware, pool
 
     def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
-        cand = _pairs(view, _saliency(view, self.bias_aware), max(k, int(math.ceil(self.pool * k))))
+        cand = _saliency_pairs(view, max(k, int(math.ceil(self.pool * k))), self.bias_aware)
         score, _, _ = view.impact(cand, tight=False, alpha=self.alpha, beta=self.beta)
         best = np.argsort(score, kind="stable")[:k]
         out = cand.take(best)
@@ -126,7 +146,7 @@ class Stochastic(Strategy):
         self.alpha, self.beta, self.bias_aware, self.pool = alpha, beta, bias_aware, pool
 
     def merge(self, view: UnitView, k: int, rng: np.random.Generator) -> Candidates:
-        cand = _pairs(view, _saliency(view, self.bias_aware), max(k, int(math.ceil(self.pool * k))))
+        cand = _saliency_pairs(view, max(k, int(math.ceil(self.pool * k))), self.bias_aware)
         score, _, _ = view.impact(cand, tight=False, alpha=self.alpha, beta=self.beta)
         progress = 1.0 - float(view.alive.mean())
         temp = 1.0001 - progress
@@ -211,7 +231,7 @@ class Certified(Strategy):
             if shift_is_exact(view.graph, view.group):
                 cand.shift = (t.q0[cand.drop] - cand.scale * t.q0[cand.keep]).astype(np.float32)
         else:
-            cand = _pairs(view, _saliency(view, self.bias_aware), m)
+            cand = _saliency_pairs(view, m, self.bias_aware)
         _, width, _ = view.impact(cand, tight=True)
         best = np.argsort(width, kind="stable")[:k]
         out = cand.take(best)
